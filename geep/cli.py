@@ -1,0 +1,295 @@
+"""The `geep` command: parses arguments, calls the library, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from geep.errors import GeepError
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage dump) with exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _number(kind: type, low: float, what: str) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` number >= ``low``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, 1, "a whole number >= 1")
+_nonneg_int = _number(int, 0, "a whole number >= 0")
+_positive_float = _number(float, 1e-12, "a number > 0")
+_speed = _number(float, 0.0, "a speed >= 0")
+
+EXAMPLES = {
+    "datasets": """examples:
+  geep datasets
+  geep datasets --json""",
+    "train": """examples:
+  geep train --method bert --dataset rotten-tomatoes --out runs/bert-rt \\
+      --max-train 800 --seq-len 48 --epochs 1
+  geep train --method bert --dataset data/my_reviews.tsv --out runs/mine
+  geep train --method bert --dataset chnsenticorp --model bert-base-chinese --out runs/chn""",
+    "evaluate": """examples:
+  geep evaluate --checkpoint runs/bert-rt
+  geep evaluate --checkpoint runs/bert-rt --max-eval 500 --json
+  geep evaluate --checkpoint runs/geep-rt --speed 0.1 --speed 0.5 --predictions preds.jsonl""",
+    "flops": """examples:
+  geep flops --config bert-base --seq-len 128 --convention fastbert
+  geep flops --config minilm-l6 --seq-len 64 --convention full --num-labels 4 --json
+  geep flops --config path/to/config.json --seq-len 128 --convention full""",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from geep.backbone import DEFAULT_MODEL
+
+    parser = _Parser(
+        prog="geep",
+        description="Reproduce GEEP and the early-exit methods it competes with.",
+        epilog="Run `geep COMMAND --help` for a command's options and examples.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser(
+        "datasets",
+        help="list the dataset registry",
+        epilog=EXAMPLES["datasets"],
+        formatter_class=fmt,
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser(
+        "train",
+        help="train a method and save a checkpoint",
+        epilog=EXAMPLES["train"],
+        formatter_class=fmt,
+    )
+    p.add_argument("--method", required=True, help="method name (e.g. bert)")
+    p.add_argument("--dataset", required=True, help="registry name or path to a local file/folder")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"encoder: {DEFAULT_MODEL} (embedded), a local folder or a hub id",
+    )
+    p.add_argument(
+        "--max-train", type=_positive_int, help="seeded random subset of N training samples"
+    )
+    p.add_argument("--seq-len", type=_positive_int, default=128, help="max tokens per sample (128)")
+    p.add_argument("--epochs", type=_positive_int, default=3, help="training epochs (3)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="training batch size (32)")
+    p.add_argument("--lr", type=_positive_float, default=2e-5, help="peak learning rate (2e-5)")
+    p.add_argument("--seed", type=_nonneg_int, default=42, help="random seed (42)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint over speed settings",
+        epilog=EXAMPLES["evaluate"],
+        formatter_class=fmt,
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, help="folder written by `geep train`")
+    p.add_argument("--dataset", help="registry name or path (default: the training dataset)")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="split (test)")
+    p.add_argument(
+        "--speed",
+        type=_speed,
+        action="append",
+        help="speed setting; repeat for several (default: the method's sweep grid)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="inference batch size (32)")
+    p.add_argument("--seq-len", type=_positive_int, help="max tokens (default: the training one)")
+    p.add_argument("--max-eval", type=_positive_int, help="evaluate the split's first N samples")
+    p.add_argument("--predictions", type=Path, help="write per-sample predictions as JSONL")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "flops",
+        help="FLOPs breakdown of a full-depth forward",
+        epilog=EXAMPLES["flops"],
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--config",
+        required=True,
+        help="bert-base, minilm-l6, or a path to a config.json / model folder",
+    )
+    p.add_argument("--seq-len", type=_positive_int, default=128, help="sequence length (128)")
+    p.add_argument(
+        "--convention",
+        choices=["fastbert", "full"],
+        default="fastbert",
+        help="fastbert: linear layers only (thop); full: every matmul (fastbert)",
+    )
+    p.add_argument("--num-labels", type=_positive_int, default=2, help="classes of the head (2)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_flops)
+    return parser
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from geep.data import REGISTRY
+
+    if args.json:
+        print(
+            json.dumps([spec.to_dict() for spec in REGISTRY.values()], indent=2, ensure_ascii=False)
+        )
+        return 0
+    rows = [
+        [
+            s.name,
+            s.language,
+            s.task,
+            s.num_classes,
+            "offline" if s.offline else "hub/local",
+            "paper" if s.paper else "",
+        ]
+        for s in REGISTRY.values()
+    ]
+    print(_table(rows, ["name", "lang", "task", "classes", "source", ""]))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from geep.config import TrainConfig
+    from geep.training import train_method
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seq_len=args.seq_len,
+        seed=args.seed,
+        max_train=args.max_train,
+    )
+    method = train_method(args.method, args.dataset, args.out, args.model, config)
+    print(
+        f"saved {method.name} checkpoint to {args.out} "
+        f"(dev accuracy {method.info.dev_accuracy:.4f} at full depth)"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from geep.evaluation import evaluate_checkpoint, report_json, write_predictions
+
+    ev = evaluate_checkpoint(
+        args.checkpoint,
+        args.dataset,
+        args.split,
+        args.speed,
+        args.batch_size,
+        args.seq_len,
+        args.max_eval,
+        progress=True,
+    )
+    if args.predictions:
+        write_predictions(args.predictions, ev.texts, ev.data.labels.numpy(), ev.speeds, ev.runs)
+    if args.json:
+        print(json.dumps(report_json(ev.method, ev.dataset, ev.results), indent=2))
+        return 0
+    print(
+        f"{ev.method.name} on {ev.dataset} ({args.split}, n={len(ev.texts)}, "
+        f"{ev.method.num_layers} layers, batch {args.batch_size})"
+    )
+    rows = [
+        [
+            f"{r.speed:g}",
+            f"{r.accuracy:.4f}",
+            f"{r.avg_exit_layer:.2f}",
+            f"{r.flops_fastbert / 1e6:.1f}",
+            f"{r.speedup:.2f}x",
+            f"{r.throughput:.1f}",
+            f"{r.latency_ms_p50:.1f}",
+        ]
+        for r in ev.results
+    ]
+    print(
+        _table(rows, ["speed", "accuracy", "avg exit", "MFLOPs", "speedup", "samples/s", "p50 ms"])
+    )
+    return 0
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    from geep.flops import breakdown, dims_for
+
+    dims = dims_for(args.config)
+    rows = breakdown(dims, args.seq_len, args.num_labels, args.convention)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "config": args.config,
+                    "seq_len": args.seq_len,
+                    "convention": args.convention,
+                    "num_labels": args.num_labels,
+                    "dims": vars(dims),
+                    "components": rows,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(
+        f"{args.config}: {dims.num_layers} layers, hidden {dims.hidden}, "
+        f"seq_len {args.seq_len}, convention {args.convention}"
+    )
+    print(
+        _table(
+            [[k, f"{v:,}", f"{v / 1e9:.4f}"] for k, v in rows.items()],
+            ["component", "FLOPs", "GFLOPs"],
+        )
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()  # our own bars cover the long work
+        transformers.utils.logging.disable_progress_bar()
+        return args.func(args)
+    except GeepError as err:
+        print(f"geep: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("geep: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Tokenize a split once, then cut batches padded only to their longest real sample.
+
+FLOPs are counted at each sample's real length (METHODS.md, "FLOPs conventions"), and a batch
+is padded to its own longest sample rather than to ``seq_len``, so compute follows real lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from geep.errors import GeepError
+
+
+@dataclass
+class Batch:
+    """One model input. All tensors [B, T] except ``labels`` [B] and ``index`` [B]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor  # positions of these samples in the encoded split
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            *(
+                t.to(device)
+                for t in (
+                    self.input_ids,
+                    self.attention_mask,
+                    self.token_type_ids,
+                    self.labels,
+                    self.index,
+                )
+            )
+        )
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """Keyword arguments for :meth:`geep.backbone.Backbone.embed`."""
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "token_type_ids": self.token_type_ids,
+        }
+
+
+@dataclass
+class Encoded:
+    """A tokenized split: [N, seq_len] tensors padded with the pad id, and real lengths [N]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+    labels: torch.Tensor
+    lengths: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def select(self, index: torch.Tensor) -> Encoded:
+        """A new Encoded holding the samples at ``index``, in that order."""
+        return Encoded(
+            self.input_ids[index],
+            self.attention_mask[index],
+            self.token_type_ids[index],
+            self.labels[index],
+            self.lengths[index],
+        )
+
+    def batch(self, index: torch.Tensor) -> Batch:
+        """The samples at ``index`` [B], trimmed to the longest of them."""
+        width = int(self.lengths[index].max())
+        return Batch(
+            input_ids=self.input_ids[index, :width],
+            attention_mask=self.attention_mask[index, :width],
+            token_type_ids=self.token_type_ids[index, :width],
+            labels=self.labels[index],
+            index=index,
+        )
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None) -> list[Batch]:
+        """Consecutive batches of ``batch_size`` in ``order`` (default: the split's order)."""
+        order = torch.arange(len(self)) if order is None else order
+        return [self.batch(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
+def encode_texts(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    seq_len: int,
+    text_pairs: Sequence[str] | None = None,
+    labels: Sequence[int] | None = None,
+) -> Encoded:
+    """Tokenize texts (and pairs), truncated to ``seq_len`` tokens including [CLS]/[SEP]."""
+    if seq_len < 8:
+        raise GeepError(f"--seq-len {seq_len} is too short: use at least 8 tokens")
+    if len(texts) == 0:
+        raise GeepError("nothing to encode: the split is empty")
+    enc = tokenizer(
+        list(texts),
+        list(text_pairs) if text_pairs is not None else None,
+        truncation=True,
+        max_length=seq_len,
+        padding="max_length",
+        return_tensors="pt",
+        return_token_type_ids=True,
+    )
+    mask = enc["attention_mask"]
+    label_tensor = torch.tensor(list(labels) if labels is not None else [-1] * len(texts))
+    return Encoded(
+        input_ids=enc["input_ids"],
+        attention_mask=mask,
+        token_type_ids=enc["token_type_ids"],
+        labels=label_tensor,
+        lengths=mask.sum(dim=1),
+    )
+
+
+def encode_split(tokenizer: PreTrainedTokenizerBase, split: Dataset, seq_len: int) -> Encoded:
+    """Encode a split with columns ``text``, optional ``text_pair``, and ``label``."""
+    pairs = split["text_pair"] if "text_pair" in split.column_names else None
+    return encode_texts(tokenizer, split["text"], seq_len, pairs, split["label"])

@@ -1,0 +1,159 @@
+"""Evaluate a trained method over a sweep of speed settings: the rows of `geep evaluate --json`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geep.data import load_dataset
+from geep.encoding import Encoded
+from geep.errors import GeepError
+from geep.metrics import accuracy, latency_ms, macro_f1
+from geep.runner import Method, Predictions, load_checkpoint
+from geep.storage import atomic_write_text
+
+
+@dataclass
+class SpeedResult:
+    """One speed setting's results; FLOPs are means per sample.
+
+    ``speedup`` is FLOPs at full depth over FLOPs at this speed for the same model, in the
+    ``fastbert`` convention (as FastBERT-style tables report it); ``speedup_full`` in ``full``.
+    """
+
+    speed: float
+    accuracy: float
+    macro_f1: float
+    avg_exit_layer: float
+    flops_fastbert: float
+    flops_full: float
+    speedup: float
+    speedup_full: float
+    throughput: float  # samples per second over the timed batches
+    latency_ms_p50: float  # per batch
+    latency_ms_p95: float
+    n: int
+
+
+def summarize(method: Method, data: Encoded, speed: float, out: Predictions) -> SpeedResult:
+    """Metrics of one prediction run against the labels in ``data``."""
+    labels = data.labels.numpy()
+    lengths = data.lengths.numpy()
+    full_fastbert = method.full_depth_flops(lengths, "fastbert").mean()
+    full_full = method.full_depth_flops(lengths, "full").mean()
+    return SpeedResult(
+        speed=speed,
+        accuracy=accuracy(labels, out.labels),
+        macro_f1=macro_f1(labels, out.labels, method.info.num_labels),
+        avg_exit_layer=float(out.exit_layers.mean()),
+        flops_fastbert=float(out.flops_fastbert.mean()),
+        flops_full=float(out.flops_full.mean()),
+        speedup=float(full_fastbert / out.flops_fastbert.mean()),
+        speedup_full=float(full_full / out.flops_full.mean()),
+        throughput=len(labels) / sum(out.batch_seconds),
+        latency_ms_p50=latency_ms(out.batch_seconds, 50),
+        latency_ms_p95=latency_ms(out.batch_seconds, 95),
+        n=len(labels),
+    )
+
+
+def sweep(
+    method: Method, data: Encoded, speeds: list[float], batch_size: int, progress: bool = True
+) -> tuple[list[SpeedResult], list[Predictions]]:
+    """Run every speed setting on ``data`` (labels required); results in the order of ``speeds``."""
+    for speed in speeds:  # fail before any work on a bad setting
+        method.check_speed(speed)
+    method.run(
+        data.select(torch.arange(min(len(data), batch_size))), speeds[0], batch_size
+    )  # warm-up
+    runs = [method.run(data, s, batch_size, progress=progress) for s in speeds]
+    return [summarize(method, data, s, r) for s, r in zip(speeds, runs, strict=True)], runs
+
+
+def report_json(method: Method, dataset: str, results: list[SpeedResult]) -> dict:
+    """The `geep evaluate --json` document."""
+    return {
+        "method": method.name,
+        "dataset": dataset,
+        "num_layers": method.num_layers,
+        "results": [asdict(r) for r in results],
+    }
+
+
+def write_predictions(
+    path: Path, texts: list[str], labels: np.ndarray, speeds: list[float], runs: list[Predictions]
+) -> None:
+    """One JSON line per sample and speed: index, text, label, pred, exit_layer, speed."""
+    lines = [
+        json.dumps(
+            {
+                "index": i,
+                "text": texts[i],
+                "label": int(labels[i]),
+                "pred": int(r.labels[i]),
+                "exit_layer": float(r.exit_layers[i]),
+                "speed": speed,
+            },
+            ensure_ascii=False,
+        )
+        for speed, r in zip(speeds, runs, strict=True)
+        for i in range(len(texts))
+    ]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+@dataclass
+class Evaluation:
+    """A checkpoint evaluated on one split over a sweep of speeds."""
+
+    method: Method
+    dataset: str
+    texts: list[str]
+    data: Encoded
+    speeds: list[float]
+    results: list[SpeedResult]
+    runs: list[Predictions]
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    dataset: str | None = None,
+    split: str = "test",
+    speeds: list[float] | None = None,
+    batch_size: int = 32,
+    seq_len: int | None = None,
+    max_eval: int | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Load ``checkpoint`` and sweep ``speeds`` (default: the method's grid) on a split.
+
+    ``dataset`` defaults to the one the checkpoint was trained on; its label names must match.
+    ``max_eval`` keeps the split's first N samples.
+    """
+    if max_eval is not None and max_eval < 1:
+        raise GeepError(f"--max-eval must be at least 1, got {max_eval}")
+    method = load_checkpoint(checkpoint)
+    dataset = dataset or method.info.dataset
+    data = load_dataset(dataset)
+    if split not in data:
+        raise GeepError(f"no split '{split}' in {dataset}: choose one of {', '.join(data)}")
+    names = data[split].features["label"].names
+    if list(names) != method.info.label_names:
+        raise GeepError(
+            f"{dataset} has labels {names} but the checkpoint was trained on "
+            f"{method.info.label_names}: evaluate on a dataset with the same labels"
+        )
+    rows = data[split]
+    if max_eval is not None:
+        rows = rows.select(range(min(max_eval, len(rows))))
+    if torch.cuda.is_available():
+        method.to("cuda")
+    pairs = rows["text_pair"] if "text_pair" in rows.column_names else None
+    encoded = method.encode(rows["text"], pairs, seq_len, rows["label"])
+    speeds = speeds if speeds else method.default_speeds()
+    results, runs = sweep(method, encoded, speeds, batch_size, progress)
+    return Evaluation(method, dataset, list(rows["text"]), encoded, speeds, results, runs)

@@ -1,0 +1,131 @@
+"""Analytic FLOPs per component, at a sample's real length, in the two conventions of METHODS.md.
+
+- ``fastbert``: 2 x multiply-adds of linear layers only (the thop convention FastBERT reports;
+  attention scores QK^T and context AV are not counted).
+- ``full``: 2 x multiply-adds of every matmul, attention scores and context included; it agrees
+  with ``torch.utils.flop_counter.FlopCounterMode`` on a real forward (tests/test_flops.py).
+
+Embedding lookups, layer norms, softmax, activations and dropout are not matmuls and count 0 in
+both conventions (as in FlopCounterMode). Everything here is per sample (batch size 1).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from transformers import PretrainedConfig
+
+from geep.errors import GeepError
+
+Convention = Literal["fastbert", "full"]
+CONVENTIONS: tuple[Convention, ...] = ("fastbert", "full")
+
+# The FastBERT classifier: Linear(H -> 128), 2-head self-attention at width 128 (METHODS.md).
+FASTBERT_HEAD_WIDTH = 128
+FASTBERT_HEAD_HEADS = 2
+
+
+@dataclass(frozen=True)
+class EncoderDims:
+    """The shape of a BERT-family encoder, all FLOPs depend on."""
+
+    hidden: int
+    num_layers: int
+    num_heads: int
+    intermediate: int
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig) -> EncoderDims:
+        return cls(
+            hidden=config.hidden_size,
+            num_layers=config.num_hidden_layers,
+            num_heads=config.num_attention_heads,
+            intermediate=config.intermediate_size,
+        )
+
+
+# Shapes of the named encoders (their config.json files): no download needed to count FLOPs.
+NAMED_DIMS = {
+    "bert-base": EncoderDims(hidden=768, num_layers=12, num_heads=12, intermediate=3072),
+    "minilm-l6": EncoderDims(hidden=384, num_layers=6, num_heads=12, intermediate=1536),
+}
+
+
+def dims_for(config: str) -> EncoderDims:
+    """Dims of a named encoder, a config.json file, or a model folder holding one."""
+    if config in NAMED_DIMS:
+        return NAMED_DIMS[config]
+    path = Path(config)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise GeepError(
+            f"unknown config '{config}': use {', '.join(NAMED_DIMS)} or a path to a "
+            "config.json or a model folder"
+        )
+    try:
+        raw = json.loads(path.read_text())
+        return EncoderDims(
+            hidden=raw["hidden_size"],
+            num_layers=raw["num_hidden_layers"],
+            num_heads=raw["num_attention_heads"],
+            intermediate=raw["intermediate_size"],
+        )
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise GeepError(
+            f"{path} is not a BERT config.json (needs hidden_size, num_hidden_layers, "
+            "num_attention_heads, intermediate_size)"
+        ) from err
+
+
+def linear(tokens: int, d_in: int, d_out: int) -> int:
+    """One nn.Linear applied to ``tokens`` positions: 2 x tokens x d_in x d_out."""
+    return 2 * tokens * d_in * d_out
+
+
+def attention_matmuls(queries: int, keys: int, width: int, convention: Convention) -> int:
+    """Scores (QK^T) plus context (AV), summed over heads of total ``width``; 0 for ``fastbert``."""
+    return 0 if convention == "fastbert" else 2 * (2 * queries * keys * width)
+
+
+def encoder_layer(dims: EncoderDims, n: int, convention: Convention) -> int:
+    """One Transformer layer on ``n`` tokens: Q, K, V, output projection, FFN in and out."""
+    h, f = dims.hidden, dims.intermediate
+    projections = 4 * linear(n, h, h)
+    ffn = linear(n, h, f) + linear(n, f, h)
+    return projections + ffn + attention_matmuls(n, n, h, convention)
+
+
+def fastbert_head(hidden: int, n: int, num_labels: int, convention: Convention) -> int:
+    """FastBERT classifier on ``n`` tokens: narrow, self-attention (all positions), [CLS] MLP."""
+    w = FASTBERT_HEAD_WIDTH
+    narrow = linear(n, hidden, w)
+    attention = 4 * linear(n, w, w) + attention_matmuls(n, n, w, convention)
+    cls_mlp = linear(1, w, w) + linear(1, w, num_labels)
+    return narrow + attention + cls_mlp
+
+
+def pooler_classifier(hidden: int, num_labels: int) -> int:
+    """BERT pooler (Linear(H, H) on [CLS]) + Linear(H, C); also a DeeBERT highway or PABEE exit."""
+    return linear(1, hidden, hidden) + linear(1, hidden, num_labels)
+
+
+def breakdown(dims: EncoderDims, n: int, num_labels: int, convention: Convention) -> dict[str, int]:
+    """Per-component FLOPs of a full-depth forward with one FastBERT-style head (``geep flops``)."""
+    h, f = dims.hidden, dims.intermediate
+    per_layer = {
+        "attention.qkv": 3 * linear(n, h, h),
+        "attention.scores+context": attention_matmuls(n, n, h, convention),
+        "attention.output": linear(n, h, h),
+        "ffn": linear(n, h, f) + linear(n, f, h),
+    }
+    rows = {"embeddings": 0}
+    rows.update(
+        {f"layer.{k} (x{dims.num_layers})": dims.num_layers * v for k, v in per_layer.items()}
+    )
+    rows["fastbert_head"] = fastbert_head(h, n, num_labels, convention)
+    rows["total"] = sum(rows.values())
+    return rows

@@ -1,0 +1,77 @@
+"""Exit heads shared by the methods (METHODS.md).
+
+- :class:`FastBERTHead`: FastBERT's classifier, used for FastBERT's and GEEP's students/teacher.
+- :class:`PoolerClassifier`: BERT's pooler + linear; the `bert` reference classifier and the
+  shape of DeeBERT's highways and PABEE's exits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geep.flops import FASTBERT_HEAD_HEADS, FASTBERT_HEAD_WIDTH
+
+
+class FastBERTHead(nn.Module):
+    """Linear(H -> 128) + tanh, 2-head self-attention at width 128 over all tokens, take [CLS],
+    Linear(128 -> 128) + tanh, Linear(128 -> C). Dropout 0.1.
+
+    Unlike the reference code (autoliuweijie/FastBERT), padding is masked in the attention.
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        width = FASTBERT_HEAD_WIDTH
+        self.num_heads = FASTBERT_HEAD_HEADS
+        self.narrow = nn.Linear(hidden_size, width)
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+        self.attn_out = nn.Linear(width, width)
+        self.prelim = nn.Linear(width, width)
+        self.final = nn.Linear(width, num_labels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """hidden [B, T, H], attention_mask [B, T] (1 = token) -> logits [B, C]."""
+        b, t, _ = hidden.shape
+        x = torch.tanh(self.narrow(hidden))  # [B, T, W]
+
+        def heads(proj: nn.Linear) -> torch.Tensor:  # [B, T, W] -> [B, heads, T, W / heads]
+            return proj(x).view(b, t, self.num_heads, -1).transpose(1, 2)
+
+        keep = attention_mask[:, None, None, :].bool()  # [B, 1, 1, T]
+        dropout = self.dropout.p if self.training else 0.0
+        ctx = F.scaled_dot_product_attention(
+            heads(self.query), heads(self.key), heads(self.value), attn_mask=keep, dropout_p=dropout
+        )  # [B, heads, T, W / heads]
+        x = self.attn_out(ctx.transpose(1, 2).reshape(b, t, -1))  # [B, T, W]
+        cls = torch.tanh(self.prelim(self.dropout(x[:, 0])))  # [B, W]
+        return self.final(self.dropout(cls))  # [B, C]
+
+
+class PoolerClassifier(nn.Module):
+    """Pooler (Linear(H, H) + tanh on [CLS]) + dropout + Linear(H, C).
+
+    The classifier of BertForSequenceClassification.
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.pooler = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """hidden [B, T, H] -> logits [B, C]; the mask is unused ([CLS] only)."""
+        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # [B, H]
+        return self.classifier(self.dropout(pooled))
+
+    def init_from_pooler(self, weights: dict[str, torch.Tensor] | None) -> None:
+        """Start from the backbone's pretrained pooler weights (``Backbone.pretrained_pooler``)."""
+        if weights is not None:
+            self.pooler.load_state_dict(weights)

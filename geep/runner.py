@@ -1,0 +1,318 @@
+"""The interface every method implements, the registry of methods, and checkpoints.
+
+A method is registered by name (``@register``) and is used the same way by the CLI, the
+benchmarks and the tests::
+
+    method = get_method("bert").create("minilm-l6", labels, dataset="rotten-tomatoes", config=cfg)
+    method.fit(train)                      # train: geep.encoding.Encoded
+    method.save("ckpt/")                   # model.safetensors + config.json + tokenizer files
+    method = load_checkpoint("ckpt/")      # never unpickles
+    out = method.predict(texts, speed=0.5, batch_size=32)  # labels, exit layers, FLOPs, timings
+
+A method implements :meth:`Method.build_model`, :meth:`Method.fit`,
+:meth:`Method.predict_batches`, :meth:`Method.full_depth_flops` and :meth:`Method.default_speeds`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+
+import geep
+from geep.backbone import Backbone, load_pretrained
+from geep.config import TrainConfig
+from geep.encoding import Encoded, encode_texts
+from geep.errors import GeepError
+from geep.flops import CONVENTIONS, EncoderDims
+from geep.storage import atomic_directory
+
+WEIGHTS_FILE = "model.safetensors"
+INFO_FILE = "config.json"
+
+
+@dataclass
+class CheckpointInfo:
+    """Everything needed to rebuild a trained method without its training code or the hub."""
+
+    method: str
+    model: str  # what the backbone was loaded from: embedded name, path or hub id
+    dataset: str  # registry name or path the method was trained on
+    label_names: list[str]
+    task: str  # "single" or "pair"
+    train: dict[str, Any]  # TrainConfig.to_dict()
+    backbone: dict[str, Any]  # the encoder's transformers config
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific switches
+    dev_accuracy: float | None = None
+    geep_version: str = geep.__version__
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.train["seq_len"])
+
+
+@dataclass
+class BatchResult:
+    """What a method yields per model batch; every tensor is [B]."""
+
+    index: torch.Tensor  # positions in the encoded input
+    labels: torch.Tensor
+    exit_layers: torch.Tensor  # 1..L (fractional for per-token exits)
+    flops_fastbert: torch.Tensor
+    flops_full: torch.Tensor
+
+
+@dataclass
+class Predictions:
+    """Per-sample results of :meth:`Method.predict`, in input order ([N] arrays)."""
+
+    labels: np.ndarray
+    exit_layers: np.ndarray
+    flops_fastbert: np.ndarray
+    flops_full: np.ndarray
+    batch_seconds: list[float]  # wall time of each model batch, in the order run
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered as ``name``."""
+    _import_methods()
+    if name not in METHODS:
+        raise GeepError(f"unknown method '{name}': choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def method_names() -> list[str]:
+    _import_methods()
+    return sorted(METHODS)
+
+
+def _import_methods() -> None:
+    """Import the modules that register methods (one module per method)."""
+    import geep.bert  # noqa: F401
+
+
+class Method(ABC):
+    """A trained (or trainable) early-exit method: a model with heads plus its exit rule."""
+
+    name: ClassVar[str]
+    speed_help: ClassVar[str]  # what the speed knob means, for --help and reports
+    speed_bounds: ClassVar[tuple[float, float]]  # inclusive range of valid speeds
+
+    def __init__(
+        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, info: CheckpointInfo
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.info = info
+
+    # --- what each method implements -------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def build_model(cls, backbone: Backbone, num_labels: int, options: dict[str, Any]) -> nn.Module:
+        """The backbone plus this method's heads; ``model(batch)`` returns the training loss."""
+
+    @abstractmethod
+    def fit(self, train: Encoded) -> None:
+        """Train on the encoded training split with ``self.info.train`` settings."""
+
+    @abstractmethod
+    def predict_batches(
+        self, data: Encoded, speed: float, batch_size: int
+    ) -> Iterator[BatchResult]:
+        """Run inference the way the method works, yielding results batch by batch."""
+
+    @abstractmethod
+    def full_depth_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
+        """FLOPs per sample of the same model run through all layers and its final classifier."""
+
+    @abstractmethod
+    def default_speeds(self) -> list[float]:
+        """The sweep grid, from full depth to aggressive exit, for this backbone's depth."""
+
+    # --- shared behaviour ----------------------------------------------------------------
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.model.backbone
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone.num_layers
+
+    @property
+    def dims(self) -> EncoderDims:
+        return EncoderDims.from_config(self.backbone.config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> Method:
+        self.model.to(device)
+        return self
+
+    @classmethod
+    def create(
+        cls,
+        model: str,
+        label_names: Sequence[str],
+        dataset: str,
+        config: TrainConfig,
+        task: str = "single",
+        options: dict[str, Any] | None = None,
+    ) -> Method:
+        """A new, untrained method on the pretrained encoder ``model``."""
+        encoder, tokenizer = load_pretrained(model)
+        if config.seq_len > encoder.config.max_position_embeddings:
+            raise GeepError(
+                f"--seq-len {config.seq_len} exceeds the model's "
+                f"{encoder.config.max_position_embeddings} positions"
+            )
+        options = dict(options or {})
+        info = CheckpointInfo(
+            method=cls.name,
+            model=model,
+            dataset=dataset,
+            label_names=list(label_names),
+            task=task,
+            train=config.to_dict(),
+            backbone=encoder.config.to_dict(),
+            options=options,
+        )
+        return cls(cls.build_model(Backbone(encoder), len(label_names), options), tokenizer, info)
+
+    def check_speed(self, speed: float) -> None:
+        low, high = self.speed_bounds
+        if not low <= speed <= high:
+            raise GeepError(
+                f"speed {speed} is out of range for {self.name}: use a value in "
+                f"[{low}, {high}] ({self.speed_help})"
+            )
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        text_pairs: Sequence[str] | None = None,
+        seq_len: int | None = None,
+        labels: Sequence[int] | None = None,
+    ) -> Encoded:
+        """Tokenize with this checkpoint's tokenizer; ``seq_len`` defaults to training's."""
+        return encode_texts(self.tokenizer, texts, seq_len or self.info.seq_len, text_pairs, labels)
+
+    def predict(
+        self,
+        texts: Sequence[str],
+        speed: float,
+        batch_size: int = 32,
+        text_pairs: Sequence[str] | None = None,
+    ) -> Predictions:
+        """Predicted label, exit layer and FLOPs (both conventions) for each text."""
+        return self.run(self.encode(texts, text_pairs), speed, batch_size)
+
+    @torch.inference_mode()
+    def run(
+        self, data: Encoded, speed: float, batch_size: int, progress: bool = False
+    ) -> Predictions:
+        """Inference on encoded data; each batch is timed (synchronised on a GPU)."""
+        self.check_speed(speed)
+        if batch_size < 1:
+            raise GeepError(f"--batch-size must be at least 1, got {batch_size}")
+        self.model.eval()
+        n = len(data)
+        labels = np.full(n, -1, dtype=np.int64)
+        exits = np.zeros(n, dtype=np.float64)
+        flops = {c: np.zeros(n, dtype=np.int64) for c in CONVENTIONS}
+        seconds: list[float] = []
+        batches = self.predict_batches(data, speed, batch_size)
+        bar = tqdm(
+            total=n,
+            desc=f"{self.name} speed={speed:g}",
+            unit="sample",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        while True:
+            start = time.perf_counter()
+            result = next(batches, None)
+            self._synchronize()
+            if result is None:
+                break
+            seconds.append(time.perf_counter() - start)
+            idx = result.index.cpu().numpy()
+            labels[idx] = result.labels.cpu().numpy()
+            exits[idx] = result.exit_layers.cpu().numpy()
+            flops["fastbert"][idx] = result.flops_fastbert.cpu().numpy()
+            flops["full"][idx] = result.flops_full.cpu().numpy()
+            bar.update(len(idx))
+        bar.close()
+        if (labels < 0).any():
+            raise RuntimeError(f"{self.name}.predict_batches left samples without a prediction")
+        return Predictions(labels, exits, flops["fastbert"], flops["full"], seconds)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint atomically: a reader never sees a half-written folder."""
+        path = Path(path)
+        with atomic_directory(path) as tmp:
+            save_model(self.model, str(tmp / WEIGHTS_FILE))
+            (tmp / INFO_FILE).write_text(json.dumps(asdict(self.info), indent=2) + "\n")
+            self.tokenizer.save_pretrained(tmp)
+        return path
+
+
+def load_checkpoint(path: str | Path) -> Method:
+    """Rebuild a method from a checkpoint folder (safetensors + JSON; nothing is unpickled)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise GeepError(
+            f"checkpoint {path} does not exist: train one with `geep train --out {path}`"
+        )
+    try:
+        raw = json.loads((path / INFO_FILE).read_text())
+        info = CheckpointInfo(**raw)
+    except FileNotFoundError as err:
+        raise GeepError(f"{path} is not a checkpoint (no {INFO_FILE}): retrain it") from err
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
+        raise GeepError(f"checkpoint {path}/{INFO_FILE} is corrupted: retrain it") from err
+    cls = get_method(info.method)
+    backbone_config = dict(info.backbone)
+    try:
+        config = AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config)
+        model = cls.build_model(Backbone.from_config(config), info.num_labels, info.options)
+        load_model(model, str(path / WEIGHTS_FILE), strict=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (FileNotFoundError, SafetensorError, RuntimeError, OSError, KeyError, ValueError) as err:
+        raise GeepError(
+            f"checkpoint {path} is incomplete or corrupted ({type(err).__name__}): retrain it"
+        ) from err
+    return cls(model, tokenizer, info)

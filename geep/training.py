@@ -1,0 +1,114 @@
+"""The one training loop every method uses: AdamW, linear warm-up and decay, Accelerate.
+
+Accelerate places the model and batches on the available device; ``accelerate launch`` runs the
+same loop on many GPUs or nodes. A method supplies the loss and the parameters to train, so
+multi-step recipes (FastBERT's self-distillation, DeeBERT's two stages) call it once per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from geep.config import TrainConfig
+from geep.data import load_dataset
+from geep.encoding import Encoded, encode_split
+from geep.metrics import accuracy
+from geep.runner import Method, get_method
+
+
+def train_loop(
+    model: nn.Module,
+    params: Iterable[nn.Parameter],
+    data: Encoded,
+    config: TrainConfig,
+    lr: float | None = None,
+    desc: str = "train",
+    **forward_kwargs: Any,
+) -> list[float]:
+    """Minimise ``model(batch, **forward_kwargs)`` (a scalar loss) over ``data``.
+
+    Returns the loss of every step. Only ``params`` are updated (a method's later steps freeze
+    the rest).
+    ``lr`` overrides ``config.lr`` (FastBERT's step 2 uses 10x). Batches are shuffled with
+    ``config.seed``; the schedule decays to 0 exactly at the last step (not earlier, unlike the
+    FastBERT reference code).
+    """
+    set_seed(config.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr or config.lr,
+    )
+    loader = DataLoader(
+        range(len(data)),
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(config.seed),
+        collate_fn=lambda index: data.batch(torch.tensor(index)),
+    )
+    total = len(loader) * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total), total)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model.train()
+    losses: list[float] = []
+    with tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True) as bar:
+        for _ in range(config.epochs):
+            for batch in loader:
+                loss = model(batch.to(accelerator.device), **forward_kwargs)
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                bar.update()
+    accelerator.unwrap_model(model).eval()
+    return losses
+
+
+def train_method(
+    method_name: str,
+    dataset: str,
+    out: str | Path,
+    model: str,
+    config: TrainConfig,
+    options: dict[str, Any] | None = None,
+) -> Method:
+    """Train ``method_name`` on ``dataset``'s train split and save the checkpoint to ``out``.
+
+    Accuracy on the dev split at the method's first (full-depth) speed is recorded in the
+    checkpoint; the test split is never looked at.
+    """
+    cls = get_method(method_name)
+    data = load_dataset(dataset)
+    train = data["train"]
+    if config.max_train is not None and config.max_train < len(train):
+        train = train.shuffle(seed=config.seed).select(range(config.max_train))
+    task = "pair" if "text_pair" in train.column_names else "single"
+    labels = train.features["label"].names
+    method = cls.create(model, labels, dataset, config, task=task, options=options)
+    if torch.cuda.is_available():
+        method.to("cuda")
+    method.fit(encode_split(method.tokenizer, train, config.seq_len))
+    dev = encode_split(method.tokenizer, data["dev"], config.seq_len)
+    speed = method.default_speeds()[0]
+    method.info.dev_accuracy = accuracy(dev.labels.numpy(), method.run(dev, speed, 64).labels)
+    method.save(out)
+    return method

@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny random BERT saved as a local model folder, and a private cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import BertConfig, BertModel, BertTokenizer
+
+WORDS = (
+    "good great fine nice love best happy bad awful poor hate worst sad boring "
+    "the movie film plot was is a an and very not it this of to"
+).split()  # noqa: SIM905
+
+
+def make_tiny_model(folder: Path, layers: int = 4, seed: int = 0) -> Path:
+    """Save a random 4-layer, hidden-32 BERT and a word-level vocab to ``folder``."""
+    import torch
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"]
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point $GEEP_CACHE at an empty folder for one test."""
+    monkeypatch.setenv("GEEP_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -1,0 +1,243 @@
+"""The `geep` command end to end: train -> checkpoint -> evaluate, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from geep.cli import main
+from geep.data import OFFLINE_TIER, REGISTRY
+from tests.test_runner import toy
+
+PAPER = [
+    "chnsenticorp",
+    "book-review",
+    "shopping-review",
+    "lcqmc",
+    "weibo",
+    "thucnews",
+    "ag-news",
+    "amazon-full",
+    "dbpedia",
+    "yahoo",
+    "yelp-full",
+    "yelp-polarity",
+]
+OFFLINE = [
+    "thucnews-titles",
+    "chinese-reviews",
+    "rotten-tomatoes",
+    "bbc-news",
+    "health-tweets",
+    "tweet-sentiment",
+]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real entry point in a subprocess, as a user would."""
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "geep.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A UER-format dataset folder (train/dev/test TSV) of the separable toy task."""
+    folder = tmp_path_factory.mktemp("toy")
+    for split, n, offset in (("train", 80, 0), ("dev", 20, 1), ("test", 20, 3)):
+        texts, labels = toy(n + offset)
+        rows = [
+            f"{y}\t{t} {'it' * (i % 3)}".rstrip()
+            for i, (t, y) in enumerate(zip(texts[offset:], labels[offset:], strict=True))
+        ]
+        (folder / f"{split}.tsv").write_text("label\ttext_a\n" + "\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model: Path, toy_dir: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "bert-toy"
+    status = main(
+        [
+            "train",
+            "--method",
+            "bert",
+            "--dataset",
+            str(toy_dir),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(out),
+            "--epochs",
+            "4",
+            "--seq-len",
+            "16",
+            "--lr",
+            "1e-3",
+            "--batch-size",
+            "8",
+        ]
+    )
+    assert status == 0
+    return out
+
+
+def test_datasets_json_lists_all_eighteen(capsys) -> None:
+    assert main(["datasets", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    names = [d["name"] for d in listed]
+    assert sorted(names) == sorted(PAPER + OFFLINE)
+    assert sorted(OFFLINE_TIER) == sorted(OFFLINE)
+    assert {d["name"]: d["language"] for d in listed}["lcqmc"] == "zh"
+    assert REGISTRY["lcqmc"].task == "pair"
+
+
+def test_train_then_evaluate_json_and_predictions(checkpoint, tmp_path, capsys) -> None:
+    info = json.loads((checkpoint / "config.json").read_text())
+    assert info["method"] == "bert" and info["dev_accuracy"] > 0.9
+    preds = tmp_path / "preds.jsonl"
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--json",
+                "--predictions",
+                str(preds),
+                "--batch-size",
+                "7",
+            ]
+        )
+        == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["method"] == "bert" and doc["num_layers"] == 4
+    assert doc["dataset"] == info["dataset"]
+    (row,) = doc["results"]
+    for key in (
+        "speed",
+        "accuracy",
+        "avg_exit_layer",
+        "flops_fastbert",
+        "flops_full",
+        "speedup",
+        "throughput",
+        "latency_ms_p50",
+        "n",
+    ):
+        assert key in row, key
+    assert row["accuracy"] > 0.9 and row["n"] == 20 and row["avg_exit_layer"] == 4
+    assert row["speedup"] == pytest.approx(1.0) and row["flops_full"] > row["flops_fastbert"] > 0
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert len(lines) == 20
+    assert set(lines[0]) == {"index", "text", "label", "pred", "exit_layer", "speed"}
+    assert [x["index"] for x in lines] == list(range(20))
+
+
+def test_evaluate_table_and_max_eval(checkpoint, capsys) -> None:
+    assert (
+        main(["evaluate", "--checkpoint", str(checkpoint), "--max-eval", "5", "--split", "dev"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "bert on" in out and "n=5" in out and "accuracy" in out
+
+
+@pytest.mark.parametrize("command", ["datasets", "train", "evaluate", "flops"])
+def test_every_command_has_help_with_examples(command, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "examples:" in capsys.readouterr().out
+
+
+BAD = [
+    (
+        ["train", "--method", "nope", "--dataset", "rotten-tomatoes", "--out", "{tmp}/x"],
+        "unknown method 'nope'",
+    ),
+    (["train", "--method", "bert", "--dataset", "no-such-set", "--out", "{tmp}/x"], "no-such-set"),
+    (
+        ["train", "--method", "bert", "--dataset", "{tmp}/missing.tsv", "--out", "{tmp}/x"],
+        "missing.tsv",
+    ),
+    (
+        [
+            "train",
+            "--method",
+            "bert",
+            "--dataset",
+            "rotten-tomatoes",
+            "--out",
+            "{tmp}/x",
+            "--seq-len",
+            "0",
+        ],
+        "is not a whole number >= 1",
+    ),
+    (
+        [
+            "train",
+            "--method",
+            "bert",
+            "--dataset",
+            "rotten-tomatoes",
+            "--out",
+            "{tmp}/x",
+            "--lr",
+            "abc",
+        ],
+        "'abc' is not a number",
+    ),
+    (
+        ["train", "--method", "bert", "--dataset", "{toy}", "--out", "{tmp}/x", "--seq-len", "4"],
+        "--seq-len must lie in 8..512",
+    ),
+    (["evaluate", "--checkpoint", "{tmp}/none"], "does not exist"),
+    (["evaluate", "--checkpoint", "{ckpt}", "--speed", "0.5"], "out of range for bert"),
+    (["evaluate", "--checkpoint", "{ckpt}", "--speed", "-1"], "is not a speed >= 0"),
+    (
+        ["evaluate", "--checkpoint", "{ckpt}", "--dataset", "rotten-tomatoes"],
+        "the checkpoint was trained on",
+    ),
+    (
+        [
+            "train",
+            "--method",
+            "bert",
+            "--dataset",
+            "{toy}",
+            "--out",
+            "{tmp}/x",
+            "--model",
+            "someone/not-a-model",
+        ],
+        "could not fetch model 'someone/not-a-model'",
+    ),
+    (["train", "--method", "bert", "--dataset", "ag-news", "--out", "{tmp}/x"], "offline"),
+]
+
+
+@pytest.mark.parametrize(
+    "argv, message", BAD, ids=[" ".join(a[:3]) + f" {i}" for i, (a, _) in enumerate(BAD)]
+)
+def test_bad_input_gives_one_line_and_status_2(argv, message, tmp_path, toy_dir, checkpoint):
+    argv = [a.format(tmp=tmp_path, toy=toy_dir, ckpt=checkpoint) for a in argv]
+    result = run_cli(*argv, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    err = result.stderr.strip()
+    assert result.returncode == 2, err
+    assert message in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()  # nothing half-written

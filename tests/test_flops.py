@@ -1,0 +1,144 @@
+"""FLOPs accounting: the analytic counts agree with counters run on a real forward."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import BertConfig
+
+from geep import flops
+from geep.backbone import Backbone
+from geep.cli import main
+from geep.flops import EncoderDims
+from geep.heads import FastBERTHead
+
+CONFIGS = ["bert-base", "minilm-l6"]
+
+
+def forward_with_head(dims: EncoderDims, n: int, num_labels: int) -> tuple[nn.Module, callable]:
+    """A random encoder of ``dims`` plus one FastBERT head, and a closure running one sample."""
+    config = BertConfig(
+        hidden_size=dims.hidden,
+        num_hidden_layers=dims.num_layers,
+        num_attention_heads=dims.num_heads,
+        intermediate_size=dims.intermediate,
+    )
+    backbone = Backbone.from_config(config).eval()
+    head = FastBERTHead(dims.hidden, num_labels).eval()
+    ids = torch.randint(1000, 2000, (1, n))
+    mask = torch.ones_like(ids)
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            hidden, amask = backbone.embed(ids, mask, torch.zeros_like(ids))
+            hidden = backbone.run_layers(hidden, amask, 0, dims.num_layers)
+            return head(hidden, mask)
+
+    return nn.ModuleList([backbone, head]), run
+
+
+def counted_flops(run: callable) -> int:
+    """FlopCounterMode's total for ``run()``.
+
+    SDPA runs on its math backend: on a CPU the fused kernel
+    (aten._scaled_dot_product_flash_attention_for_cpu) has no FLOP formula in torch 2.13's
+    counter and would silently count attention as 0.
+    """
+    counter = FlopCounterMode(display=False)
+    with counter, sdpa_kernel(SDPBackend.MATH):
+        run()
+    return counter.get_total_flops()
+
+
+def linear_only_flops(model: nn.Module, run: callable) -> int:
+    """2 x multiply-adds of every nn.Linear call, counted by forward hooks (thop's convention)."""
+    total = 0
+
+    def hook(module: nn.Linear, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        nonlocal total
+        total += (
+            2 * inputs[0].numel() // module.in_features * module.in_features * module.out_features
+        )
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    run()
+    for h in handles:
+        h.remove()
+    return total
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("n", [16, 128])
+def test_full_convention_matches_flop_counter(name: str, n: int) -> None:
+    dims = flops.NAMED_DIMS[name]
+    _, run = forward_with_head(dims, n, num_labels=3)
+    analytic = flops.breakdown(dims, n, 3, "full")["total"]
+    measured = counted_flops(run)
+    assert abs(analytic - measured) / measured < 0.01, (analytic, measured)
+    assert analytic == measured  # in fact exact
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_fastbert_convention_matches_linear_hooks(name: str) -> None:
+    dims = flops.NAMED_DIMS[name]
+    model, run = forward_with_head(dims, 40, num_labels=2)
+    measured = linear_only_flops(model, run)
+    assert flops.breakdown(dims, 40, 2, "fastbert")["total"] == measured
+
+
+def test_conventions_differ_by_attention_matmuls_only() -> None:
+    dims = flops.NAMED_DIMS["bert-base"]
+    full = flops.breakdown(dims, 128, 2, "full")
+    fast = flops.breakdown(dims, 128, 2, "fastbert")
+    attention = 12 * 2 * (2 * 128 * 128 * 768) + 2 * (2 * 128 * 128 * 128)
+    assert full["total"] - fast["total"] == attention
+    # BERT-base at length 128, linear layers only: 12 x 2 x 128 x (4 x 768^2 + 2 x 768 x 3072).
+    assert fast["layer.ffn (x12)"] + fast["layer.attention.qkv (x12)"] + fast[
+        "layer.attention.output (x12)"
+    ] == 12 * 2 * 128 * (4 * 768**2 + 2 * 768 * 3072)
+
+
+def test_flops_cli_json_and_config_path(tmp_path, capsys) -> None:
+    assert (
+        main(
+            ["flops", "--config", "minilm-l6", "--seq-len", "64", "--convention", "full", "--json"]
+        )
+        == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert (
+        doc["components"]["total"]
+        == flops.breakdown(flops.NAMED_DIMS["minilm-l6"], 64, 2, "full")["total"]
+    )
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            BertConfig(
+                num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128
+            ).to_dict()
+        )
+    )
+    assert main(["flops", "--config", str(config), "--seq-len", "10"]) == 0
+    assert "2 layers, hidden 64" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["flops", "--config", "nope"], "unknown config 'nope'"),
+        (["flops", "--config", "bert-base", "--seq-len", "0"], "is not a whole number >= 1"),
+        (["flops", "--config", "bert-base", "--convention", "thop"], "invalid choice"),
+    ],
+)
+def test_flops_cli_bad_input(argv, message, capsys) -> None:
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse errors exit directly
+        status = exit_.code
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
