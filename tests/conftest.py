@@ -10,7 +10,7 @@ from transformers import BertConfig, BertModel, BertTokenizer
 WORDS = (
     "good great fine nice love best happy bad awful poor hate worst sad boring "
     "the movie film plot was is a an and very not it this of to"
-).split()  # noqa: SIM905
+).split()
 
 
 def make_tiny_model(folder: Path, layers: int = 4, seed: int = 0) -> Path:
