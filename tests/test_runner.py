@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +15,26 @@ from geep.errors import GeepError
 from geep.runner import Method, get_method, load_checkpoint, method_names
 from tests.test_flops import counted_flops
 
-POSITIVE = ["good great film", "love this movie", "the best film", "nice and happy", "great plot"]
-NEGATIVE = ["bad awful film", "hate this movie", "the worst film", "boring and sad", "poor plot"]
+POSITIVE = "good great love best nice happy fine".split()
+NEGATIVE = "bad awful hate worst boring sad poor".split()
+FILLER = "the movie film plot was is a an and very it this of to".split()
 
 
-def toy(n: int) -> tuple[list[str], list[int]]:
-    """A separable two-class task: n texts cycling through the word lists above."""
-    texts = [(POSITIVE if i % 2 else NEGATIVE)[(i // 2) % 5] for i in range(n)]
-    return texts, [i % 2 for i in range(n)]
+def toy(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
+    """A separable two-class task: label 1 iff the text holds a positive word (seeded, varied)."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for i in range(n):
+        cue = rng.choice(POSITIVE if i % 2 else NEGATIVE)
+        words = [*rng.sample(FILLER, rng.randint(2, 6)), cue]
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append(i % 2)
+    return texts, labels
 
 
 def new_bert(tiny_model: Path, **train: object) -> Method:
-    config = TrainConfig(**{"epochs": 4, "batch_size": 8, "lr": 1e-3, "seq_len": 16, **train})
+    config = TrainConfig(**{"epochs": 8, "batch_size": 8, "lr": 3e-3, "seq_len": 16, **train})
     return get_method("bert").create(str(tiny_model), ["negative", "positive"], "toy", config)
 
 

