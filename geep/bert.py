@@ -1,8 +1,11 @@
 """The full-depth reference method, ``bert``: the plain fine-tuned encoder with one classifier.
 
-BertForSequenceClassification's recipe (Devlin et al., 2019): all L layers, the pooler on
-[CLS] and a linear classifier, fine-tuned with cross-entropy. It has no exit and no speed knob
-(the only valid speed is 0); every other method's speedup is measured against full depth.
+BertForSequenceClassification's recipe (Devlin et al., 2019): all L layers, the pooler on the
+sentence vector and a linear classifier, fine-tuned with cross-entropy. The sentence vector is
+[CLS] for BERT checkpoints and the token mean for mean-pooling sentence encoders such as the
+embedded all-MiniLM-L6-v2, whose [CLS] state carries little sentence information. It has no
+exit and no speed knob (the only valid speed is 0); every other method's speedup is measured
+against full depth.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class FullDepthClassifier(nn.Module):
         """[B, T] inputs -> [B, C] logits after all layers."""
         hidden, mask = self.backbone.embed(**batch.inputs())  # [B, T, H]
         hidden = self.backbone.run_layers(hidden, mask, 0, self.backbone.num_layers)
-        return self.classifier(hidden)
+        return self.classifier(self.backbone.sentence_vector(hidden, batch.attention_mask))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Training loss: cross-entropy of the final classifier."""

@@ -62,6 +62,7 @@ EXAMPLES = {
 
 def build_parser() -> argparse.ArgumentParser:
     from geep.backbone import DEFAULT_MODEL
+    from geep.config import TrainConfig
 
     parser = _Parser(
         prog="geep",
@@ -97,11 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-train", type=_positive_int, help="seeded random subset of N training samples"
     )
-    p.add_argument("--seq-len", type=_positive_int, default=128, help="max tokens per sample (128)")
-    p.add_argument("--epochs", type=_positive_int, default=3, help="training epochs (3)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="training batch size (32)")
-    p.add_argument("--lr", type=_positive_float, default=2e-5, help="peak learning rate (2e-5)")
-    p.add_argument("--seed", type=_nonneg_int, default=42, help="random seed (42)")
+    defaults = TrainConfig()
+    for flag, kind, what in (
+        ("--seq-len", _positive_int, "max tokens per sample"),
+        ("--epochs", _positive_int, "training epochs"),
+        ("--batch-size", _positive_int, "training batch size"),
+        ("--lr", _positive_float, "peak learning rate"),
+        ("--seed", _nonneg_int, "random seed"),
+    ):
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        p.add_argument(flag, type=kind, default=default, help=f"{what} ({default:g})")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

@@ -10,14 +10,18 @@ from geep.errors import GeepError
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Fine-tuning settings (defaults: FastBERT's step 1, METHODS.md).
+    """Fine-tuning settings; ``max_train`` keeps a seeded random subset of the training split.
 
-    ``max_train`` keeps a seeded random subset of the training split (None = all of it).
+    The defaults suit the embedded 6-layer MiniLM on small CPU budgets. They were chosen on the
+    rotten-tomatoes dev split (800 training samples, 1 epoch, length 48): lr 1e-4 at batch 16
+    reached 0.757 dev accuracy where FastBERT's lr 2e-5 at batch 32 (METHODS.md) stayed at the
+    majority class (0.580): 25 small steps barely move a freshly initialised classifier. The
+    papers' recipe (2e-5, batch 32, 3 epochs on BERT-base) is set explicitly where it is used.
     """
 
     epochs: int = 3
-    batch_size: int = 32
-    lr: float = 2e-5
+    batch_size: int = 16
+    lr: float = 1e-4
     warmup: float = 0.1
     weight_decay: float = 0.01
     seq_len: int = 128

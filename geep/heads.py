@@ -53,9 +53,10 @@ class FastBERTHead(nn.Module):
 
 
 class PoolerClassifier(nn.Module):
-    """Pooler (Linear(H, H) + tanh on [CLS]) + dropout + Linear(H, C).
+    """Pooler (Linear(H, H) + tanh) + dropout + Linear(H, C) on a sentence vector.
 
-    The classifier of BertForSequenceClassification.
+    The classifier of BertForSequenceClassification; it reads the backbone's sentence vector
+    (``Backbone.sentence_vector``: [CLS], or the token mean for mean-pooling encoders).
     """
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1) -> None:
@@ -64,11 +65,9 @@ class PoolerClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
 
-    def forward(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """hidden [B, T, H] -> logits [B, C]; the mask is unused ([CLS] only)."""
-        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # [B, H]
+    def forward(self, sentence: torch.Tensor) -> torch.Tensor:
+        """sentence [B, H] -> logits [B, C]."""
+        pooled = torch.tanh(self.pooler(sentence))  # [B, H]
         return self.classifier(self.dropout(pooled))
 
     def init_from_pooler(self, weights: dict[str, torch.Tensor] | None) -> None:

@@ -54,6 +54,7 @@ class CheckpointInfo:
     task: str  # "single" or "pair"
     train: dict[str, Any]  # TrainConfig.to_dict()
     backbone: dict[str, Any]  # the encoder's transformers config
+    pooling: str  # the encoder's sentence vector: "cls" or "mean" (Backbone.sentence_vector)
     options: dict[str, Any] = field(default_factory=dict)  # method-specific switches
     dev_accuracy: float | None = None
     geep_version: str = geep.__version__
@@ -188,11 +189,11 @@ class Method(ABC):
         options: dict[str, Any] | None = None,
     ) -> Method:
         """A new, untrained method on the pretrained encoder ``model``."""
-        encoder, tokenizer = load_pretrained(model)
-        if config.seq_len > encoder.config.max_position_embeddings:
+        backbone, tokenizer = load_pretrained(model)
+        if config.seq_len > backbone.config.max_position_embeddings:
             raise GeepError(
                 f"--seq-len {config.seq_len} exceeds the model's "
-                f"{encoder.config.max_position_embeddings} positions"
+                f"{backbone.config.max_position_embeddings} positions"
             )
         options = dict(options or {})
         info = CheckpointInfo(
@@ -202,10 +203,11 @@ class Method(ABC):
             label_names=list(label_names),
             task=task,
             train=config.to_dict(),
-            backbone=encoder.config.to_dict(),
+            backbone=backbone.config.to_dict(),
+            pooling=backbone.pooling,
             options=options,
         )
-        return cls(cls.build_model(Backbone(encoder), len(label_names), options), tokenizer, info)
+        return cls(cls.build_model(backbone, len(label_names), options), tokenizer, info)
 
     def check_speed(self, speed: float) -> None:
         low, high = self.speed_bounds
@@ -308,7 +310,8 @@ def load_checkpoint(path: str | Path) -> Method:
     backbone_config = dict(info.backbone)
     try:
         config = AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config)
-        model = cls.build_model(Backbone.from_config(config), info.num_labels, info.options)
+        backbone = Backbone.from_config(config, info.pooling)
+        model = cls.build_model(backbone, info.num_labels, info.options)
         load_model(model, str(path / WEIGHTS_FILE), strict=True)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (FileNotFoundError, SafetensorError, RuntimeError, OSError, KeyError, ValueError) as err:

@@ -97,6 +97,7 @@ def train_method(
     checkpoint; the test split is never looked at.
     """
     cls = get_method(method_name)
+    set_seed(config.seed)  # before the heads are initialised, so a seed fixes the whole run
     data = load_dataset(dataset)
     train = data["train"]
     if config.max_train is not None and config.max_train < len(train):

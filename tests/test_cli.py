@@ -238,3 +238,31 @@ def test_bad_input_gives_one_line_and_status_2(argv, message, tmp_path, toy_dir,
     assert message in err, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_same_seed_gives_identical_checkpoints(tiny_model, toy_dir, tmp_path) -> None:
+    """Seeding happens before the heads are built, so a whole run is fixed by --seed."""
+    weights = []
+    for run in ("a", "b", "c"):
+        seed = "7" if run != "c" else "8"
+        argv = [
+            "train",
+            "--method",
+            "bert",
+            "--dataset",
+            str(toy_dir),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / run),
+            "--epochs",
+            "1",
+            "--seq-len",
+            "16",
+            "--seed",
+            seed,
+        ]
+        assert main(argv) == 0
+        weights.append((tmp_path / run / "model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
+    assert weights[0] != weights[2]

@@ -8,22 +8,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from geep.backbone import Backbone, load_pretrained
+from geep.backbone import load_pretrained
 from geep.cli import main
 from geep.encoding import encode_texts
 
 
 def test_embedded_model_loads_pretrained_weights() -> None:
-    encoder, tokenizer = load_pretrained("minilm-l6")
-    backbone = Backbone(encoder).eval()
+    backbone, tokenizer = load_pretrained("minilm-l6")
+    backbone.eval()
     assert backbone.num_layers == 6 and backbone.hidden_size == 384
+    assert backbone.pooling == "mean"  # from the model's own 1_Pooling/config.json
     texts = ["a cat sits on the mat", "a kitten is sitting on a rug", "stock markets fell sharply"]
     enc = encode_texts(tokenizer, texts, seq_len=32)
     with torch.no_grad():
         hidden, mask = backbone.embed(enc.input_ids, enc.attention_mask, enc.token_type_ids)
         hidden = backbone.run_layers(hidden, mask, 0, 6)
-    m = enc.attention_mask[..., None].float()
-    emb = F.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)  # the model's mean pooling
+    emb = F.normalize(backbone.sentence_vector(hidden, enc.attention_mask), dim=-1)
     # Pretrained sentence embeddings know a kitten from the stock market; random weights do not.
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.3
 
