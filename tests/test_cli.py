@@ -37,6 +37,14 @@ OFFLINE = [
 ]
 
 
+def assert_one_error_line(stderr: str, message: str) -> None:
+    """Exactly one error line, last, naming the problem; progress lines (downloads) may precede."""
+    lines = stderr.strip().splitlines()
+    assert [x for x in lines if "error" in x] == lines[-1:], stderr
+    assert lines[-1].startswith("geep") and message in lines[-1], stderr
+    assert "Traceback" not in stderr, stderr
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the real entry point in a subprocess, as a user would."""
     import os
@@ -221,7 +229,7 @@ BAD = [
             "--model",
             "someone/not-a-model",
         ],
-        "could not fetch model 'someone/not-a-model'",
+        "could not fetch model 'someone/not-a-model': the Hugging Face hub is unavailable",
     ),
     (["train", "--method", "bert", "--dataset", "ag-news", "--out", "{tmp}/x"], "offline"),
 ]
@@ -233,10 +241,8 @@ BAD = [
 def test_bad_input_gives_one_line_and_status_2(argv, message, tmp_path, toy_dir, checkpoint):
     argv = [a.format(tmp=tmp_path, toy=toy_dir, ckpt=checkpoint) for a in argv]
     result = run_cli(*argv, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-    err = result.stderr.strip()
-    assert result.returncode == 2, err
-    assert message in err, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert result.returncode == 2, result.stderr
+    assert_one_error_line(result.stderr, message)
     assert not (tmp_path / "x").exists()  # nothing half-written
 
 
@@ -266,3 +272,33 @@ def test_same_seed_gives_identical_checkpoints(tiny_model, toy_dir, tmp_path) ->
         weights.append((tmp_path / run / "model.safetensors").read_bytes())
     assert weights[0] == weights[1]
     assert weights[0] != weights[2]
+
+
+MALFORMED = {
+    "empty.tsv": (b"", "empty"),
+    "nolabel.csv": (b"text,score\nnice film,1\nbad film,0\n", "label"),
+    "latin1.tsv": ("label\ttext_a\n0\tcaf\u00e9 cr\u00e8me\n".encode("latin-1"), "UTF-8"),
+    "negative.jsonl": (b'{"label": -1, "text": "bad"}\n{"label": 0, "text": "ok"}\n', "label"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_files_give_one_line(name, tiny_model, tmp_path, capsys) -> None:
+    content, message = MALFORMED[name]
+    (tmp_path / name).write_bytes(content)
+    argv = [
+        "train",
+        "--method",
+        "bert",
+        "--dataset",
+        str(tmp_path / name),
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err, message)
+    assert name in err
+    assert not (tmp_path / "out").exists()

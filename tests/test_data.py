@@ -21,6 +21,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from geep import hub
 from geep.data import OFFLINE_TIER, REGISTRY, DatasetSpec, get_spec, load_dataset, sources
 from geep.data.archives import (
     PinnedArchive,
@@ -456,11 +457,11 @@ def test_offline_hub_request_names_the_offline_tier(
 
 
 def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sources.hf_constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(hub.hf_constants, "ENDPOINT", "http://127.0.0.1:9")
     for var in ("https_proxy", "HTTPS_PROXY"):
         monkeypatch.delenv(var, raising=False)
     start = time.perf_counter()
-    assert sources.hub_unavailable_reason(timeout=2.0) == "no connection to 127.0.0.1:9"
+    assert hub.hub_unavailable_reason(timeout=2.0) == "no connection to 127.0.0.1:9"
     assert time.perf_counter() - start < 2.5
 
 

@@ -27,19 +27,14 @@ import io
 import json
 import os
 import re
-import socket
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
-from urllib.request import getproxies
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from datasets import load_dataset as hf_load_dataset
 from datasets.exceptions import DatasetsError
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-from huggingface_hub import constants as hf_constants
 
 from geep.data.archives import fetch_archive, read_member, read_members
 from geep.data.registry import (
@@ -51,6 +46,7 @@ from geep.data.registry import (
     get_spec,
 )
 from geep.errors import GeepError
+from geep.hub import hub_unavailable_reason
 from geep.storage import atomic_directory, cache_root
 
 PREP_VERSION = 1
@@ -63,7 +59,6 @@ SPLIT_SALT = "geep-split-v1"
 _FORMATS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 _TEXT_COLUMNS = ("text_a", "text")
 _PAIR_COLUMNS = ("text_b", "text_pair")
-_TRUE = {"1", "ON", "YES", "TRUE"}
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _INDEX = re.compile(r"[0-9]+")
 
@@ -620,27 +615,3 @@ def raw_from_hub(loaded: DatasetDict, hub: HubSource) -> RawData:
     if "train" not in splits:
         raise GeepError(f"{hub.id} has no train split (splits: {', '.join(loaded)}); use files")
     return RawData(splits, hub.id, names)
-
-
-def hub_unavailable_reason(timeout: float = 3.0) -> str | None:
-    """Why the hub cannot be used now (offline flag set, or no connection), or None.
-
-    Checked before ``datasets`` is called, which otherwise retries for about 25 s. The probe opens
-    a TCP connection to the hub (or the HTTPS proxy) in a daemon thread, so even a hanging DNS
-    lookup costs at most ``timeout`` seconds.
-    """
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().upper() in _TRUE:
-            return f"{var} is set"
-    url = urlsplit(getproxies().get("https") or hf_constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    reached = threading.Event()
-
-    def probe() -> None:
-        with contextlib.suppress(OSError), socket.create_connection((url.hostname, port), timeout):
-            reached.set()
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return None if reached.is_set() else f"no connection to {url.hostname}:{port}"
