@@ -223,7 +223,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.predictions:
         write_predictions(args.predictions, ev.texts, ev.data.labels.numpy(), ev.speeds, ev.runs)
     if args.json:
-        print(json.dumps(report_json(ev.method, ev.dataset, ev.results), indent=2))
+        print(json.dumps(report_json(ev), indent=2))
         return 0
     print(
         f"{ev.method.name} on {ev.dataset} ({args.split}, n={len(ev.texts)}, "

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import geep
 from geep.data import load_dataset
 from geep.encoding import Encoded
 from geep.errors import GeepError
@@ -74,13 +75,34 @@ def sweep(
     return [summarize(method, data, s, r) for s, r in zip(speeds, runs, strict=True)], runs
 
 
-def report_json(method: Method, dataset: str, results: list[SpeedResult]) -> dict:
-    """The `geep evaluate --json` document."""
+def report_json(ev: Evaluation) -> dict:
+    """The `geep evaluate --json` document, with how it was made under "provenance"."""
+    import datasets
+    import transformers
+
+    info = ev.method.info
     return {
-        "method": method.name,
-        "dataset": dataset,
-        "num_layers": method.num_layers,
-        "results": [asdict(r) for r in results],
+        "method": ev.method.name,
+        "dataset": ev.dataset,
+        "num_layers": ev.method.num_layers,
+        "results": [asdict(r) for r in ev.results],
+        "provenance": {
+            "model": info.model,
+            "trained_on": info.dataset,
+            "train": info.train,
+            "dev_accuracy": info.dev_accuracy,
+            "split": ev.split,
+            "batch_size": ev.batch_size,
+            "seq_len": ev.data.input_ids.shape[1],
+            "device": str(ev.method.device),
+            "torch_threads": torch.get_num_threads(),
+            "versions": {
+                "geep": geep.__version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "datasets": datasets.__version__,
+            },
+        },
     }
 
 
@@ -112,6 +134,8 @@ class Evaluation:
 
     method: Method
     dataset: str
+    split: str
+    batch_size: int
     texts: list[str]
     data: Encoded
     speeds: list[float]
@@ -156,4 +180,6 @@ def evaluate_checkpoint(
     encoded = method.encode(rows["text"], pairs, seq_len, rows["label"])
     speeds = speeds if speeds else method.default_speeds()
     results, runs = sweep(method, encoded, speeds, batch_size, progress)
-    return Evaluation(method, dataset, list(rows["text"]), encoded, speeds, results, runs)
+    return Evaluation(
+        method, dataset, split, batch_size, list(rows["text"]), encoded, speeds, results, runs
+    )

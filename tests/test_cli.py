@@ -130,6 +130,8 @@ def test_train_then_evaluate_json_and_predictions(checkpoint, tmp_path, capsys) 
     doc = json.loads(capsys.readouterr().out)
     assert doc["method"] == "bert" and doc["num_layers"] == 4
     assert doc["dataset"] == info["dataset"]
+    prov = doc["provenance"]
+    assert prov["batch_size"] == 7 and prov["split"] == "test" and prov["train"]["epochs"] == 8
     (row,) = doc["results"]
     for key in (
         "speed",
