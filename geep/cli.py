@@ -70,23 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `geep COMMAND --help` for a command's options and examples.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    fmt = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser(
-        "datasets",
-        help="list the dataset registry",
-        epilog=EXAMPLES["datasets"],
-        formatter_class=fmt,
-    )
+    def command(name: str, help_: str, func: Callable[[argparse.Namespace], int]) -> _Parser:
+        p = sub.add_parser(
+            name,
+            help=help_,
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = command("datasets", "list the dataset registry", cmd_datasets)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_datasets)
 
-    p = sub.add_parser(
-        "train",
-        help="train a method and save a checkpoint",
-        epilog=EXAMPLES["train"],
-        formatter_class=fmt,
-    )
+    p = command("train", "train a method and save a checkpoint", cmd_train)
     p.add_argument("--method", required=True, help="method name (e.g. bert)")
     p.add_argument("--dataset", required=True, help="registry name or path to a local file/folder")
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
@@ -108,14 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         default = getattr(defaults, flag[2:].replace("-", "_"))
         p.add_argument(flag, type=kind, default=default, help=f"{what} ({default:g})")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
-        "evaluate",
-        help="evaluate a checkpoint over speed settings",
-        epilog=EXAMPLES["evaluate"],
-        formatter_class=fmt,
-    )
+    p = command("evaluate", "evaluate a checkpoint over speed settings", cmd_evaluate)
     p.add_argument("--checkpoint", required=True, type=Path, help="folder written by `geep train`")
     p.add_argument("--dataset", help="registry name or path (default: the training dataset)")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="split (test)")
@@ -130,14 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-eval", type=_positive_int, help="evaluate the split's first N samples")
     p.add_argument("--predictions", type=Path, help="write per-sample predictions as JSONL")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser(
-        "flops",
-        help="FLOPs breakdown of a full-depth forward",
-        epilog=EXAMPLES["flops"],
-        formatter_class=fmt,
-    )
+    p = command("flops", "FLOPs breakdown of a full-depth forward", cmd_flops)
     p.add_argument(
         "--config",
         required=True,
@@ -152,7 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-labels", type=_positive_int, default=2, help="classes of the head (2)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_flops)
     return parser
 
 
