@@ -6,8 +6,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
+import transformers
 
 import geep
 from geep.data import load_dataset
@@ -77,9 +79,6 @@ def sweep(
 
 def report_json(ev: Evaluation) -> dict:
     """The `geep evaluate --json` document, with how it was made under "provenance"."""
-    import datasets
-    import transformers
-
     info = ev.method.info
     return {
         "method": ev.method.name,
