@@ -54,7 +54,7 @@ class Bert(Method):
     speed_bounds = (0.0, 0.0)
 
     @classmethod
-    def build_model(cls, backbone: Backbone, num_labels: int, options: dict[str, Any]) -> nn.Module:
+    def build_model(cls, backbone: Backbone, num_labels: int, options: Any) -> nn.Module:
         return FullDepthClassifier(backbone, num_labels)
 
     def fit(self, train: Encoded) -> None:

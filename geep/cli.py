@@ -44,15 +44,22 @@ EXAMPLES = {
     "datasets": """examples:
   geep datasets
   geep datasets --json""",
+    "methods": """examples:
+  geep methods""",
     "train": """examples:
   geep train --method bert --dataset rotten-tomatoes --out runs/bert-rt \\
       --max-train 800 --seq-len 48 --epochs 1
   geep train --method bert --dataset data/my_reviews.tsv --out runs/mine
-  geep train --method bert --dataset chnsenticorp --model bert-base-chinese --out runs/chn""",
+  geep train --method bert --dataset chnsenticorp --model bert-base-chinese --out runs/chn
+  geep train --method geep --dataset rotten-tomatoes --out runs/geep-rt --max-train 800 --seq-len 48
+  geep train --method geep --dataset rotten-tomatoes --out runs/geep-last \\
+      --option teacher_inputs=last --option training=two-step""",
     "evaluate": """examples:
   geep evaluate --checkpoint runs/bert-rt
   geep evaluate --checkpoint runs/bert-rt --max-eval 500 --json
-  geep evaluate --checkpoint runs/geep-rt --speed 0.1 --speed 0.5 --predictions preds.jsonl""",
+  geep evaluate --checkpoint runs/geep-rt --speed 0.1 --speed 0.5 --predictions preds.jsonl
+  geep evaluate --checkpoint runs/geep-rt --option exit_head=shared --option exit_quantile=0.8
+  geep evaluate --checkpoint runs/geep-rt --option mode=dynamic""",
     "flops": """examples:
   geep flops --config bert-base --seq-len 128 --convention fastbert
   geep flops --config minilm-l6 --seq-len 64 --convention full --num-labels 4 --json
@@ -84,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("datasets", "list the dataset registry", cmd_datasets)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    command("methods", "list the methods, their speed knobs and options", cmd_methods)
+
     p = command("train", "train a method and save a checkpoint", cmd_train)
-    p.add_argument("--method", required=True, help="method name (e.g. bert)")
+    p.add_argument("--method", required=True, help="method name (see `geep methods`)")
     p.add_argument("--dataset", required=True, help="registry name or path to a local file/folder")
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     p.add_argument(
@@ -106,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         default = getattr(defaults, flag[2:].replace("-", "_"))
         p.add_argument(flag, type=kind, default=default, help=f"{what} ({default:g})")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method option; repeat for several (see `geep methods`)",
+    )
 
     p = command("evaluate", "evaluate a checkpoint over speed settings", cmd_evaluate)
     p.add_argument("--checkpoint", required=True, type=Path, help="folder written by `geep train`")
@@ -121,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=_positive_int, help="max tokens (default: the training one)")
     p.add_argument("--max-eval", type=_positive_int, help="evaluate the split's first N samples")
     p.add_argument("--predictions", type=Path, help="write per-sample predictions as JSONL")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change an inference option of the method; repeat for several (see `geep methods`)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = command("flops", "FLOPs breakdown of a full-depth forward", cmd_flops)
@@ -172,6 +195,19 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    from geep.runner import get_method, method_names
+
+    for name in method_names():
+        cls = get_method(name)
+        low, high = cls.speed_bounds
+        print(f"{name}\n  speed: {cls.speed_help} (range {low:g}..{high:g})")
+        for line in cls.options_class.describe().split("; "):
+            if line:
+                print(f"  option {line}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from geep.config import TrainConfig
     from geep.training import train_method
@@ -184,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_train=args.max_train,
     )
-    method = train_method(args.method, args.dataset, args.out, args.model, config)
+    method = train_method(args.method, args.dataset, args.out, args.model, config, args.option)
     print(
         f"saved {method.name} checkpoint to {args.out} "
         f"(dev accuracy {method.info.dev_accuracy:.4f} at full depth)"
@@ -204,16 +240,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.seq_len,
         args.max_eval,
         progress=True,
+        settings=args.option,
     )
     if args.predictions:
         write_predictions(args.predictions, ev.texts, ev.data.labels.numpy(), ev.speeds, ev.runs)
     if args.json:
         print(json.dumps(report_json(ev), indent=2))
         return 0
+    options = ", ".join(f"{k}={v}" for k, v in ev.method.info.options.items())
     print(
         f"{ev.method.name} on {ev.dataset} ({args.split}, n={len(ev.texts)}, "
         f"{ev.method.num_layers} layers, batch {args.batch_size})"
+        + (f"\noptions: {options}" if options else "")
     )
+    extra = list(dict.fromkeys(k for r in ev.results for k in r.extra))  # e.g. GEEP's exit_mae
     rows = [
         [
             f"{r.speed:g}",
@@ -223,12 +263,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{r.speedup:.2f}x",
             f"{r.throughput:.1f}",
             f"{r.latency_ms_p50:.1f}",
+            *(f"{r.extra[k]:.3f}" if k in r.extra else "" for k in extra),
         ]
         for r in ev.results
     ]
-    print(
-        _table(rows, ["speed", "accuracy", "avg exit", "MFLOPs", "speedup", "samples/s", "p50 ms"])
-    )
+    header = ["speed", "accuracy", "avg exit", "MFLOPs", "speedup", "samples/s", "p50 ms"]
+    print(_table(rows, header + extra))
     return 0
 
 

@@ -1,11 +1,16 @@
-"""Run settings as dataclasses: what ``geep train`` takes, saved with every checkpoint."""
+"""Run settings as dataclasses, saved with every checkpoint: training and method options."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_hints
 
 from geep.errors import GeepError
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11+; only for type checkers
 
 
 @dataclass(frozen=True)
@@ -52,3 +57,87 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def inference_option(default: Any) -> Any:
+    """A method option that may be changed at evaluate time (``geep evaluate --option``)."""
+    return field(default=default, metadata={"inference": True})
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """A method's switches, stored in its checkpoint; subclasses add typed fields.
+
+    Fields are ``Literal[...]`` choices, ``int``, ``float`` or ``bool``. Fields made with
+    :func:`inference_option` only change how a trained model is run; the others fix how it is
+    trained.
+    """
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise GeepError(
+                f"unknown option {', '.join(sorted(unknown))}: {cls.describe() or 'none exist'}"
+            )
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_settings(self, settings: Sequence[str], inference_only: bool = False) -> Self:
+        """A copy with ``KEY=VALUE`` settings applied, each parsed and checked against its type."""
+        hints = get_type_hints(type(self))
+        known = {f.name: f for f in fields(self)}
+        changes: dict[str, Any] = {}
+        for setting in settings:
+            key, sep, text = setting.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in known:
+                raise GeepError(
+                    f"bad option '{setting}': use KEY=VALUE with KEY one of "
+                    f"{', '.join(known) or '(this method has no options)'}"
+                )
+            if inference_only and not known[key].metadata.get("inference"):
+                raise GeepError(
+                    f"option {key} is fixed when the model is trained: retrain with "
+                    f"`geep train --option {key}=...`"
+                )
+            changes[key] = _parse_value(key, text.strip(), hints[key])
+        return replace(self, **changes)
+
+    @classmethod
+    def describe(cls) -> str:
+        """One line per option: name, type, default, and whether it is an inference option."""
+        hints = get_type_hints(cls)
+        return "; ".join(
+            f"{f.name}={f.default} ({_type_name(hints[f.name])}"
+            f"{', inference' if f.metadata.get('inference') else ''})"
+            for f in fields(cls)
+        )
+
+
+def _type_name(kind: Any) -> str:
+    if get_origin(kind) is Literal:
+        return "|".join(str(choice) for choice in get_args(kind))
+    return kind.__name__
+
+
+def _parse_value(key: str, text: str, kind: Any) -> Any:
+    """Parse ``text`` as a value of ``kind`` (a Literal, int, float or bool)."""
+    if get_origin(kind) is Literal:
+        for choice in get_args(kind):
+            if text == str(choice):
+                return choice
+        raise GeepError(f"option {key}={text!r}: choose one of {_type_name(kind)}")
+    if kind is bool:
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise GeepError(f"option {key}={text!r}: use true or false")
+    try:
+        value = kind(text)
+    except ValueError:
+        raise GeepError(f"option {key}={text!r} is not a valid {kind.__name__}") from None
+    if not math.isfinite(value):
+        raise GeepError(f"option {key}={text!r} must be finite")
+    return value

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
@@ -40,6 +41,7 @@ class SpeedResult:
     latency_ms_p50: float  # per batch
     latency_ms_p95: float
     n: int
+    extra: dict[str, float] = field(default_factory=dict)  # Method.diagnostics (e.g. GEEP's)
 
 
 def summarize(method: Method, data: Encoded, speed: float, out: Predictions) -> SpeedResult:
@@ -61,6 +63,7 @@ def summarize(method: Method, data: Encoded, speed: float, out: Predictions) -> 
         latency_ms_p50=latency_ms(out.batch_seconds, 50),
         latency_ms_p95=latency_ms(out.batch_seconds, 95),
         n=len(labels),
+        extra=method.diagnostics(data, speed, out),
     )
 
 
@@ -90,6 +93,7 @@ def report_json(ev: Evaluation) -> dict:
             "trained_on": info.dataset,
             "train": info.train,
             "dev_accuracy": info.dev_accuracy,
+            "options": info.options,
             "split": ev.split,
             "batch_size": ev.batch_size,
             "seq_len": ev.data.input_ids.shape[1],
@@ -151,15 +155,18 @@ def evaluate_checkpoint(
     seq_len: int | None = None,
     max_eval: int | None = None,
     progress: bool = True,
+    settings: Sequence[str] = (),
 ) -> Evaluation:
     """Load ``checkpoint`` and sweep ``speeds`` (default: the method's grid) on a split.
 
     ``dataset`` defaults to the one the checkpoint was trained on; its label names must match.
-    ``max_eval`` keeps the split's first N samples.
+    ``max_eval`` keeps the split's first N samples. ``settings`` (``KEY=VALUE``) change the
+    method's inference options.
     """
     if max_eval is not None and max_eval < 1:
         raise GeepError(f"--max-eval must be at least 1, got {max_eval}")
     method = load_checkpoint(checkpoint)
+    method.configure(settings)
     dataset = dataset or method.info.dataset
     data = load_dataset(dataset)
     if split not in data:

@@ -10,11 +10,15 @@ benchmarks and the tests::
     out = method.predict(texts, speed=0.5, batch_size=32)  # labels, exit layers, FLOPs, timings
 
 A method implements :meth:`Method.build_model`, :meth:`Method.fit`,
-:meth:`Method.predict_batches`, :meth:`Method.full_depth_flops` and :meth:`Method.default_speeds`.
+:meth:`Method.predict_batches`, :meth:`Method.full_depth_flops` and :meth:`Method.default_speeds`;
+it may declare typed switches (``options_class``), work done before timing
+(:meth:`Method.prepare`), extra diagnostics (:meth:`Method.diagnostics`) and tensors to keep in
+the checkpoint (``extras``).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from abc import ABC, abstractmethod
@@ -26,20 +30,21 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 import geep
 from geep.backbone import Backbone, load_pretrained
-from geep.config import TrainConfig
+from geep.config import MethodOptions, TrainConfig
 from geep.encoding import Encoded, encode_texts
 from geep.errors import GeepError
 from geep.flops import CONVENTIONS, EncoderDims
 from geep.storage import atomic_directory
 
 WEIGHTS_FILE = "model.safetensors"
+EXTRAS_FILE = "extras.safetensors"
 INFO_FILE = "config.json"
 
 
@@ -55,7 +60,7 @@ class CheckpointInfo:
     train: dict[str, Any]  # TrainConfig.to_dict()
     backbone: dict[str, Any]  # the encoder's transformers config
     pooling: str  # the encoder's sentence vector: "cls" or "mean" (Backbone.sentence_vector)
-    options: dict[str, Any] = field(default_factory=dict)  # method-specific switches
+    options: dict[str, Any] = field(default_factory=dict)  # Method.options_class.to_dict()
     dev_accuracy: float | None = None
     geep_version: str = geep.__version__
 
@@ -91,6 +96,7 @@ class Predictions:
 
 
 METHODS: dict[str, type[Method]] = {}
+METHOD_MODULES = ("geep.bert", "geep.geep")  # each registers one method; add new ones here
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -114,7 +120,8 @@ def method_names() -> list[str]:
 
 def _import_methods() -> None:
     """Import the modules that register methods (one module per method)."""
-    import geep.bert  # noqa: F401
+    for module in METHOD_MODULES:
+        importlib.import_module(module)
 
 
 class Method(ABC):
@@ -123,20 +130,26 @@ class Method(ABC):
     name: ClassVar[str]
     speed_help: ClassVar[str]  # what the speed knob means, for --help and reports
     speed_bounds: ClassVar[tuple[float, float]]  # inclusive range of valid speeds
+    options_class: ClassVar[type[MethodOptions]] = MethodOptions  # no switches by default
 
     def __init__(
-        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, info: CheckpointInfo
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        info: CheckpointInfo,
+        extras: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.info = info
+        self.extras = extras or {}  # tensors saved next to the weights (e.g. exit statistics)
 
     # --- what each method implements -------------------------------------------------------
 
     @classmethod
     @abstractmethod
-    def build_model(cls, backbone: Backbone, num_labels: int, options: dict[str, Any]) -> nn.Module:
-        """The backbone plus this method's heads; ``model(batch)`` returns the training loss."""
+    def build_model(cls, backbone: Backbone, num_labels: int, options: Any) -> nn.Module:
+        """The backbone plus this method's heads (``options``: an ``options_class`` instance)."""
 
     @abstractmethod
     def fit(self, train: Encoded) -> None:
@@ -156,7 +169,23 @@ class Method(ABC):
     def default_speeds(self) -> list[float]:
         """The sweep grid, from full depth to aggressive exit, for this backbone's depth."""
 
+    def prepare(self, speed: float) -> None:  # noqa: B027 (optional hook)
+        """Work done once per speed before inference is timed (GEEP builds its exit table)."""
+
+    def diagnostics(self, data: Encoded, speed: float, out: Predictions) -> dict[str, float]:
+        """Method-specific figures for one speed's run on ``data`` (not timed); none by default."""
+        return {}
+
     # --- shared behaviour ----------------------------------------------------------------
+
+    @property
+    def options(self) -> Any:
+        """This checkpoint's switches, as an ``options_class`` instance."""
+        return self.options_class.from_dict(self.info.options)
+
+    def configure(self, settings: Sequence[str]) -> None:
+        """Change inference options (``KEY=VALUE``); training options stay as trained."""
+        self.info.options = self.options.with_settings(settings, inference_only=True).to_dict()
 
     @property
     def backbone(self) -> Backbone:
@@ -186,16 +215,16 @@ class Method(ABC):
         dataset: str,
         config: TrainConfig,
         task: str = "single",
-        options: dict[str, Any] | None = None,
+        settings: Sequence[str] = (),
     ) -> Method:
-        """A new, untrained method on the pretrained encoder ``model``."""
+        """A new, untrained method on the pretrained encoder ``model``; ``settings``: KEY=VALUE."""
+        options = cls.options_class().with_settings(settings)
         backbone, tokenizer = load_pretrained(model)
         if config.seq_len > backbone.config.max_position_embeddings:
             raise GeepError(
                 f"--seq-len {config.seq_len} exceeds the model's "
                 f"{backbone.config.max_position_embeddings} positions"
             )
-        options = dict(options or {})
         info = CheckpointInfo(
             method=cls.name,
             model=model,
@@ -205,7 +234,7 @@ class Method(ABC):
             train=config.to_dict(),
             backbone=backbone.config.to_dict(),
             pooling=backbone.pooling,
-            options=options,
+            options=options.to_dict(),
         )
         return cls(cls.build_model(backbone, len(label_names), options), tokenizer, info)
 
@@ -246,6 +275,7 @@ class Method(ABC):
         if batch_size < 1:
             raise GeepError(f"--batch-size must be at least 1, got {batch_size}")
         self.model.eval()
+        self.prepare(speed)
         n = len(data)
         labels = np.full(n, -1, dtype=np.int64)
         exits = np.zeros(n, dtype=np.float64)
@@ -287,6 +317,10 @@ class Method(ABC):
         path = Path(path)
         with atomic_directory(path) as tmp:
             save_model(self.model, str(tmp / WEIGHTS_FILE))
+            if self.extras:
+                save_file(
+                    {k: v.contiguous().cpu() for k, v in self.extras.items()}, tmp / EXTRAS_FILE
+                )
             (tmp / INFO_FILE).write_text(json.dumps(asdict(self.info), indent=2) + "\n")
             self.tokenizer.save_pretrained(tmp)
         return path
@@ -311,11 +345,14 @@ def load_checkpoint(path: str | Path) -> Method:
     try:
         config = AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config)
         backbone = Backbone.from_config(config, info.pooling)
-        model = cls.build_model(backbone, info.num_labels, info.options)
+        model = cls.build_model(
+            backbone, info.num_labels, cls.options_class.from_dict(info.options)
+        )
         load_model(model, str(path / WEIGHTS_FILE), strict=True)
+        extras = load_file(path / EXTRAS_FILE) if (path / EXTRAS_FILE).exists() else {}
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (FileNotFoundError, SafetensorError, RuntimeError, OSError, KeyError, ValueError) as err:
         raise GeepError(
             f"checkpoint {path} is incomplete or corrupted ({type(err).__name__}): retrain it"
         ) from err
-    return cls(model, tokenizer, info)
+    return cls(model, tokenizer, info, extras)

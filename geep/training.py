@@ -7,7 +7,7 @@ multi-step recipes (FastBERT's self-distillation, DeeBERT's two stages) call it 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +89,17 @@ def train_method(
     out: str | Path,
     model: str,
     config: TrainConfig,
-    options: dict[str, Any] | None = None,
+    settings: Sequence[str] = (),
 ) -> Method:
     """Train ``method_name`` on ``dataset``'s train split and save the checkpoint to ``out``.
+
+    ``settings`` are the method's options as ``KEY=VALUE`` strings (``geep train --option``).
 
     Accuracy on the dev split at the method's first (full-depth) speed is recorded in the
     checkpoint; the test split is never looked at.
     """
     cls = get_method(method_name)
+    cls.options_class().with_settings(settings)  # reject bad options before any work
     set_seed(config.seed)  # before the heads are initialised, so a seed fixes the whole run
     data = load_dataset(dataset)
     train = data["train"]
@@ -104,7 +107,7 @@ def train_method(
         train = train.shuffle(seed=config.seed).select(range(config.max_train))
     task = "pair" if "text_pair" in train.column_names else "single"
     labels = train.features["label"].names
-    method = cls.create(model, labels, dataset, config, task=task, options=options)
+    method = cls.create(model, labels, dataset, config, task=task, settings=settings)
     if torch.cuda.is_available():
         method.to("cuda")
     method.fit(encode_split(method.tokenizer, train, config.seq_len))

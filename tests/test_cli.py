@@ -125,6 +125,31 @@ def test_train_then_evaluate_json_and_predictions(checkpoint, tmp_path, capsys) 
     assert [x["index"] for x in lines] == list(range(20))
 
 
+def test_methods_lists_speed_knobs_and_options(capsys) -> None:
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "bert\n  speed: no exit" in out
+    assert "geep\n  speed: uncertainty threshold" in out
+    assert "option exit_head=student (student|shared, inference)" in out
+    assert "option training=one-step (one-step|two-step)" in out
+
+
+def test_geep_trains_and_evaluates_with_options(tiny_model, toy_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "geep-toy"
+    options = "--epochs 2 --seq-len 16 --lr 3e-3 --batch-size 8 --method geep".split()
+    assert main(train_args(toy_dir, tiny_model, out, *options, "--option", "ngram=2")) == 0
+    capsys.readouterr()
+    argv = ["evaluate", "--checkpoint", str(out), "--json", "--speed", "0", "--speed", "0.5"]
+    assert main([*argv, "--option", "exit_head=shared", "--option", "exit_rule=mean"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    options = doc["provenance"]["options"]
+    assert (options["exit_head"], options["exit_rule"], options["ngram"]) == ("shared", "mean", 2)
+    full, fast = doc["results"]
+    assert full["avg_exit_layer"] == 4 and full["extra"]["exit_mae"] == 0.0
+    assert {"exit_mae", "exit_too_early", "exit_exact"} <= set(fast["extra"])
+    assert json.loads((out / "config.json").read_text())["options"]["exit_head"] == "student"
+
+
 def test_evaluate_table_and_max_eval(checkpoint, capsys) -> None:
     assert (
         main(["evaluate", "--checkpoint", str(checkpoint), "--max-eval", "5", "--split", "dev"])
@@ -134,7 +159,7 @@ def test_evaluate_table_and_max_eval(checkpoint, capsys) -> None:
     assert "bert on" in out and "n=5" in out and "accuracy" in out
 
 
-@pytest.mark.parametrize("command", ["datasets", "train", "evaluate", "flops"])
+@pytest.mark.parametrize("command", ["datasets", "methods", "train", "evaluate", "flops"])
 def test_every_command_has_help_with_examples(command, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
@@ -159,6 +184,10 @@ BAD = [  # (command line, what its one error line must say)
     ("evaluate --checkpoint {ckpt} --speed 0.5", "out of range for bert"),
     ("evaluate --checkpoint {ckpt} --speed -1", "is not a speed >= 0"),
     ("evaluate --checkpoint {ckpt} --dataset rotten-tomatoes", "the checkpoint was trained on"),
+    (f"{T} {{toy}} --method geep --option exit_quantile=2", "exit_quantile must lie in (0, 1]"),
+    (f"{T} {{toy}} --method geep --option exit_head", "bad option 'exit_head'"),
+    (f"{T} {{toy}} --method geep --option head=shared", "KEY one of teacher_inputs"),
+    ("evaluate --checkpoint {ckpt} --option mode=dynamic", "this method has no options"),
 ]
 
 

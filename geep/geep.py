@@ -1,0 +1,339 @@
+"""GEEP (Li et al., "Accelerating BERT inference with GPU-efficient exit prediction", Frontiers of
+Computer Science 2024), ``--method geep``. METHODS.md "GEEP" gives the method step by step.
+
+Training, in one step (:meth:`GeepModel.forward`): FastBERT-style students after layers 1..L-1
+and a teacher after layer L. The teacher is "knowledgeable": it reads the outputs of diverse
+sub-networks, sub-network k being layers 1..k followed directly by layer L, for every exit
+position k (k = L-1 is the full stack). The shared exit loss is
+``sum_k CE(teacher(sub-network_k), y) + sum_i KL(teacher_full.detach() || student_i)``; every
+prefix of layers is computed once per step and layer L is applied to all of them in one call.
+
+Exit prediction (:mod:`geep.exit_prediction`, :mod:`geep.exit_table`): after training, each
+training sample's exit layer is the first layer whose student is confident (normalized entropy
+< speed), L if none; a hash table counts, per token, the exit layers of the training samples
+that contain it. A test sample's exit layer is predicted from its tokens' counts.
+
+Sorted inference (:meth:`Geep.predict_batches`): samples are sorted by predicted exit layer, then
+by length; each layer's samples are cut into full batches (only a layer's last batch can be
+short, so a sample's exit never depends on its neighbours), and each batch runs exactly its
+layers and ONE exit head. Results are returned in input order.
+
+Speed knob: the uncertainty threshold in [0, 1]; 0 runs every sample through all layers.
+
+Options (:class:`GeepOptions`): the ablations ``teacher_inputs=last`` (teacher reads the full
+stack only) and ``training=two-step`` (FastBERT's recipe: backbone and teacher first, then the
+students by self-distillation at 10x the learning rate); at evaluate time the exit head
+(``student`` at layer k, or ``shared``: layer L applied to h_k, then the teacher), the
+aggregation rule and its conservativeness, bigram keys (``ngram=2``, beyond the paper), and
+``mode=dynamic``: FastBERT's dynamic exit with a shrinking batch on the same weights, so the
+benefit of prediction over dynamic exit is measured on one model.
+
+Where the paper is silent (its text is not available): tokens are counted once per sample and
+special tokens ([CLS], [SEP], padding) are not keys; a token's exit distribution is its counts
+normalised and a sample's is the mean over its known tokens; exit tables are built per speed
+from stored training-sample uncertainties, before inference is timed. ``exit_layers`` reports
+the layers a sample ran: k for the student exit, k + 1 for the shared exit below layer L.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geep import flops
+from geep.backbone import Backbone
+from geep.config import MethodOptions, TrainConfig, inference_option
+from geep.encoding import Batch, Encoded
+from geep.errors import GeepError
+from geep.exit_prediction import exit_quality, predict_exit_layers
+from geep.exit_table import ExitTable, sample_keys
+from geep.exits import dynamic_exit, first_exit_layer, normalized_entropy
+from geep.heads import FastBERTHead
+from geep.runner import BatchResult, Method, Predictions, register
+from geep.training import train_loop
+
+ExitHead = Literal["student", "shared"]
+
+
+@dataclass(frozen=True)
+class GeepOptions(MethodOptions):
+    """GEEP's switches; the defaults are the method as METHODS.md describes it."""
+
+    teacher_inputs: Literal["diverse", "last"] = "diverse"
+    training: Literal["one-step", "two-step"] = "one-step"
+    mode: Literal["predict", "dynamic"] = inference_option("predict")
+    exit_head: ExitHead = inference_option("student")
+    exit_rule: Literal["quantile", "mean"] = inference_option("quantile")
+    exit_quantile: float = inference_option(0.5)
+    exit_margin: int = inference_option(0)
+    ngram: Literal[1, 2] = inference_option(1)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.exit_quantile <= 1:
+            raise GeepError(f"option exit_quantile must lie in (0, 1], got {self.exit_quantile}")
+        if self.exit_margin < 0:
+            raise GeepError(f"option exit_margin must be >= 0, got {self.exit_margin}")
+
+
+class GeepModel(nn.Module):
+    """Backbone with FastBERT-style students after layers 1..L-1 and a teacher after layer L."""
+
+    def __init__(self, backbone: Backbone, num_labels: int, teacher_inputs: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.students = nn.ModuleList(
+            FastBERTHead(backbone.hidden_size, num_labels) for _ in range(backbone.num_layers - 1)
+        )
+        self.teacher = FastBERTHead(backbone.hidden_size, num_labels)
+        self.teacher_inputs = teacher_inputs
+
+    def exit_logits(
+        self,
+        layer: int,
+        hidden: torch.Tensor,
+        mask: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+        head: ExitHead,
+    ) -> torch.Tensor:
+        """Logits [B, C] of the exit at ``layer`` from h_layer [B, T, H].
+
+        Layer L exits through the teacher. Below it, ``student`` is the student at ``layer``;
+        ``shared`` applies layer L to h_layer, then the teacher (GEEP's shared exit).
+        """
+        num_layers = self.backbone.num_layers
+        if layer == num_layers:
+            return self.teacher(hidden, attention_mask)
+        if head == "student":
+            return self.students[layer - 1](hidden, attention_mask)
+        top = self.backbone.run_layers(hidden, mask, num_layers - 1, num_layers)
+        return self.teacher(top, attention_mask)
+
+    def forward(self, batch: Batch, terms: str = "all") -> torch.Tensor:
+        """Training loss; ``terms``: ``all`` (GEEP's one step), ``teacher`` (the cross-entropy
+        terms: backbone and teacher) or ``students`` (the KL terms; backbone and teacher frozen).
+        """
+        num_layers = self.backbone.num_layers
+        attention_mask, labels = batch.attention_mask, batch.labels  # [B, T], [B]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and terms != "students"):
+            hidden, mask = self.backbone.embed(**batch.inputs())  # [B, T, H], [B, 1, T, T]
+            states = []  # h_1 .. h_L, each [B, T, H]: every prefix computed once
+            for layer in range(1, num_layers + 1):
+                hidden = self.backbone.run_layers(hidden, mask, layer - 1, layer)
+                states.append(hidden)
+            teacher_full = self.teacher(states[-1], attention_mask)  # [B, C]
+        loss = teacher_full.new_zeros(())
+        if terms != "students":
+            loss = loss + F.cross_entropy(teacher_full, labels)
+            diverse = num_layers - 2  # sub-networks 1..k + L for k = 1..L-2
+            if self.teacher_inputs == "diverse" and diverse > 0:
+                prefixes = torch.cat(states[:diverse])  # [(L-2)B, T, H]: h_1 .. h_{L-2}
+                repeated = mask.repeat(diverse, 1, 1, 1) if mask is not None else None
+                tops = self.backbone.run_layers(prefixes, repeated, num_layers - 1, num_layers)
+                logits = self.teacher(tops, attention_mask.repeat(diverse, 1))  # [(L-2)B, C]
+                # mean over (L-2)B samples times L-2 = the sum over k of each batch-mean CE
+                loss = loss + diverse * F.cross_entropy(logits, labels.repeat(diverse))
+        if terms != "teacher":
+            target = F.log_softmax(teacher_full.detach(), dim=-1)  # [B, C]
+            for student, state in zip(self.students, states, strict=False):
+                log_p = F.log_softmax(student(state, attention_mask), dim=-1)
+                loss = loss + F.kl_div(log_p, target, log_target=True, reduction="batchmean")
+        return loss
+
+
+@dataclass
+class ExitPlan:
+    """Predicted exit layer [N] of every sample, and the batches to run: (layer, indices)."""
+
+    layers: torch.Tensor
+    batches: list[tuple[int, torch.Tensor]]
+
+
+@register
+class Geep(Method):
+    name = "geep"
+    speed_help = (
+        "uncertainty threshold: a training sample's exit label is its first layer whose student "
+        "has normalized entropy below it; 0 = full depth"
+    )
+    speed_bounds = (0.0, 1.0)
+    options_class = GeepOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tables: dict[tuple[float, int, str], ExitTable] = {}
+        self._oracle: tuple[Encoded, torch.Tensor] | None = None
+
+    @classmethod
+    def build_model(cls, backbone: Backbone, num_labels: int, options: Any) -> nn.Module:
+        return GeepModel(backbone, num_labels, options.teacher_inputs)
+
+    # --- training ---------------------------------------------------------------------------
+
+    def fit(self, train: Encoded) -> None:
+        """Train (one step, or FastBERT's two), then keep the training samples' exit statistics."""
+        config = TrainConfig.from_dict(self.info.train)
+        model = self.model
+        if self.options.training == "one-step":
+            train_loop(model, model.parameters(), train, config, desc="geep: shared exit loss")
+        else:
+            first = [*model.backbone.parameters(), *model.teacher.parameters()]
+            train_loop(model, first, train, config, desc="geep: step 1", terms="teacher")
+            train_loop(
+                model,
+                model.students.parameters(),
+                train,
+                config,
+                lr=10 * config.lr,
+                desc="geep: step 2 (self-distillation)",
+                terms="students",
+            )
+        self.extras = {
+            "train_input_ids": train.input_ids.int(),
+            "train_lengths": train.lengths.int(),
+            "train_uncertainty": self.uncertainty(train),
+        }
+
+    @torch.inference_mode()
+    def uncertainty(self, data: Encoded, batch_size: int = 64) -> torch.Tensor:
+        """Normalized entropy [N, L-1] of every student on every sample (one full pass)."""
+        self.model.eval()
+        out = torch.empty(len(data), self.num_layers - 1)
+        for batch in data.batches(batch_size):
+            batch = batch.to(self.device)
+            hidden, mask = self.backbone.embed(**batch.inputs())
+            for layer, student in enumerate(self.model.students, start=1):
+                hidden = self.backbone.run_layers(hidden, mask, layer - 1, layer)
+                logits = student(hidden, batch.attention_mask)
+                out[batch.index, layer - 1] = normalized_entropy(logits).cpu()
+        return out
+
+    # --- exit prediction --------------------------------------------------------------------
+
+    def prepare(self, speed: float) -> None:
+        if self.options.mode == "predict":
+            self.exit_table(speed)
+
+    def exit_table(self, speed: float) -> ExitTable:
+        """The table of the training samples' exit layers at ``speed`` (built once, cached)."""
+        ngram = self.options.ngram
+        key = (speed, ngram, str(self.device))
+        if key not in self._tables:
+            if "train_uncertainty" not in self.extras:
+                raise GeepError("this geep checkpoint has no exit statistics: retrain it")
+            ids = self.extras["train_input_ids"].long()  # [N, T]
+            positions = torch.arange(ids.shape[1])
+            attention = (positions < self.extras["train_lengths"].unsqueeze(1)).long()
+            keys = sample_keys(ids, attention, self.tokenizer.all_special_ids, ngram)
+            exits = first_exit_layer(self.extras["train_uncertainty"], speed)
+            self._tables[key] = ExitTable.from_samples(
+                keys, exits, self.num_layers, device=self.device
+            )
+        return self._tables[key]
+
+    def plan(self, data: Encoded, speed: float, batch_size: int) -> ExitPlan:
+        """Predict every sample's exit layer, sort by (layer, length) and cut the batches."""
+        options = self.options
+        keys = sample_keys(
+            data.input_ids, data.attention_mask, self.tokenizer.all_special_ids, options.ngram
+        ).to(self.device)
+        layers = predict_exit_layers(
+            self.exit_table(speed),
+            keys,
+            options.exit_rule,
+            options.exit_quantile,
+            options.exit_margin,
+        ).cpu()
+        by_length = torch.argsort(data.lengths, stable=True)
+        order = by_length[torch.argsort(layers[by_length], stable=True)]  # layer, then length
+        batches = []
+        for layer in torch.unique(layers).tolist():
+            group = order[layers[order] == layer]
+            batches += [
+                (layer, group[i : i + batch_size]) for i in range(0, len(group), batch_size)
+            ]
+        return ExitPlan(layers, batches)
+
+    # --- inference --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def predict_batches(
+        self, data: Encoded, speed: float, batch_size: int
+    ) -> Iterator[BatchResult]:
+        if self.options.mode == "dynamic":
+            yield from self._dynamic_batches(data, speed, batch_size)
+            return
+        head = self.options.exit_head
+        num_layers = self.num_layers
+        for layer, index in self.plan(data, speed, batch_size).batches:
+            batch = data.batch(index).to(self.device)
+            hidden, mask = self.backbone.embed(**batch.inputs())  # [B, T, H]
+            hidden = self.backbone.run_layers(hidden, mask, 0, layer)  # h_layer
+            logits = self.model.exit_logits(layer, hidden, mask, batch.attention_mask, head)
+            ran = layer + 1 if head == "shared" and layer < num_layers else layer
+            yield self._result(index, logits, np.full(len(index), ran), heads=1, data=data)
+
+    def _dynamic_batches(
+        self, data: Encoded, speed: float, batch_size: int
+    ) -> Iterator[BatchResult]:
+        """FastBERT's dynamic exit on GEEP's weights: a student after every layer, batch shrinks."""
+
+        def head(layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.model.exit_logits(layer, hidden, None, attention_mask, "student")
+
+        def exits(layer: int, logits: torch.Tensor) -> torch.Tensor:
+            return normalized_entropy(logits) < speed
+
+        for batch in data.batches(batch_size):
+            logits, layers = dynamic_exit(self.backbone, batch.to(self.device), head, exits)
+            ran = layers.cpu().numpy()
+            yield self._result(batch.index, logits, ran, heads=ran, data=data)
+
+    def _result(
+        self,
+        index: torch.Tensor,
+        logits: torch.Tensor,
+        layers: np.ndarray,
+        heads: np.ndarray | int,
+        data: Encoded,
+    ) -> BatchResult:
+        """Labels and per-sample FLOPs: ``layers`` encoder layers and ``heads`` exit heads ran."""
+        lengths = data.lengths[index].numpy().astype(np.int64)
+        per_conv = {
+            conv: layers * flops.encoder_layer(self.dims, lengths, conv)
+            + heads * flops.fastbert_head(self.dims.hidden, lengths, self.info.num_labels, conv)
+            for conv in flops.CONVENTIONS
+        }
+        return BatchResult(
+            index=index,
+            labels=logits.argmax(dim=-1).cpu(),
+            exit_layers=torch.from_numpy(layers.astype(np.float64)),
+            flops_fastbert=torch.from_numpy(per_conv["fastbert"]),
+            flops_full=torch.from_numpy(per_conv["full"]),
+        )
+
+    def full_depth_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
+        lengths = lengths.astype(np.int64)
+        return self.num_layers * flops.encoder_layer(
+            self.dims, lengths, convention
+        ) + flops.fastbert_head(self.dims.hidden, lengths, self.info.num_labels, convention)
+
+    def default_speeds(self) -> list[float]:
+        return [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8]
+
+    # --- diagnostics ------------------------------------------------------------------------
+
+    def diagnostics(self, data: Encoded, speed: float, out: Predictions) -> dict[str, float]:
+        """The exit predictor against the oracle: the layer the students' own rule would pick."""
+        if self.options.mode != "predict":
+            return {}
+        if self._oracle is None or self._oracle[0] is not data:
+            self._oracle = (data, self.uncertainty(data))
+        oracle = first_exit_layer(self._oracle[1], speed).numpy()
+        predicted = self.plan(data, speed, len(data)).layers.numpy()
+        return exit_quality(predicted, oracle)

@@ -1,0 +1,314 @@
+"""GEEP on a tiny random BERT: the one-step loss, exit prediction, sorted inference and FLOPs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from geep.config import TrainConfig
+from geep.encoding import Encoded
+from geep.errors import GeepError
+from geep.exit_prediction import exit_quality, predict_exit_layers
+from geep.exit_table import ExitTable
+from geep.exits import first_exit_layer
+from geep.geep import Geep, GeepOptions
+from geep.runner import get_method, load_checkpoint
+from tests.test_flops import counted_flops
+from tests.test_runner import NEGATIVE, POSITIVE, toy
+
+SETTINGS = {"epochs": 8, "batch_size": 8, "lr": 3e-3, "seq_len": 16}
+
+
+def new_geep(tiny_model: Path, *settings: str, **train: object) -> Geep:
+    config = TrainConfig(**{**SETTINGS, **train})
+    return get_method("geep").create(
+        str(tiny_model), ["negative", "positive"], "toy", config, settings=settings
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model: Path) -> Geep:
+    method = new_geep(tiny_model)
+    texts, labels = toy(80)
+    method.fit(method.encode(texts, labels=labels))
+    return method
+
+
+@pytest.fixture(scope="module")
+def test_data(trained: Geep) -> Encoded:
+    texts, labels = toy(40, seed=3)
+    return trained.encode(texts, labels=labels)
+
+
+def configured(method: Geep, *settings: str) -> Geep:
+    """The same trained weights and exit statistics with other inference options."""
+    info = type(method.info)(**{**vars(method.info), "options": dict(method.info.options)})
+    copy = Geep(method.model, method.tokenizer, info, dict(method.extras))
+    copy.configure(settings)
+    return copy
+
+
+SPEED = 0.5
+
+
+@pytest.fixture(scope="module")
+def spread(trained: Geep) -> Geep:
+    """The trained model with exit labels that depend on each training text's cue word.
+
+    The tiny model is confident at layer 1 on every toy sample, so every exit would be 1; here
+    the training uncertainties are replaced so that at speed 0.5 a sample exits at layer
+    1 + (its cue word's position in the word list) mod L: predicted exits then spread over all
+    layers, which the sorted-inference tests need.
+    """
+    method = configured(trained)
+    num_layers = method.num_layers
+    texts, _ = toy(80)
+    targets = []
+    for text in texts:
+        cue = next(w for w in text.split() if w in POSITIVE + NEGATIVE)
+        targets.append(1 + (POSITIVE + NEGATIVE).index(cue) % num_layers)
+    layer = torch.arange(1, num_layers)  # [L-1]
+    uncertainty = (layer[None, :] < torch.tensor(targets)[:, None]).float()  # 1 before, 0 from
+    method.extras["train_uncertainty"] = uncertainty
+    assert first_exit_layer(uncertainty, SPEED).tolist() == targets
+    return method
+
+
+# --- the one-step training loss ----------------------------------------------------------------
+
+
+def naive_loss(method: Geep, batch, diverse: bool) -> torch.Tensor:
+    """METHODS.md's formula, recomputing every sub-network from the embeddings."""
+    model, backbone = method.model, method.backbone
+    num_layers = backbone.num_layers
+    hidden, mask = backbone.embed(**batch.inputs())
+    am, y = batch.attention_mask, batch.labels
+    full = model.teacher(backbone.run_layers(hidden, mask, 0, num_layers), am)
+    loss = F.cross_entropy(full, y)
+    for k in range(1, num_layers - 1) if diverse else []:
+        prefix = backbone.run_layers(hidden, mask, 0, k)
+        top = backbone.run_layers(prefix, mask, num_layers - 1, num_layers)
+        loss = loss + F.cross_entropy(model.teacher(top, am), y)
+    teacher_p = F.softmax(full.detach(), dim=-1)
+    for i, student in enumerate(model.students, start=1):
+        log_q = F.log_softmax(student(backbone.run_layers(hidden, mask, 0, i), am), dim=-1)
+        loss = loss + (teacher_p * (teacher_p.log() - log_q)).sum(-1).mean()
+    return loss
+
+
+@pytest.mark.parametrize("teacher_inputs", ["diverse", "last"])
+def test_one_step_loss_equals_the_formula(tiny_model: Path, teacher_inputs: str) -> None:
+    method = new_geep(tiny_model, f"teacher_inputs={teacher_inputs}")
+    method.model.eval()  # no dropout, so both computations see the same network
+    texts, labels = toy(6)
+    batch = method.encode(texts, labels=labels).batch(torch.arange(6))
+    fast = method.model(batch)
+    slow = naive_loss(method, batch, diverse=teacher_inputs == "diverse")
+    assert fast.item() == pytest.approx(slow.item(), rel=1e-5)
+
+
+def test_student_step_leaves_backbone_and_teacher_untouched(tiny_model: Path) -> None:
+    method = new_geep(tiny_model)
+    texts, labels = toy(6)
+    batch = method.encode(texts, labels=labels).batch(torch.arange(6))
+    method.model(batch, terms="students").backward()
+    frozen = [*method.backbone.parameters(), *method.model.teacher.parameters()]
+    assert all(p.grad is None for p in frozen)
+    assert all(p.grad is not None for p in method.model.students.parameters())
+
+
+def test_two_step_training_freezes_the_first_step(tiny_model: Path, monkeypatch) -> None:
+    method = new_geep(tiny_model, "training=two-step", epochs=1)
+    texts, labels = toy(16)
+    seen: list[tuple[str, float]] = []
+    real_loop = __import__("geep.training", fromlist=["train_loop"]).train_loop
+
+    def spy(model, params, data, config, lr=None, desc="", **kwargs):
+        seen.append((kwargs.get("terms", "all"), lr or config.lr))
+        if kwargs.get("terms") == "students":
+            before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+            out = real_loop(model, params, data, config, lr=lr, desc=desc, **kwargs)
+            after = model.backbone.state_dict()
+            assert all(torch.equal(before[k], after[k]) for k in before)
+            return out
+        return real_loop(model, params, data, config, lr=lr, desc=desc, **kwargs)
+
+    monkeypatch.setattr("geep.geep.train_loop", spy)
+    method.fit(method.encode(texts, labels=labels))
+    assert seen == [("teacher", 3e-3), ("students", 3e-2)]  # step 2 at 10x the learning rate
+
+
+# --- exit prediction -----------------------------------------------------------------------------
+
+
+def test_predicted_layer_follows_the_rule_on_a_hand_built_table() -> None:
+    table = ExitTable(num_layers=4)
+    # token 10: exits at layer 1 three times; token 11: layers 2, 4, 4, 4; token 12: layer 4
+    table.add(
+        torch.tensor([10, 10, 10, 11, 11, 11, 11, 12]), torch.tensor([1, 1, 1, 2, 4, 4, 4, 4])
+    )
+    keys = torch.tensor([[10, -1], [11, -1], [10, 11], [99, -1], [10, 12]])
+    median = predict_exit_layers(table, keys, "quantile", 0.5, 0)
+    # [10, 11] averages (1,0,0,0) and (0,.25,0,.75) -> (.5,.125,0,.375): the median is layer 1
+    assert median.tolist() == [1, 4, 1, 4, 1]  # 99 is unknown -> L
+    assert predict_exit_layers(table, keys, "quantile", 0.6, 0).tolist() == [1, 4, 2, 4, 4]
+    # expected layers: 1, 3.5, 2.25, -, 2.5 -> rounded up
+    assert predict_exit_layers(table, keys, "mean", 0.5, 0).tolist() == [1, 4, 3, 4, 3]
+    assert predict_exit_layers(table, keys, "quantile", 0.5, 1).tolist() == [2, 4, 2, 4, 2]
+
+
+def test_exit_quality_counts_early_and_late_exits() -> None:
+    q = exit_quality(np.array([1, 2, 3, 4]), np.array([2, 2, 2, 4]))
+    assert q["exit_mae"] == 0.5 and q["exit_exact"] == 0.5
+    assert q["exit_too_early"] == 0.25 and q["exit_too_late"] == 0.25
+
+
+def test_speed_zero_runs_every_sample_through_all_layers(trained: Geep, test_data) -> None:
+    out = trained.run(test_data, 0.0, 8)
+    assert out.exit_layers.tolist() == [trained.num_layers] * len(test_data)
+    full = trained.full_depth_flops(test_data.lengths.numpy(), "full")
+    assert (out.flops_full == full).all()
+
+
+def test_options_are_checked(trained: Geep) -> None:
+    with pytest.raises(GeepError, match=r"choose one of student\|shared"):
+        configured(trained, "exit_head=middle")
+    with pytest.raises(GeepError, match="exit_quantile must lie in"):
+        configured(trained, "exit_quantile=1.5")
+    with pytest.raises(GeepError, match="fixed when the model is trained"):
+        configured(trained, "training=two-step")
+    assert GeepOptions().with_settings(["ngram=2"]).ngram == 2
+
+
+# --- sorted inference ----------------------------------------------------------------------------
+
+
+def test_plan_sorts_by_layer_then_length_and_cuts_full_batches(spread, test_data) -> None:
+    plan = spread.plan(test_data, SPEED, 8)
+    layers = [layer for layer, _ in plan.batches]
+    assert layers == sorted(layers) and len(set(layers)) >= 3
+    for layer, index in plan.batches:
+        assert (plan.layers[index] == layer).all()
+        assert (test_data.lengths[index].diff() >= 0).all()
+    for layer in set(layers):  # only a layer's last batch may be short
+        sizes = [len(index) for k, index in plan.batches if k == layer]
+        assert all(size == 8 for size in sizes[:-1])
+    seen = torch.cat([index for _, index in plan.batches]).sort().values
+    assert seen.tolist() == list(range(len(test_data)))
+
+
+@pytest.mark.parametrize("head", ["student", "shared"])
+def test_each_batch_runs_exactly_its_layers_and_one_head(spread, test_data, head) -> None:
+    """Acceptance 3: the layer and head calls of sorted batches equal the predicted ones."""
+    method = configured(spread, f"exit_head={head}")
+    num_layers = method.num_layers
+    calls: list[tuple[str, int]] = []  # (module, batch rows) in call order
+    modules = {f"layer{i}": m for i, m in enumerate(method.backbone.encoder.encoder.layer, 1)}
+    modules |= {f"student{i}": m for i, m in enumerate(method.model.students, 1)}
+    modules["teacher"] = method.model.teacher
+    hooks = [
+        m.register_forward_hook(lambda m, a, o, name=name: calls.append((name, a[0].shape[0])))
+        for name, m in modules.items()
+    ]
+    try:
+        with torch.inference_mode():
+            results = list(method.predict_batches(test_data, SPEED, 8))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    plan = method.plan(test_data, SPEED, 8)
+    expected = []
+    for layer, index in plan.batches:
+        rows = len(index)
+        expected += [(f"layer{k}", rows) for k in range(1, layer + 1)]
+        if layer == num_layers:
+            expected.append(("teacher", rows))
+        elif head == "student":
+            expected.append((f"student{layer}", rows))
+        else:
+            expected += [(f"layer{num_layers}", rows), ("teacher", rows)]
+    assert calls == expected
+    ran = torch.cat([r.exit_layers for r in results])
+    predicted = torch.cat([plan.layers[index] for _, index in plan.batches]).double()
+    extra = (predicted < num_layers).double() if head == "shared" else 0
+    assert torch.equal(ran, predicted + extra)
+
+
+def test_predictions_do_not_depend_on_batch_size_or_order(spread, test_data) -> None:
+    """Acceptance 2: a sample's label and exit layer are its own."""
+    base = spread.run(test_data, SPEED, 8)
+    for batch_size in (1, 3, 40):
+        other = spread.run(test_data, SPEED, batch_size)
+        assert (other.labels == base.labels).all() and (other.exit_layers == base.exit_layers).all()
+    perm = torch.randperm(len(test_data), generator=torch.Generator().manual_seed(0))
+    shuffled = spread.run(test_data.select(perm), SPEED, 8)
+    assert (shuffled.labels == base.labels[perm.numpy()]).all()
+    assert (shuffled.exit_layers == base.exit_layers[perm.numpy()]).all()
+
+
+def test_flops_count_what_ran(spread, test_data) -> None:
+    """A sample's full-convention FLOPs equal a FLOP counter on its own exit path."""
+    for head in ("student", "shared"):
+        method = configured(spread, f"exit_head={head}")
+        out = method.run(test_data, SPEED, 8)
+        layers = method.plan(test_data, SPEED, 8).layers
+        for i in range(0, len(test_data), 7):
+            batch = test_data.batch(torch.tensor([i]))
+
+            def exit_path(batch=batch, layer=int(layers[i]), method=method, head=head):
+                hidden, mask = method.backbone.embed(**batch.inputs())
+                hidden = method.backbone.run_layers(hidden, mask, 0, layer)
+                return method.model.exit_logits(layer, hidden, mask, batch.attention_mask, head)
+
+            with torch.no_grad():
+                assert out.flops_full[i] == counted_flops(exit_path), (head, i)
+    assert (out.flops_fastbert < out.flops_full).all()
+
+
+def test_dynamic_mode_exits_where_the_students_become_confident(
+    trained: Geep, test_data: Encoded
+) -> None:
+    """FastBERT's rule on GEEP's weights; a head ran after every layer a sample went through."""
+    method = configured(trained, "mode=dynamic")
+    uncertainty = trained.uncertainty(test_data)  # [N, L-1]
+    speed = float(uncertainty[:, 0].median())  # about half the samples exit at layer 1
+    out = method.run(test_data, speed, 8)
+    oracle = first_exit_layer(uncertainty, speed).numpy()
+    assert len(set(oracle)) > 1
+    assert (out.exit_layers == oracle).all()
+    for i in range(0, len(test_data), 7):
+        batch = test_data.batch(torch.tensor([i]))
+
+        def path(batch=batch, exit_layer=int(oracle[i])) -> None:
+            hidden, mask = method.backbone.embed(**batch.inputs())
+            for layer in range(1, exit_layer + 1):
+                hidden = method.backbone.run_layers(hidden, mask, layer - 1, layer)
+                method.model.exit_logits(layer, hidden, mask, batch.attention_mask, "student")
+
+        with torch.no_grad():
+            assert out.flops_full[i] == counted_flops(path), i
+
+
+def test_diagnostics_compare_the_predictor_with_the_oracle(spread, test_data) -> None:
+    out = spread.run(test_data, SPEED, 8)
+    quality = spread.diagnostics(test_data, SPEED, out)
+    assert set(quality) >= {"exit_mae", "exit_too_early", "exit_exact"}
+    assert spread.diagnostics(test_data, 0.0, out)["exit_mae"] == 0.0  # both say L
+    assert configured(spread, "mode=dynamic").diagnostics(test_data, SPEED, out) == {}
+
+
+def test_checkpoint_keeps_the_exit_statistics(spread, test_data, tmp_path) -> None:
+    path = spread.save(tmp_path / "geep")
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded, Geep)
+    for name, tensor in spread.extras.items():
+        assert torch.equal(loaded.extras[name], tensor), name
+    a, b = spread.run(test_data, SPEED, 8), loaded.run(test_data, SPEED, 8)
+    assert (a.labels == b.labels).all() and (a.exit_layers == b.exit_layers).all()
+    (path / "extras.safetensors").write_bytes(b"\x00" * 8)
+    with pytest.raises(GeepError, match="incomplete or corrupted"):
+        load_checkpoint(path)
