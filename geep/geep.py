@@ -281,7 +281,11 @@ class Geep(Method):
     def _dynamic_batches(
         self, data: Encoded, speed: float, batch_size: int
     ) -> Iterator[BatchResult]:
-        """FastBERT's dynamic exit on GEEP's weights: a student after every layer, batch shrinks."""
+        """FastBERT's dynamic exit on GEEP's weights: a student after every layer, batch shrinks.
+
+        Batches are cut from the samples sorted by length, as in predict mode, so the two modes
+        differ in how they exit, not in padding.
+        """
 
         def head(layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             return self.model.exit_logits(layer, hidden, None, attention_mask, "student")
@@ -289,7 +293,8 @@ class Geep(Method):
         def exits(layer: int, logits: torch.Tensor) -> torch.Tensor:
             return normalized_entropy(logits) < speed
 
-        for batch in data.batches(batch_size):
+        by_length = torch.argsort(data.lengths, stable=True)  # as in predict mode: less padding
+        for batch in data.batches(batch_size, order=by_length):
             logits, layers = dynamic_exit(self.backbone, batch.to(self.device), head, exits)
             ran = layers.cpu().numpy()
             yield self._result(batch.index, logits, ran, heads=ran, data=data)
@@ -324,7 +329,8 @@ class Geep(Method):
         ) + flops.fastbert_head(self.dims.hidden, lengths, self.info.num_labels, convention)
 
     def default_speeds(self) -> list[float]:
-        return [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8]
+        """FastBERT's sweep: thresholds 0 (full depth) to 0.9 (nearly every sample exits early)."""
+        return [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
     # --- diagnostics ------------------------------------------------------------------------
 

@@ -36,3 +36,15 @@ def test_train_and_evaluate_on_real_data(tmp_path: Path, capsys) -> None:
     assert main(["evaluate", "--checkpoint", str(out), "--max-eval", "64", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["num_layers"] == 6 and doc["results"][0]["n"] == 64
+
+
+def test_geep_trains_and_sweeps_on_real_chinese_data(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "geep-cr"
+    line = f"train --method geep --dataset chinese-reviews --out {out} --max-train 64 --seq-len 32"
+    assert main([*line.split(), "--epochs", "1"]) == 0
+    capsys.readouterr()
+    argv = ["evaluate", "--checkpoint", str(out), "--max-eval", "64", "--json"]
+    assert main([*argv, "--speed", "0", "--speed", "1"]) == 0
+    full, fastest = json.loads(capsys.readouterr().out)["results"]
+    assert full["avg_exit_layer"] == 6 and full["speedup"] == 1.0  # speed 0: all layers
+    assert fastest["avg_exit_layer"] < 6 and fastest["speedup"] > 1.0
