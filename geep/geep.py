@@ -1,10 +1,10 @@
 """GEEP (Li et al., "Accelerating BERT inference with GPU-efficient exit prediction", Frontiers of
 Computer Science 2024), ``--method geep``. METHODS.md "GEEP" gives the method step by step.
 
-Training, in one step (:meth:`GeepModel.forward`): FastBERT-style students after layers 1..L-1
-and a teacher after layer L. The teacher is "knowledgeable": it reads the outputs of diverse
-sub-networks, sub-network k being layers 1..k followed directly by layer L, for every exit
-position k (k = L-1 is the full stack). The shared exit loss is
+Training, in one step (:class:`~geep.student_teacher.StudentTeacherModel`): FastBERT-style
+students after layers 1..L-1 and a teacher after layer L. The teacher is "knowledgeable": it
+reads the outputs of diverse sub-networks, sub-network k being layers 1..k followed directly by
+layer L, for every exit position k (k = L-1 is the full stack). The shared exit loss is
 ``sum_k CE(teacher(sub-network_k), y) + sum_i KL(teacher_full.detach() || student_i)``; every
 prefix of layers is computed once per step and layer L is applied to all of them in one call.
 
@@ -43,22 +43,18 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from geep import flops
 from geep.backbone import Backbone
 from geep.config import MethodOptions, TrainConfig, inference_option
-from geep.encoding import Batch, Encoded
+from geep.encoding import Encoded
 from geep.errors import GeepError
 from geep.exit_prediction import exit_quality, predict_exit_layers
 from geep.exit_table import ExitTable, sample_keys
-from geep.exits import dynamic_exit, first_exit_layer, normalized_entropy
-from geep.heads import FastBERTHead
-from geep.runner import BatchResult, Method, Predictions, register
+from geep.exits import first_exit_layer
+from geep.runner import BatchResult, Predictions, register
+from geep.student_teacher import ExitHead, StudentTeacherMethod, StudentTeacherModel
 from geep.training import train_loop
-
-ExitHead = Literal["student", "shared"]
 
 
 @dataclass(frozen=True)
@@ -81,71 +77,6 @@ class GeepOptions(MethodOptions):
             raise GeepError(f"option exit_margin must be >= 0, got {self.exit_margin}")
 
 
-class GeepModel(nn.Module):
-    """Backbone with FastBERT-style students after layers 1..L-1 and a teacher after layer L."""
-
-    def __init__(self, backbone: Backbone, num_labels: int, teacher_inputs: str) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.students = nn.ModuleList(
-            FastBERTHead(backbone.hidden_size, num_labels) for _ in range(backbone.num_layers - 1)
-        )
-        self.teacher = FastBERTHead(backbone.hidden_size, num_labels)
-        self.teacher_inputs = teacher_inputs
-
-    def exit_logits(
-        self,
-        layer: int,
-        hidden: torch.Tensor,
-        mask: torch.Tensor | None,
-        attention_mask: torch.Tensor,
-        head: ExitHead,
-    ) -> torch.Tensor:
-        """Logits [B, C] of the exit at ``layer`` from h_layer [B, T, H].
-
-        Layer L exits through the teacher. Below it, ``student`` is the student at ``layer``;
-        ``shared`` applies layer L to h_layer, then the teacher (GEEP's shared exit).
-        """
-        num_layers = self.backbone.num_layers
-        if layer == num_layers:
-            return self.teacher(hidden, attention_mask)
-        if head == "student":
-            return self.students[layer - 1](hidden, attention_mask)
-        top = self.backbone.run_layers(hidden, mask, num_layers - 1, num_layers)
-        return self.teacher(top, attention_mask)
-
-    def forward(self, batch: Batch, terms: str = "all") -> torch.Tensor:
-        """Training loss; ``terms``: ``all`` (GEEP's one step), ``teacher`` (the cross-entropy
-        terms: backbone and teacher) or ``students`` (the KL terms; backbone and teacher frozen).
-        """
-        num_layers = self.backbone.num_layers
-        attention_mask, labels = batch.attention_mask, batch.labels  # [B, T], [B]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and terms != "students"):
-            hidden, mask = self.backbone.embed(**batch.inputs())  # [B, T, H], [B, 1, T, T]
-            states = []  # h_1 .. h_L, each [B, T, H]: every prefix computed once
-            for layer in range(1, num_layers + 1):
-                hidden = self.backbone.run_layers(hidden, mask, layer - 1, layer)
-                states.append(hidden)
-            teacher_full = self.teacher(states[-1], attention_mask)  # [B, C]
-        loss = teacher_full.new_zeros(())
-        if terms != "students":
-            loss = loss + F.cross_entropy(teacher_full, labels)
-            diverse = num_layers - 2  # sub-networks 1..k + L for k = 1..L-2
-            if self.teacher_inputs == "diverse" and diverse > 0:
-                prefixes = torch.cat(states[:diverse])  # [(L-2)B, T, H]: h_1 .. h_{L-2}
-                repeated = mask.repeat(diverse, 1, 1, 1) if mask is not None else None
-                tops = self.backbone.run_layers(prefixes, repeated, num_layers - 1, num_layers)
-                logits = self.teacher(tops, attention_mask.repeat(diverse, 1))  # [(L-2)B, C]
-                # mean over (L-2)B samples times L-2 = the sum over k of each batch-mean CE
-                loss = loss + diverse * F.cross_entropy(logits, labels.repeat(diverse))
-        if terms != "teacher":
-            target = F.log_softmax(teacher_full.detach(), dim=-1)  # [B, C]
-            for student, state in zip(self.students, states, strict=False):
-                log_p = F.log_softmax(student(state, attention_mask), dim=-1)
-                loss = loss + F.kl_div(log_p, target, log_target=True, reduction="batchmean")
-        return loss
-
-
 @dataclass
 class ExitPlan:
     """Predicted exit layer [N] of every sample, and the batches to run: (layer, indices)."""
@@ -155,13 +86,12 @@ class ExitPlan:
 
 
 @register
-class Geep(Method):
+class Geep(StudentTeacherMethod):
     name = "geep"
     speed_help = (
         "uncertainty threshold: a training sample's exit label is its first layer whose student "
         "has normalized entropy below it; 0 = full depth"
     )
-    speed_bounds = (0.0, 1.0)
     options_class = GeepOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -171,47 +101,23 @@ class Geep(Method):
 
     @classmethod
     def build_model(cls, backbone: Backbone, num_labels: int, options: Any) -> nn.Module:
-        return GeepModel(backbone, num_labels, options.teacher_inputs)
+        return StudentTeacherModel(backbone, num_labels, options.teacher_inputs)
 
     # --- training ---------------------------------------------------------------------------
 
     def fit(self, train: Encoded) -> None:
         """Train (one step, or FastBERT's two), then keep the training samples' exit statistics."""
-        config = TrainConfig.from_dict(self.info.train)
-        model = self.model
         if self.options.training == "one-step":
-            train_loop(model, model.parameters(), train, config, desc="geep: shared exit loss")
+            config = TrainConfig.from_dict(self.info.train)
+            params = self.model.parameters()
+            train_loop(self.model, params, train, config, desc="geep: shared exit loss")
         else:
-            first = [*model.backbone.parameters(), *model.teacher.parameters()]
-            train_loop(model, first, train, config, desc="geep: step 1", terms="teacher")
-            train_loop(
-                model,
-                model.students.parameters(),
-                train,
-                config,
-                lr=10 * config.lr,
-                desc="geep: step 2 (self-distillation)",
-                terms="students",
-            )
+            self.fit_two_steps(train, "geep")
         self.extras = {
             "train_input_ids": train.input_ids.int(),
             "train_lengths": train.lengths.int(),
             "train_uncertainty": self.uncertainty(train),
         }
-
-    @torch.inference_mode()
-    def uncertainty(self, data: Encoded, batch_size: int = 64) -> torch.Tensor:
-        """Normalized entropy [N, L-1] of every student on every sample (one full pass)."""
-        self.model.eval()
-        out = torch.empty(len(data), self.num_layers - 1)
-        for batch in data.batches(batch_size):
-            batch = batch.to(self.device)
-            hidden, mask = self.backbone.embed(**batch.inputs())
-            for layer, student in enumerate(self.model.students, start=1):
-                hidden = self.backbone.run_layers(hidden, mask, layer - 1, layer)
-                logits = student(hidden, batch.attention_mask)
-                out[batch.index, layer - 1] = normalized_entropy(logits).cpu()
-        return out
 
     # --- exit prediction --------------------------------------------------------------------
 
@@ -266,7 +172,10 @@ class Geep(Method):
         self, data: Encoded, speed: float, batch_size: int
     ) -> Iterator[BatchResult]:
         if self.options.mode == "dynamic":
-            yield from self._dynamic_batches(data, speed, batch_size)
+            # as in predict mode, batches are cut from the samples sorted by length, so the two
+            # modes differ in how they exit, not in padding
+            by_length = torch.argsort(data.lengths, stable=True)
+            yield from self.dynamic_batches(data, speed, batch_size, order=by_length)
             return
         head = self.options.exit_head
         num_layers = self.num_layers
@@ -276,61 +185,7 @@ class Geep(Method):
             hidden = self.backbone.run_layers(hidden, mask, 0, layer)  # h_layer
             logits = self.model.exit_logits(layer, hidden, mask, batch.attention_mask, head)
             ran = layer + 1 if head == "shared" and layer < num_layers else layer
-            yield self._result(index, logits, np.full(len(index), ran), heads=1, data=data)
-
-    def _dynamic_batches(
-        self, data: Encoded, speed: float, batch_size: int
-    ) -> Iterator[BatchResult]:
-        """FastBERT's dynamic exit on GEEP's weights: a student after every layer, batch shrinks.
-
-        Batches are cut from the samples sorted by length, as in predict mode, so the two modes
-        differ in how they exit, not in padding.
-        """
-
-        def head(layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.model.exit_logits(layer, hidden, None, attention_mask, "student")
-
-        def exits(layer: int, logits: torch.Tensor) -> torch.Tensor:
-            return normalized_entropy(logits) < speed
-
-        by_length = torch.argsort(data.lengths, stable=True)  # as in predict mode: less padding
-        for batch in data.batches(batch_size, order=by_length):
-            logits, layers = dynamic_exit(self.backbone, batch.to(self.device), head, exits)
-            ran = layers.cpu().numpy()
-            yield self._result(batch.index, logits, ran, heads=ran, data=data)
-
-    def _result(
-        self,
-        index: torch.Tensor,
-        logits: torch.Tensor,
-        layers: np.ndarray,
-        heads: np.ndarray | int,
-        data: Encoded,
-    ) -> BatchResult:
-        """Labels and per-sample FLOPs: ``layers`` encoder layers and ``heads`` exit heads ran."""
-        lengths = data.lengths[index].numpy().astype(np.int64)
-        per_conv = {
-            conv: layers * flops.encoder_layer(self.dims, lengths, conv)
-            + heads * flops.fastbert_head(self.dims.hidden, lengths, self.info.num_labels, conv)
-            for conv in flops.CONVENTIONS
-        }
-        return BatchResult(
-            index=index,
-            labels=logits.argmax(dim=-1).cpu(),
-            exit_layers=torch.from_numpy(layers.astype(np.float64)),
-            flops_fastbert=torch.from_numpy(per_conv["fastbert"]),
-            flops_full=torch.from_numpy(per_conv["full"]),
-        )
-
-    def full_depth_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
-        lengths = lengths.astype(np.int64)
-        return self.num_layers * flops.encoder_layer(
-            self.dims, lengths, convention
-        ) + flops.fastbert_head(self.dims.hidden, lengths, self.info.num_labels, convention)
-
-    def default_speeds(self) -> list[float]:
-        """FastBERT's sweep: thresholds 0 (full depth) to 0.9 (nearly every sample exits early)."""
-        return [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+            yield self.batch_result(index, logits, np.full(len(index), ran), heads=1, data=data)
 
     # --- diagnostics ------------------------------------------------------------------------
 

@@ -96,7 +96,8 @@ class Predictions:
 
 
 METHODS: dict[str, type[Method]] = {}
-METHOD_MODULES = ("geep.bert", "geep.geep")  # each registers one method; add new ones here
+# Each module registers one method; a new method is added here.
+METHOD_MODULES = ("geep.bert", "geep.geep", "baselines.fastbert")
 
 
 def register(cls: type[Method]) -> type[Method]:

@@ -200,12 +200,13 @@ def test_bad_input_gives_one_line_and_status_2(line, message, tmp_path, toy_dir,
     assert not (tmp_path / "x").exists()  # nothing half-written
 
 
-def test_same_seed_gives_identical_checkpoints(tiny_model, toy_dir, tmp_path) -> None:
+@pytest.mark.parametrize("method", ["bert", "geep", "fastbert"])
+def test_same_seed_gives_identical_checkpoints(method, tiny_model, toy_dir, tmp_path) -> None:
     """Seeding happens before the heads are built, so a whole run is fixed by --seed."""
     weights = []
     for run in ("a", "b", "c"):
         seed = "7" if run != "c" else "8"
-        options = ["--epochs", "1", "--seq-len", "16", "--seed", seed]
+        options = ["--epochs", "1", "--seq-len", "16", "--seed", seed, "--method", method]
         assert main(train_args(toy_dir, tiny_model, tmp_path / run, *options)) == 0
         weights.append((tmp_path / run / "model.safetensors").read_bytes())
     assert weights[0] == weights[1]

@@ -9,39 +9,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from geep.config import TrainConfig
+from geep import student_teacher
 from geep.encoding import Encoded
 from geep.errors import GeepError
 from geep.exit_prediction import exit_quality, predict_exit_layers
 from geep.exit_table import ExitTable
 from geep.exits import first_exit_layer
 from geep.geep import Geep, GeepOptions
-from geep.runner import get_method, load_checkpoint
+from geep.runner import load_checkpoint
 from tests.test_flops import counted_flops
-from tests.test_runner import NEGATIVE, POSITIVE, toy
-
-SETTINGS = {"epochs": 8, "batch_size": 8, "lr": 3e-3, "seq_len": 16}
-
-
-def new_geep(tiny_model: Path, *settings: str, **train: object) -> Geep:
-    config = TrainConfig(**{**SETTINGS, **train})
-    return get_method("geep").create(
-        str(tiny_model), ["negative", "positive"], "toy", config, settings=settings
-    )
+from tests.test_runner import NEGATIVE, POSITIVE, new_method, toy, toy_test_split, trained_on_toy
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_model: Path) -> Geep:
-    method = new_geep(tiny_model)
-    texts, labels = toy(80)
-    method.fit(method.encode(texts, labels=labels))
-    return method
+    return trained_on_toy(new_method("geep", tiny_model))
 
 
 @pytest.fixture(scope="module")
 def test_data(trained: Geep) -> Encoded:
-    texts, labels = toy(40, seed=3)
-    return trained.encode(texts, labels=labels)
+    return toy_test_split(trained)
 
 
 def configured(method: Geep, *settings: str) -> Geep:
@@ -102,7 +89,7 @@ def naive_loss(method: Geep, batch, diverse: bool) -> torch.Tensor:
 
 @pytest.mark.parametrize("teacher_inputs", ["diverse", "last"])
 def test_one_step_loss_equals_the_formula(tiny_model: Path, teacher_inputs: str) -> None:
-    method = new_geep(tiny_model, f"teacher_inputs={teacher_inputs}")
+    method = new_method("geep", tiny_model, f"teacher_inputs={teacher_inputs}")
     method.model.eval()  # no dropout, so both computations see the same network
     texts, labels = toy(6)
     batch = method.encode(texts, labels=labels).batch(torch.arange(6))
@@ -112,7 +99,7 @@ def test_one_step_loss_equals_the_formula(tiny_model: Path, teacher_inputs: str)
 
 
 def test_student_step_leaves_backbone_and_teacher_untouched(tiny_model: Path) -> None:
-    method = new_geep(tiny_model)
+    method = new_method("geep", tiny_model)
     texts, labels = toy(6)
     batch = method.encode(texts, labels=labels).batch(torch.arange(6))
     method.model(batch, terms="students").backward()
@@ -122,10 +109,10 @@ def test_student_step_leaves_backbone_and_teacher_untouched(tiny_model: Path) ->
 
 
 def test_two_step_training_freezes_the_first_step(tiny_model: Path, monkeypatch) -> None:
-    method = new_geep(tiny_model, "training=two-step", epochs=1)
+    method = new_method("geep", tiny_model, "training=two-step", epochs=1)
     texts, labels = toy(16)
     seen: list[tuple[str, float]] = []
-    real_loop = __import__("geep.training", fromlist=["train_loop"]).train_loop
+    real_loop = student_teacher.train_loop
 
     def spy(model, params, data, config, lr=None, desc="", **kwargs):
         seen.append((kwargs.get("terms", "all"), lr or config.lr))
@@ -137,7 +124,7 @@ def test_two_step_training_freezes_the_first_step(tiny_model: Path, monkeypatch)
             return out
         return real_loop(model, params, data, config, lr=lr, desc=desc, **kwargs)
 
-    monkeypatch.setattr("geep.geep.train_loop", spy)
+    monkeypatch.setattr("geep.student_teacher.train_loop", spy)
     method.fit(method.encode(texts, labels=labels))
     assert seen == [("teacher", 3e-3), ("students", 3e-2)]  # step 2 at 10x the learning rate
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from geep.config import TrainConfig
+from geep.encoding import Encoded
 from geep.errors import GeepError
 from geep.runner import Method, get_method, load_checkpoint, method_names
 from tests.test_flops import counted_flops
@@ -33,17 +34,29 @@ def toy(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
     return texts, labels
 
 
-def new_bert(tiny_model: Path, **train: object) -> Method:
+def new_method(name: str, tiny_model: Path, *settings: str, **train: object) -> Method:
+    """An untrained method on the tiny model, with settings that learn the toy task."""
     config = TrainConfig(**{"epochs": 8, "batch_size": 8, "lr": 3e-3, "seq_len": 16, **train})
-    return get_method("bert").create(str(tiny_model), ["negative", "positive"], "toy", config)
+    labels = ["negative", "positive"]
+    return get_method(name).create(str(tiny_model), labels, "toy", config, settings=settings)
+
+
+def trained_on_toy(method: Method) -> Method:
+    """``method`` fitted on 80 toy samples."""
+    texts, labels = toy(80)
+    method.fit(method.encode(texts, labels=labels))
+    return method
+
+
+def toy_test_split(method: Method) -> Encoded:
+    """40 toy samples the methods were not trained on."""
+    texts, labels = toy(40, seed=3)
+    return method.encode(texts, labels=labels)
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_model: Path) -> Method:
-    method = new_bert(tiny_model)
-    texts, labels = toy(80)
-    method.fit(method.encode(texts, labels=labels))
-    return method
+    return trained_on_toy(new_method("bert", tiny_model))
 
 
 def test_registry_lists_bert_and_rejects_unknown() -> None:
@@ -54,7 +67,7 @@ def test_registry_lists_bert_and_rejects_unknown() -> None:
 
 def test_training_learns_the_toy_task(tiny_model: Path, trained: Method) -> None:
     texts, labels = toy(40)
-    untrained = new_bert(tiny_model).predict(texts, speed=0.0).labels
+    untrained = new_method("bert", tiny_model).predict(texts, speed=0.0).labels
     after = trained.predict(texts, speed=0.0).labels
     assert np.mean(after == labels) == 1.0
     assert np.mean(untrained == labels) < 1.0

@@ -1,0 +1,185 @@
+"""FastBERT-style students and teacher on one backbone: the model FastBERT and GEEP share.
+
+- :class:`StudentTeacherModel`: FastBERT's classifier (:class:`~geep.heads.FastBERTHead`) as a
+  student after each of layers 1..L-1 and as the teacher after layer L, with the loss terms of
+  both methods (METHODS.md "FastBERT" and "GEEP").
+- :class:`StudentTeacherMethod`: what the two methods share on the runner interface: FastBERT's
+  two training steps, dynamic exit with a shrinking batch, FLOPs of what ran, the speed grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geep import flops
+from geep.backbone import Backbone
+from geep.config import TrainConfig
+from geep.encoding import Batch, Encoded
+from geep.exits import dynamic_exit, normalized_entropy
+from geep.heads import FastBERTHead
+from geep.runner import BatchResult, Method
+from geep.training import train_loop
+
+ExitHead = Literal["student", "shared"]
+
+
+class StudentTeacherModel(nn.Module):
+    """Backbone with FastBERT-style students after layers 1..L-1 and a teacher after layer L."""
+
+    def __init__(self, backbone: Backbone, num_labels: int, teacher_inputs: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.students = nn.ModuleList(
+            FastBERTHead(backbone.hidden_size, num_labels) for _ in range(backbone.num_layers - 1)
+        )
+        self.teacher = FastBERTHead(backbone.hidden_size, num_labels)
+        self.teacher_inputs = teacher_inputs
+
+    def exit_logits(
+        self,
+        layer: int,
+        hidden: torch.Tensor,
+        mask: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+        head: ExitHead,
+    ) -> torch.Tensor:
+        """Logits [B, C] of the exit at ``layer`` from h_layer [B, T, H].
+
+        Layer L exits through the teacher. Below it, ``student`` is the student at ``layer``;
+        ``shared`` applies layer L to h_layer, then the teacher (GEEP's shared exit).
+        """
+        num_layers = self.backbone.num_layers
+        if layer == num_layers:
+            return self.teacher(hidden, attention_mask)
+        if head == "student":
+            return self.students[layer - 1](hidden, attention_mask)
+        top = self.backbone.run_layers(hidden, mask, num_layers - 1, num_layers)
+        return self.teacher(top, attention_mask)
+
+    def forward(self, batch: Batch, terms: str = "all") -> torch.Tensor:
+        """Training loss; ``terms``: ``all`` (GEEP's one step), ``teacher`` (the cross-entropy
+        terms: backbone and teacher; FastBERT's step 1) or ``students`` (the KL terms, backbone
+        and teacher frozen; FastBERT's step 2). With ``teacher_inputs="diverse"`` the teacher
+        also reads every sub-network (layers 1..k, then L); with ``"last"``, the full stack only.
+        """
+        num_layers = self.backbone.num_layers
+        attention_mask, labels = batch.attention_mask, batch.labels  # [B, T], [B]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and terms != "students"):
+            hidden, mask = self.backbone.embed(**batch.inputs())  # [B, T, H], [B, 1, T, T]
+            states = []  # h_1 .. h_L, each [B, T, H]: every prefix computed once
+            for layer in range(1, num_layers + 1):
+                hidden = self.backbone.run_layers(hidden, mask, layer - 1, layer)
+                states.append(hidden)
+            teacher_full = self.teacher(states[-1], attention_mask)  # [B, C]
+        loss = teacher_full.new_zeros(())
+        if terms != "students":
+            loss = loss + F.cross_entropy(teacher_full, labels)
+            diverse = num_layers - 2  # sub-networks 1..k + L for k = 1..L-2
+            if self.teacher_inputs == "diverse" and diverse > 0:
+                prefixes = torch.cat(states[:diverse])  # [(L-2)B, T, H]: h_1 .. h_{L-2}
+                repeated = mask.repeat(diverse, 1, 1, 1) if mask is not None else None
+                tops = self.backbone.run_layers(prefixes, repeated, num_layers - 1, num_layers)
+                logits = self.teacher(tops, attention_mask.repeat(diverse, 1))  # [(L-2)B, C]
+                # mean over (L-2)B samples times L-2 = the sum over k of each batch-mean CE
+                loss = loss + diverse * F.cross_entropy(logits, labels.repeat(diverse))
+        if terms != "teacher":
+            target = F.log_softmax(teacher_full.detach(), dim=-1)  # [B, C]
+            for student, state in zip(self.students, states, strict=False):
+                log_p = F.log_softmax(student(state, attention_mask), dim=-1)
+                loss = loss + F.kl_div(log_p, target, log_target=True, reduction="batchmean")
+        return loss
+
+
+class StudentTeacherMethod(Method):
+    """Shared runner pieces of the methods built on :class:`StudentTeacherModel`."""
+
+    speed_bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
+
+    def fit_two_steps(self, train: Encoded, name: str) -> None:
+        """FastBERT's recipe: fine-tune backbone + teacher with cross-entropy, then freeze them
+        and train the students by self-distillation at 10x the learning rate."""
+        config = TrainConfig.from_dict(self.info.train)
+        model = self.model
+        first = [*model.backbone.parameters(), *model.teacher.parameters()]
+        train_loop(model, first, train, config, desc=f"{name}: step 1", terms="teacher")
+        train_loop(
+            model,
+            model.students.parameters(),
+            train,
+            config,
+            lr=10 * config.lr,
+            desc=f"{name}: step 2 (self-distillation)",
+            terms="students",
+        )
+
+    @torch.inference_mode()
+    def uncertainty(self, data: Encoded, batch_size: int = 64) -> torch.Tensor:
+        """Normalized entropy [N, L-1] of every student on every sample (one full pass)."""
+        self.model.eval()
+        out = torch.empty(len(data), self.num_layers - 1)
+        for batch in data.batches(batch_size):
+            batch = batch.to(self.device)
+            hidden, mask = self.backbone.embed(**batch.inputs())
+            for layer, student in enumerate(self.model.students, start=1):
+                hidden = self.backbone.run_layers(hidden, mask, layer - 1, layer)
+                logits = student(hidden, batch.attention_mask)
+                out[batch.index, layer - 1] = normalized_entropy(logits).cpu()
+        return out
+
+    def dynamic_batches(
+        self, data: Encoded, speed: float, batch_size: int, order: torch.Tensor | None = None
+    ) -> Iterator[BatchResult]:
+        """FastBERT's dynamic exit: after every layer the student (the teacher at L) decides;
+        samples whose normalized entropy is below ``speed`` leave and the batch shrinks.
+        Batches are cut in ``order`` (default: the input order)."""
+
+        def head(layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.model.exit_logits(layer, hidden, None, attention_mask, "student")
+
+        def exits(layer: int, logits: torch.Tensor) -> torch.Tensor:
+            return normalized_entropy(logits) < speed
+
+        for batch in data.batches(batch_size, order=order):
+            logits, layers = dynamic_exit(self.backbone, batch.to(self.device), head, exits)
+            ran = layers.cpu().numpy()
+            yield self.batch_result(batch.index, logits, ran, heads=ran, data=data)
+
+    def batch_result(
+        self,
+        index: torch.Tensor,
+        logits: torch.Tensor,
+        layers: np.ndarray,
+        heads: np.ndarray | int,
+        data: Encoded,
+    ) -> BatchResult:
+        """Labels and per-sample FLOPs: ``layers`` encoder layers and ``heads`` exit heads ran."""
+        lengths = data.lengths[index].numpy().astype(np.int64)
+        per_conv = {
+            conv: layers * flops.encoder_layer(self.dims, lengths, conv)
+            + heads * flops.fastbert_head(self.dims.hidden, lengths, self.info.num_labels, conv)
+            for conv in flops.CONVENTIONS
+        }
+        return BatchResult(
+            index=index,
+            labels=logits.argmax(dim=-1).cpu(),
+            exit_layers=torch.from_numpy(layers.astype(np.float64)),
+            flops_fastbert=torch.from_numpy(per_conv["fastbert"]),
+            flops_full=torch.from_numpy(per_conv["full"]),
+        )
+
+    def full_depth_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
+        """All L layers and the teacher."""
+        lengths = lengths.astype(np.int64)
+        return self.num_layers * flops.encoder_layer(
+            self.dims, lengths, convention
+        ) + flops.fastbert_head(self.dims.hidden, lengths, self.info.num_labels, convention)
+
+    def default_speeds(self) -> list[float]:
+        """FastBERT's sweep: thresholds 0 (full depth) to 0.9 (nearly every sample exits early)."""
+        return [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
