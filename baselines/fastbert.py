@@ -22,14 +22,13 @@ order, as the reference serves them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
 
 from geep.backbone import Backbone
 from geep.encoding import Encoded
-from geep.runner import BatchResult, register
+from geep.runner import register
 from geep.student_teacher import StudentTeacherMethod, StudentTeacherModel
 
 
@@ -47,8 +46,3 @@ class FastBERT(StudentTeacherMethod):
 
     def fit(self, train: Encoded) -> None:
         self.fit_two_steps(train, "fastbert")
-
-    def predict_batches(
-        self, data: Encoded, speed: float, batch_size: int
-    ) -> Iterator[BatchResult]:
-        return self.dynamic_batches(data, speed, batch_size)

@@ -1,29 +1,63 @@
 """Exit rules shared by the early-exit methods, and dynamic exit with a shrinking batch.
 
-- :func:`normalized_entropy`: FastBERT's "uncertainty", H(p) / log(C), in [0, 1].
+- :func:`normalized_entropy`: FastBERT's "uncertainty", H(p) / log(C), in [0, 1]; :func:`entropy`:
+  DeeBERT's raw entropy in nats; :class:`PatienceRule`: PABEE's patience counter.
 - :func:`first_exit_layer`: the first layer whose uncertainty is below the speed, L if none
   (FastBERT's exit rule; GEEP's exit labels, METHODS.md "GEEP" step 4).
 - :func:`dynamic_exit`: run a batch layer by layer, evaluate a head after every layer and drop
   the samples that exit, as FastBERT does at inference (the batch shrinks).
+- :class:`DynamicExitMethod`: the runner side of that for FastBERT, DeeBERT and PABEE: a method
+  supplies its head, its exit rule and a head's FLOPs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geep import flops
 from geep.backbone import Backbone
-from geep.encoding import Batch
+from geep.encoding import Batch, Encoded
+from geep.runner import BatchResult, Method
+
+# (layer, logits [b, C], running [b]) -> exits [b]: see dynamic_exit
+ExitRule = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def normalized_entropy(logits: torch.Tensor) -> torch.Tensor:
     """logits [..., C] -> H(softmax) / log(C) [...], in [0, 1] (FastBERT's uncertainty)."""
+    return entropy(logits) / math.log(logits.shape[-1])
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """logits [..., C] -> H(softmax) in nats [...] (DeeBERT's raw entropy, up to log C)."""
     log_p = F.log_softmax(logits.float(), dim=-1)
-    entropy = -(log_p.exp() * log_p).sum(dim=-1)
-    return entropy / math.log(logits.shape[-1])
+    return -(log_p.exp() * log_p).sum(dim=-1)
+
+
+class PatienceRule:
+    """PABEE's exit rule for one batch of ``batch_size`` samples.
+
+    After each layer a sample's counter grows by one when its prediction (argmax; the first
+    class on ties) equals the previous layer's, and resets to 0 otherwise; it exits when the
+    counter reaches ``patience``. State is kept per batch position (``running``).
+    """
+
+    def __init__(self, patience: int, batch_size: int, device: torch.device | str) -> None:
+        self.patience = patience
+        self.previous = torch.full((batch_size,), -1, dtype=torch.long, device=device)
+        self.count = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def __call__(self, layer: int, logits: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
+        prediction = logits.argmax(dim=-1)  # [b]
+        same = prediction == self.previous[running]
+        self.count[running] = torch.where(same, self.count[running] + 1, 0)
+        self.previous[running] = prediction
+        return self.count[running] >= self.patience
 
 
 def first_exit_layer(uncertainty: torch.Tensor, speed: float) -> torch.Tensor:
@@ -42,14 +76,16 @@ def dynamic_exit(
     backbone: Backbone,
     batch: Batch,
     head: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
-    exits: Callable[[int, torch.Tensor], torch.Tensor],
+    exits: ExitRule,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``batch`` layer by layer, exiting samples as soon as ``exits`` says so.
 
     After layer k, ``head(k, hidden [b, T, H], attention_mask [b, T])`` gives logits [b, C] for
-    the b samples still running and ``exits(k, logits)`` a bool [b]; those samples leave the
-    batch. Every sample still running at layer L exits there. Returns logits [B, C] and the exit
-    layer [B] of every sample; a sample exiting at k had a head evaluated at each of layers 1..k.
+    the b samples still running and ``exits(k, logits, running)`` a bool [b]; those samples leave
+    the batch. ``running`` [b] holds their positions in the batch, for rules that keep state per
+    sample (PABEE's patience counter). Every sample still running at layer L exits there.
+    Returns logits [B, C] and the exit layer [B] of every sample; a sample exiting at k had a
+    head evaluated at each of layers 1..k.
     """
     num_layers = backbone.num_layers
     hidden, mask = backbone.embed(**batch.inputs())  # [B, T, H], [B, 1, T, T] or None
@@ -62,7 +98,8 @@ def dynamic_exit(
         logits = head(layer, hidden, attention_mask)  # [b, C]
         if out_logits is None:
             out_logits = logits.new_empty(len(running), logits.shape[1])
-        done = exits(layer, logits) if layer < num_layers else torch.ones_like(running, dtype=bool)
+        last = layer == num_layers
+        done = torch.ones_like(running, dtype=bool) if last else exits(layer, logits, running)
         out_logits[running[done]] = logits[done]
         out_layers[running[done]] = layer
         keep = ~done
@@ -72,3 +109,72 @@ def dynamic_exit(
         mask = mask[keep] if mask is not None else None
     assert out_logits is not None
     return out_logits, out_layers
+
+
+class DynamicExitMethod(Method):
+    """A method whose samples exit one by one after any layer while the batch shrinks.
+
+    Subclasses give the exit rule at a speed (:meth:`exit_rule`) and the FLOPs of one head
+    evaluation (:meth:`head_flops`), and the head after each layer when it is not the model's
+    ``head`` (:meth:`exit_head`); FLOPs count every layer a sample ran and a head after each.
+    """
+
+    def exit_head(
+        self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits [b, C] of the head after ``layer`` from h_layer [b, T, H] (the model's own
+        ``head`` unless a method says otherwise)."""
+        return self.model.head(layer, hidden, attention_mask)
+
+    def exit_rule(self, speed: float, batch_size: int) -> ExitRule:
+        """The rule deciding, after each layer, which running samples exit (one per batch)."""
+        raise NotImplementedError
+
+    def head_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
+        """FLOPs [N] of one head evaluation per sample of real length ``lengths``."""
+        raise NotImplementedError
+
+    def predict_batches(
+        self, data: Encoded, speed: float, batch_size: int
+    ) -> Iterator[BatchResult]:
+        return self.dynamic_batches(data, speed, batch_size)
+
+    def dynamic_batches(
+        self, data: Encoded, speed: float, batch_size: int, order: torch.Tensor | None = None
+    ) -> Iterator[BatchResult]:
+        """Batches cut in ``order`` (default: the input order), each run by :func:`dynamic_exit`."""
+        for batch in data.batches(batch_size, order=order):
+            rule = self.exit_rule(speed, len(batch.index))
+            batch = batch.to(self.device)
+            logits, layers = dynamic_exit(self.backbone, batch, self.exit_head, rule)
+            ran = layers.cpu().numpy()
+            yield self.batch_result(batch.index.cpu(), logits, ran, heads=ran, data=data)
+
+    def batch_result(
+        self,
+        index: torch.Tensor,
+        logits: torch.Tensor,
+        layers: np.ndarray,
+        heads: np.ndarray | int,
+        data: Encoded,
+    ) -> BatchResult:
+        """Labels and per-sample FLOPs: ``layers`` encoder layers and ``heads`` exit heads ran."""
+        lengths = data.lengths[index].numpy().astype(np.int64)
+        per_conv = {
+            conv: layers * flops.encoder_layer(self.dims, lengths, conv)
+            + heads * self.head_flops(lengths, conv)
+            for conv in flops.CONVENTIONS
+        }
+        return BatchResult(
+            index=index,
+            labels=logits.argmax(dim=-1).cpu(),
+            exit_layers=torch.from_numpy(layers.astype(np.float64)),
+            flops_fastbert=torch.from_numpy(per_conv["fastbert"]),
+            flops_full=torch.from_numpy(per_conv["full"]),
+        )
+
+    def full_depth_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
+        """All L layers and the final head."""
+        lengths = lengths.astype(np.int64)
+        layers = self.num_layers * flops.encoder_layer(self.dims, lengths, convention)
+        return layers + self.head_flops(lengths, convention)

@@ -1,8 +1,9 @@
 """Exit heads shared by the methods (METHODS.md).
 
 - :class:`FastBERTHead`: FastBERT's classifier, used for FastBERT's and GEEP's students/teacher.
-- :class:`PoolerClassifier`: BERT's pooler + linear; the `bert` reference classifier and the
-  shape of DeeBERT's highways and PABEE's exits.
+- :class:`PoolerClassifier`: BERT's pooler + linear; the `bert` reference classifier and
+  DeeBERT's highways.
+- :class:`SharedPoolerClassifiers`: PABEE's exits, one pooler shared by a linear per layer.
 """
 
 from __future__ import annotations
@@ -74,3 +75,21 @@ class PoolerClassifier(nn.Module):
         """Start from the backbone's pretrained pooler weights (``Backbone.pretrained_pooler``)."""
         if weights is not None:
             self.pooler.load_state_dict(weights)
+
+
+class SharedPoolerClassifiers(nn.Module):
+    """PABEE's exits: one pooler (Linear(H, H) + tanh) shared by all layers, then dropout and a
+    Linear(H, C) per layer, on the backbone's sentence vector."""
+
+    def __init__(self, hidden_size: int, num_labels: int, num_layers: int, dropout: float = 0.1):
+        super().__init__()
+        self.pooler = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.classifiers = nn.ModuleList(
+            nn.Linear(hidden_size, num_labels) for _ in range(num_layers)
+        )
+
+    def forward(self, layer: int, sentence: torch.Tensor) -> torch.Tensor:
+        """sentence [B, H] after ``layer`` (1-based) -> logits [B, C]."""
+        pooled = torch.tanh(self.pooler(sentence))  # [B, H]
+        return self.classifiers[layer - 1](self.dropout(pooled))

@@ -97,7 +97,13 @@ class Predictions:
 
 METHODS: dict[str, type[Method]] = {}
 # Each module registers one method; a new method is added here.
-METHOD_MODULES = ("geep.bert", "geep.geep", "baselines.fastbert")
+METHOD_MODULES = (
+    "geep.bert",
+    "geep.geep",
+    "baselines.fastbert",
+    "baselines.deebert",
+    "baselines.pabee",
+)
 
 
 def register(cls: type[Method]) -> type[Method]:

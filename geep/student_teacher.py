@@ -4,12 +4,11 @@
   student after each of layers 1..L-1 and as the teacher after layer L, with the loss terms of
   both methods (METHODS.md "FastBERT" and "GEEP").
 - :class:`StudentTeacherMethod`: what the two methods share on the runner interface: FastBERT's
-  two training steps, dynamic exit with a shrinking batch, FLOPs of what ran, the speed grid.
+  two training steps, its exit rule and heads for dynamic exit, and the speed grid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -21,9 +20,8 @@ from geep import flops
 from geep.backbone import Backbone
 from geep.config import TrainConfig
 from geep.encoding import Batch, Encoded
-from geep.exits import dynamic_exit, normalized_entropy
+from geep.exits import DynamicExitMethod, ExitRule, normalized_entropy
 from geep.heads import FastBERTHead
-from geep.runner import BatchResult, Method
 from geep.training import train_loop
 
 ExitHead = Literal["student", "shared"]
@@ -96,7 +94,7 @@ class StudentTeacherModel(nn.Module):
         return loss
 
 
-class StudentTeacherMethod(Method):
+class StudentTeacherMethod(DynamicExitMethod):
     """Shared runner pieces of the methods built on :class:`StudentTeacherModel`."""
 
     speed_bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
@@ -132,53 +130,17 @@ class StudentTeacherMethod(Method):
                 out[batch.index, layer - 1] = normalized_entropy(logits).cpu()
         return out
 
-    def dynamic_batches(
-        self, data: Encoded, speed: float, batch_size: int, order: torch.Tensor | None = None
-    ) -> Iterator[BatchResult]:
-        """FastBERT's dynamic exit: after every layer the student (the teacher at L) decides;
-        samples whose normalized entropy is below ``speed`` leave and the batch shrinks.
-        Batches are cut in ``order`` (default: the input order)."""
+    def exit_head(
+        self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model.exit_logits(layer, hidden, None, attention_mask, "student")
 
-        def head(layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.model.exit_logits(layer, hidden, None, attention_mask, "student")
+    def exit_rule(self, speed: float, batch_size: int) -> ExitRule:
+        """FastBERT's rule: exit once the student's normalized entropy is below ``speed``."""
+        return lambda layer, logits, running: normalized_entropy(logits) < speed
 
-        def exits(layer: int, logits: torch.Tensor) -> torch.Tensor:
-            return normalized_entropy(logits) < speed
-
-        for batch in data.batches(batch_size, order=order):
-            logits, layers = dynamic_exit(self.backbone, batch.to(self.device), head, exits)
-            ran = layers.cpu().numpy()
-            yield self.batch_result(batch.index, logits, ran, heads=ran, data=data)
-
-    def batch_result(
-        self,
-        index: torch.Tensor,
-        logits: torch.Tensor,
-        layers: np.ndarray,
-        heads: np.ndarray | int,
-        data: Encoded,
-    ) -> BatchResult:
-        """Labels and per-sample FLOPs: ``layers`` encoder layers and ``heads`` exit heads ran."""
-        lengths = data.lengths[index].numpy().astype(np.int64)
-        per_conv = {
-            conv: layers * flops.encoder_layer(self.dims, lengths, conv)
-            + heads * flops.fastbert_head(self.dims.hidden, lengths, self.info.num_labels, conv)
-            for conv in flops.CONVENTIONS
-        }
-        return BatchResult(
-            index=index,
-            labels=logits.argmax(dim=-1).cpu(),
-            exit_layers=torch.from_numpy(layers.astype(np.float64)),
-            flops_fastbert=torch.from_numpy(per_conv["fastbert"]),
-            flops_full=torch.from_numpy(per_conv["full"]),
-        )
-
-    def full_depth_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
-        """All L layers and the teacher."""
-        lengths = lengths.astype(np.int64)
-        return self.num_layers * flops.encoder_layer(
-            self.dims, lengths, convention
-        ) + flops.fastbert_head(self.dims.hidden, lengths, self.info.num_labels, convention)
+    def head_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
+        return flops.fastbert_head(self.dims.hidden, lengths, self.info.num_labels, convention)
 
     def default_speeds(self) -> list[float]:
         """FastBERT's sweep: thresholds 0 (full depth) to 0.9 (nearly every sample exits early)."""

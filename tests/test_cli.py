@@ -130,6 +130,8 @@ def test_methods_lists_speed_knobs_and_options(capsys) -> None:
     out = capsys.readouterr().out
     assert "bert\n  speed: no exit" in out
     assert "geep\n  speed: uncertainty threshold" in out
+    assert "deebert\n  speed: entropy threshold in nats" in out
+    assert "pabee\n  speed: patience" in out and "fastbert\n  speed:" in out
     assert "option exit_head=student (student|shared, inference)" in out
     assert "option training=one-step (one-step|two-step)" in out
 
@@ -200,7 +202,7 @@ def test_bad_input_gives_one_line_and_status_2(line, message, tmp_path, toy_dir,
     assert not (tmp_path / "x").exists()  # nothing half-written
 
 
-@pytest.mark.parametrize("method", ["bert", "geep", "fastbert"])
+@pytest.mark.parametrize("method", ["bert", "geep", "fastbert", "deebert", "pabee"])
 def test_same_seed_gives_identical_checkpoints(method, tiny_model, toy_dir, tmp_path) -> None:
     """Seeding happens before the heads are built, so a whole run is fixed by --seed."""
     weights = []

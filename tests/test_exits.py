@@ -10,7 +10,7 @@ from transformers import BertConfig
 
 from geep.backbone import Backbone
 from geep.encoding import Encoded
-from geep.exits import dynamic_exit, first_exit_layer, normalized_entropy
+from geep.exits import PatienceRule, dynamic_exit, entropy, first_exit_layer, normalized_entropy
 
 
 def test_normalized_entropy_on_hand_built_logits() -> None:
@@ -60,7 +60,7 @@ def test_dynamic_exit_shrinks_the_batch_and_keeps_each_samples_own_exit() -> Non
             [attention_mask.sum(1).float(), torch.full_like(hidden[:, 0, 0], layer)], 1
         )
 
-    def exits(layer: int, logits: torch.Tensor) -> torch.Tensor:
+    def exits(layer: int, logits: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
         return logits[:, 0] <= layer + 1
 
     with torch.no_grad():
@@ -69,3 +69,28 @@ def test_dynamic_exit_shrinks_the_batch_and_keeps_each_samples_own_exit() -> Non
     assert layers.tolist() == expected.tolist()
     assert logits[:, 1].tolist() == expected.float().tolist()  # each its own exit's logits
     assert rows == [(k, int((expected >= k).sum())) for k in range(1, 5)]  # the batch shrinks
+
+
+def test_raw_entropy_is_in_nats() -> None:
+    assert entropy(torch.tensor([0.0, 0.0])).item() == pytest.approx(math.log(2))
+    assert entropy(torch.tensor([0.0, 0.0, 0.0])).item() == pytest.approx(math.log(3))
+    assert entropy(torch.tensor([100.0, 0.0])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_patience_counts_agreements_resets_on_change_and_breaks_ties_to_the_first_class():
+    rule = PatienceRule(patience=2, batch_size=3, device="cpu")
+    everyone = torch.arange(3)
+    layers = [  # per layer, logits of samples 0, 1, 2
+        [[1.0, 0.0], [1.0, 0.0], [0.5, 0.5]],  # 0, 0, 0 (tie -> class 0): counters 0 0 0
+        [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]],  # 0, 1, 0: counters 1 0 1
+        [[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]],  # 0, 1, 1: counters 2 1 0 -> sample 0 exits
+    ]
+    decisions = [
+        rule(k, torch.tensor(logits), everyone).tolist() for k, logits in enumerate(layers)
+    ]
+    assert decisions == [[False] * 3, [False] * 3, [True, False, False]]
+    # the batch shrinks to samples 1 and 2: their counters carry on
+    assert rule(4, torch.tensor([[0.0, 1.0], [0.0, 1.0]]), torch.tensor([1, 2])).tolist() == [
+        True,
+        False,
+    ]

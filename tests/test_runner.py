@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate.utils import set_seed
 
 from geep.config import TrainConfig
 from geep.encoding import Encoded
@@ -35,8 +36,13 @@ def toy(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
 
 
 def new_method(name: str, tiny_model: Path, *settings: str, **train: object) -> Method:
-    """An untrained method on the tiny model, with settings that learn the toy task."""
+    """An untrained method on the tiny model, with settings that learn the toy task.
+
+    Seeded before the heads are built, as ``geep train`` does, so no test depends on the order
+    the tests ran in.
+    """
     config = TrainConfig(**{"epochs": 8, "batch_size": 8, "lr": 3e-3, "seq_len": 16, **train})
+    set_seed(config.seed)
     labels = ["negative", "positive"]
     return get_method(name).create(str(tiny_model), labels, "toy", config, settings=settings)
 

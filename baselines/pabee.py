@@ -1,0 +1,100 @@
+"""PABEE (Zhou et al., "BERT Loses Patience: Fast and Robust Inference with Early Exit",
+NeurIPS 2020), ``--method pabee``. METHODS.md "PABEE".
+
+- Heads: one pooler shared by all layers and a Linear(H, C) per layer 1..L
+  (:class:`~geep.heads.SharedPoolerClassifiers`).
+- Training, one step: the weighted average of the per-layer cross-entropies,
+  ``sum_j j * CE_j / sum_j j`` (deeper layers weigh more).
+- Exit rule (:class:`~geep.exits.PatienceRule`): after each layer a sample's counter grows when
+  its prediction equals the previous layer's and resets otherwise; it exits when the counter
+  reaches the patience, with the current layer's prediction. Exited samples leave the batch,
+  which shrinks; layer L always exits. FLOPs count k layers and k heads for an exit at layer k.
+- Speed knob: the patience, a whole number; smaller exits earlier. 0 means no early exit (full
+  depth). Default sweep: 0, then L-2 down to 1 (the paper sweeps about 3..8 on 12 layers; a
+  patience of L-1 or more cannot exit before layer L).
+
+Deviation: the heads read the backbone's sentence vector (:meth:`Backbone.sentence_vector`):
+[CLS] for BERT checkpoints, the token mean for the embedded MiniLM (README, "A first result").
+Classification only: the paper's regression rule (|delta| < threshold) is not implemented.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geep import flops
+from geep.backbone import Backbone
+from geep.config import TrainConfig
+from geep.encoding import Batch, Encoded
+from geep.errors import GeepError
+from geep.exits import DynamicExitMethod, ExitRule, PatienceRule
+from geep.heads import SharedPoolerClassifiers
+from geep.runner import register
+from geep.training import train_loop
+
+
+class PatienceModel(nn.Module):
+    """Backbone with PABEE's exits after every layer."""
+
+    def __init__(self, backbone: Backbone, num_labels: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.exits = SharedPoolerClassifiers(backbone.hidden_size, num_labels, backbone.num_layers)
+        if backbone.pretrained_pooler is not None:
+            self.exits.pooler.load_state_dict(backbone.pretrained_pooler)
+
+    def head(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C] after ``layer`` from h_layer [B, T, H]."""
+        return self.exits(layer, self.backbone.sentence_vector(hidden, attention_mask))
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Training loss: sum_j j * CE_j / sum_j j over layers j = 1..L."""
+        num_layers = self.backbone.num_layers
+        hidden, mask = self.backbone.embed(**batch.inputs())  # [B, T, H]
+        total = hidden.new_zeros(())
+        for layer in range(1, num_layers + 1):
+            hidden = self.backbone.run_layers(hidden, mask, layer - 1, layer)
+            logits = self.head(layer, hidden, batch.attention_mask)
+            total = total + layer * F.cross_entropy(logits, batch.labels)
+        return total / (num_layers * (num_layers + 1) / 2)
+
+
+@register
+class PABEE(DynamicExitMethod):
+    name = "pabee"
+    speed_help = (
+        "patience: a sample exits once its prediction has stayed the same for this many "
+        "consecutive layers; whole numbers, smaller is faster; 0 = full depth"
+    )
+    speed_bounds = (0.0, 1000.0)
+
+    @classmethod
+    def build_model(cls, backbone: Backbone, num_labels: int, options: Any) -> nn.Module:
+        return PatienceModel(backbone, num_labels)
+
+    def fit(self, train: Encoded) -> None:
+        config = TrainConfig.from_dict(self.info.train)
+        train_loop(self.model, self.model.parameters(), train, config, desc="pabee: train")
+
+    def check_speed(self, speed: float) -> None:
+        super().check_speed(speed)
+        if speed != int(speed):
+            raise GeepError(f"speed {speed} is not a whole number: pabee's speed is a patience")
+
+    def exit_rule(self, speed: float, batch_size: int) -> ExitRule:
+        if speed == 0:  # no early exit
+            return lambda layer, logits, running: torch.zeros_like(running, dtype=torch.bool)
+        return PatienceRule(int(speed), batch_size, self.device)
+
+    def head_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
+        return np.full_like(
+            lengths, flops.pooler_classifier(self.dims.hidden, self.info.num_labels)
+        )
+
+    def default_speeds(self) -> list[float]:
+        return [0.0, *(float(p) for p in range(self.num_layers - 2, 0, -1))]

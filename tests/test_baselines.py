@@ -1,0 +1,157 @@
+"""DeeBERT and PABEE on a tiny random BERT: training stages, exit rules with a shrinking batch,
+and FLOPs that count every layer and head that ran."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from geep.encoding import Encoded
+from geep.errors import GeepError
+from geep.exits import DynamicExitMethod, entropy
+from geep.runner import load_checkpoint
+from tests.test_flops import counted_flops
+from tests.test_runner import new_method, toy, toy_test_split, trained_on_toy
+
+METHODS = ["deebert", "pabee"]
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def trained(request, tiny_model: Path) -> DynamicExitMethod:
+    return trained_on_toy(new_method(request.param, tiny_model))
+
+
+@pytest.fixture(scope="module")
+def test_data(trained: DynamicExitMethod) -> Encoded:
+    return toy_test_split(trained)
+
+
+@torch.no_grad()
+def layer_logits(method: DynamicExitMethod, data: Encoded) -> torch.Tensor:
+    """Logits [N, L, C] of every head on every sample, one sample at a time (no batching)."""
+    out = []
+    for i in range(len(data)):
+        batch = data.batch(torch.tensor([i]))
+        hidden, mask = method.backbone.embed(**batch.inputs())
+        rows = []
+        for layer in range(1, method.num_layers + 1):
+            hidden = method.backbone.run_layers(hidden, mask, layer - 1, layer)
+            rows.append(method.exit_head(layer, hidden, batch.attention_mask)[0])
+        out.append(torch.stack(rows))
+    return torch.stack(out)
+
+
+def expected_exits(method: DynamicExitMethod, logits: torch.Tensor, speed: float) -> np.ndarray:
+    """Each method's rule, written out per sample in plain Python."""
+    num_layers, exits = method.num_layers, []
+    for sample in logits:
+        exit_layer = num_layers
+        if method.name == "deebert":
+            for layer in range(1, num_layers):
+                if entropy(sample[layer - 1]).item() < speed:
+                    exit_layer = layer
+                    break
+        elif speed > 0:
+            count, previous = 0, None
+            for layer in range(1, num_layers):
+                prediction = int(sample[layer - 1].argmax())
+                count = count + 1 if prediction == previous else 0
+                previous = prediction
+                if count >= speed:
+                    exit_layer = layer
+                    break
+        exits.append(exit_layer)
+    return np.array(exits)
+
+
+def test_full_depth_learns_the_toy_task(trained: DynamicExitMethod, test_data: Encoded) -> None:
+    out = trained.run(test_data, 0.0, 8)
+    assert out.exit_layers.tolist() == [trained.num_layers] * len(test_data)
+    assert (out.labels == test_data.labels.numpy()).mean() >= 0.9
+
+
+def test_the_sweep_spans_full_depth_to_early_exit(trained, test_data) -> None:
+    speeds = trained.default_speeds()
+    assert speeds[0] == 0.0 and len(speeds) >= 3
+    flops = {float(trained.run(test_data, s, 8).flops_full.mean()) for s in speeds}
+    assert len(flops) >= 3
+
+
+def test_exits_follow_the_rule_and_the_batch_shrinks(trained, test_data) -> None:
+    logits = layer_logits(trained, test_data)
+    for speed in trained.default_speeds()[1:]:
+        expected = expected_exits(trained, logits, speed)
+        rows: list[tuple[int, int]] = []
+        hooks = [
+            layer.register_forward_hook(
+                lambda m, a, o, i=i, rows=rows: rows.append((i, a[0].shape[0]))
+            )
+            for i, layer in enumerate(trained.backbone.encoder.encoder.layer, start=1)
+        ]
+        try:
+            out = trained.run(test_data, speed, 8)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        assert (out.exit_layers == expected).all(), speed
+        shrinking = []
+        for start in range(0, len(test_data), 8):
+            exits = expected[start : start + 8]
+            shrinking += [(k, int((exits >= k).sum())) for k in range(1, exits.max() + 1)]
+        assert rows == shrinking, speed
+        final = logits[np.arange(len(test_data)), expected - 1].argmax(-1).numpy()
+        assert (out.labels == final).all()  # the prediction of the exit layer's head
+
+
+def test_flops_count_every_layer_and_head_that_ran(trained, test_data) -> None:
+    speed = trained.default_speeds()[-1]
+    out = trained.run(test_data, speed, 8)
+    assert out.exit_layers.min() < trained.num_layers
+    for i in range(0, len(test_data), 5):
+        batch = test_data.batch(torch.tensor([i]))
+
+        def path(batch=batch, exit_layer=int(out.exit_layers[i])) -> None:
+            hidden, mask = trained.backbone.embed(**batch.inputs())
+            for layer in range(1, exit_layer + 1):
+                hidden = trained.backbone.run_layers(hidden, mask, layer - 1, layer)
+                trained.exit_head(layer, hidden, batch.attention_mask)
+
+        with torch.no_grad():
+            assert out.flops_full[i] == counted_flops(path), i
+
+
+def test_checkpoint_round_trip(trained, test_data, tmp_path) -> None:
+    loaded = load_checkpoint(trained.save(tmp_path / trained.name))
+    speed = trained.default_speeds()[-1]
+    a, b = trained.run(test_data, speed, 8), loaded.run(test_data, speed, 8)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.exit_layers, b.exit_layers)
+
+
+def test_deebert_stage_two_trains_only_the_highways(tiny_model: Path) -> None:
+    method = new_method("deebert", tiny_model)
+    texts, labels = toy(6)
+    batch = method.encode(texts, labels=labels).batch(torch.arange(6))
+    method.model(batch, stage="highways").backward()
+    assert all(p.grad is not None for p in method.model.highways.parameters())
+    frozen = [*method.backbone.parameters(), *method.model.classifier.parameters()]
+    assert all(p.grad is None for p in frozen)
+
+
+def test_pabee_loss_weights_deeper_layers_more(tiny_model: Path) -> None:
+    method = new_method("pabee", tiny_model)
+    method.model.eval()
+    texts, labels = toy(6)
+    data = method.encode(texts, labels=labels)
+    batch = data.batch(torch.arange(6))
+    per_layer = [F.cross_entropy(row, batch.labels) for row in layer_logits(method, data).unbind(1)]
+    weighted = sum(j * ce for j, ce in enumerate(per_layer, start=1)) / sum(range(1, 5))
+    assert method.model(batch).item() == pytest.approx(weighted.item(), rel=1e-5)
+
+
+def test_pabee_patience_must_be_whole(tiny_model: Path) -> None:
+    with pytest.raises(GeepError, match="not a whole number"):
+        new_method("pabee", tiny_model).predict(["good"], speed=2.5)
