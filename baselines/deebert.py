@@ -104,10 +104,8 @@ class DeeBERT(DynamicExitMethod):
     def exit_rule(self, speed: float, batch_size: int) -> ExitRule:
         return lambda layer, logits, running: entropy(logits) < speed
 
-    def head_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
-        return np.full_like(
-            lengths, flops.pooler_classifier(self.dims.hidden, self.info.num_labels)
-        )
+    def head_flops(self, lengths: np.ndarray, convention: str) -> int:
+        return flops.pooler_classifier(self.dims.hidden, self.info.num_labels)  # one vector
 
     def default_speeds(self) -> list[float]:
         log_c = math.log(self.info.num_labels)

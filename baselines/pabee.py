@@ -87,14 +87,11 @@ class PABEE(DynamicExitMethod):
             raise GeepError(f"speed {speed} is not a whole number: pabee's speed is a patience")
 
     def exit_rule(self, speed: float, batch_size: int) -> ExitRule:
-        if speed == 0:  # no early exit
-            return lambda layer, logits, running: torch.zeros_like(running, dtype=torch.bool)
-        return PatienceRule(int(speed), batch_size, self.device)
+        # speed 0: a patience of L, which no counter reaches before layer L (no early exit)
+        return PatienceRule(int(speed) or self.num_layers, batch_size, self.device)
 
-    def head_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
-        return np.full_like(
-            lengths, flops.pooler_classifier(self.dims.hidden, self.info.num_labels)
-        )
+    def head_flops(self, lengths: np.ndarray, convention: str) -> int:
+        return flops.pooler_classifier(self.dims.hidden, self.info.num_labels)  # one vector
 
     def default_speeds(self) -> list[float]:
         return [0.0, *(float(p) for p in range(self.num_layers - 2, 0, -1))]

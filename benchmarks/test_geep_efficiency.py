@@ -33,8 +33,7 @@ from benchmarks.checkpoints import trained_checkpoint
 from geep.config import TrainConfig
 from geep.data import load_dataset
 from geep.encoding import Encoded, encode_split
-from geep.exit_table import ExitTable, sample_keys
-from geep.exits import first_exit_layer
+from geep.exit_table import ExitTable
 from geep.geep import Geep
 from geep.runner import load_checkpoint
 
@@ -144,21 +143,17 @@ def test_wall_clock_follows_flops(
 
 def test_exit_table_rates(benchmark, method: Geep, test_split: Encoded) -> None:
     device = method.device
-    extras = method.extras
-    ids = extras["train_input_ids"].long()
-    attention = (torch.arange(ids.shape[1]) < extras["train_lengths"].unsqueeze(1)).long()
-    special = method.tokenizer.all_special_ids
-    train_keys = sample_keys(ids, attention, special)  # [N, K]
-    exits = first_exit_layer(extras["train_uncertainty"], 0.4)
+    train_keys, exits = method.train_keys(), method.exit_labels(0.4)  # [N, K], [N]
     pairs = int((train_keys >= 0).sum())
     build = median_seconds(
         lambda: ExitTable.from_samples(train_keys, exits, method.num_layers, device=device), 5
     )
-    table = ExitTable.from_samples(train_keys, exits, method.num_layers, device=device)
-    queries = sample_keys(test_split.input_ids, test_split.attention_mask, special)
+    table = method.exit_table(0.4)
+    queries = method.keys(test_split)
     queries = queries[queries >= 0].to(device)  # [M]
     dense = torch.zeros(len(method.tokenizer), method.num_layers, dtype=torch.int32, device=device)
-    dense[table.items()[0].to(device)] = table.items()[1].to(device)
+    stored_keys, stored_counts = table.items()
+    dense[stored_keys.to(device)] = stored_counts.to(device)
 
     def sync() -> None:
         if device.type == "cuda":

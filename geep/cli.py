@@ -202,9 +202,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         cls = get_method(name)
         low, high = cls.speed_bounds
         print(f"{name}\n  speed: {cls.speed_help} (range {low:g}..{high:g})")
-        for line in cls.options_class.describe().split("; "):
-            if line:
-                print(f"  option {line}")
+        for line in cls.options_class.describe():
+            print(f"  option {line}")
     return 0
 
 

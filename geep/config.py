@@ -78,7 +78,8 @@ class MethodOptions:
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise GeepError(
-                f"unknown option {', '.join(sorted(unknown))}: {cls.describe() or 'none exist'}"
+                f"unknown option {', '.join(sorted(unknown))}: "
+                f"{'; '.join(cls.describe()) or 'none exist'}"
             )
         return cls(**data)
 
@@ -107,14 +108,14 @@ class MethodOptions:
         return replace(self, **changes)
 
     @classmethod
-    def describe(cls) -> str:
+    def describe(cls) -> list[str]:
         """One line per option: name, type, default, and whether it is an inference option."""
         hints = get_type_hints(cls)
-        return "; ".join(
+        return [
             f"{f.name}={f.default} ({_type_name(hints[f.name])}"
             f"{', inference' if f.metadata.get('inference') else ''})"
             for f in fields(cls)
-        )
+        ]
 
 
 def _type_name(kind: Any) -> str:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -126,13 +127,13 @@ class DynamicExitMethod(Method):
         ``head`` unless a method says otherwise)."""
         return self.model.head(layer, hidden, attention_mask)
 
+    @abstractmethod
     def exit_rule(self, speed: float, batch_size: int) -> ExitRule:
         """The rule deciding, after each layer, which running samples exit (one per batch)."""
-        raise NotImplementedError
 
-    def head_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
-        """FLOPs [N] of one head evaluation per sample of real length ``lengths``."""
-        raise NotImplementedError
+    @abstractmethod
+    def head_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray | int:
+        """FLOPs of one head evaluation per sample of real length ``lengths`` ([N] or constant)."""
 
     def predict_batches(
         self, data: Encoded, speed: float, batch_size: int

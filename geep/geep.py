@@ -125,36 +125,49 @@ class Geep(StudentTeacherMethod):
         if self.options.mode == "predict":
             self.exit_table(speed)
 
+    def keys(self, data: Encoded) -> torch.Tensor:
+        """Each sample's table keys [N, K] (its non-special token ids; bigrams with ngram=2)."""
+        special = self.tokenizer.all_special_ids
+        return sample_keys(data.input_ids, data.attention_mask, special, self.options.ngram)
+
+    def train_keys(self) -> torch.Tensor:
+        """The training samples' keys [N, K], from the token ids kept in the checkpoint."""
+        if "train_uncertainty" not in self.extras:
+            raise GeepError("this geep checkpoint has no exit statistics: retrain it")
+        ids = self.extras["train_input_ids"].long()  # [N, T], padded on the right
+        lengths = self.extras["train_lengths"].long()
+        attention = (torch.arange(ids.shape[1]) < lengths.unsqueeze(1)).long()
+        return self.keys(
+            Encoded(ids, attention, torch.zeros_like(ids), torch.full_like(lengths, -1), lengths)
+        )
+
+    def exit_labels(self, speed: float) -> torch.Tensor:
+        """The training samples' exit layers [N] at ``speed``, from their students."""
+        return first_exit_layer(self.extras["train_uncertainty"], speed)
+
     def exit_table(self, speed: float) -> ExitTable:
         """The table of the training samples' exit layers at ``speed`` (built once, cached)."""
-        ngram = self.options.ngram
-        key = (speed, ngram, str(self.device))
+        key = (speed, self.options.ngram, str(self.device))
         if key not in self._tables:
-            if "train_uncertainty" not in self.extras:
-                raise GeepError("this geep checkpoint has no exit statistics: retrain it")
-            ids = self.extras["train_input_ids"].long()  # [N, T]
-            positions = torch.arange(ids.shape[1])
-            attention = (positions < self.extras["train_lengths"].unsqueeze(1)).long()
-            keys = sample_keys(ids, attention, self.tokenizer.all_special_ids, ngram)
-            exits = first_exit_layer(self.extras["train_uncertainty"], speed)
             self._tables[key] = ExitTable.from_samples(
-                keys, exits, self.num_layers, device=self.device
+                self.train_keys(), self.exit_labels(speed), self.num_layers, device=self.device
             )
         return self._tables[key]
 
-    def plan(self, data: Encoded, speed: float, batch_size: int) -> ExitPlan:
-        """Predict every sample's exit layer, sort by (layer, length) and cut the batches."""
+    def predict_layers(self, data: Encoded, speed: float) -> torch.Tensor:
+        """Every sample's predicted exit layer [N] (on the CPU), before any layer runs."""
         options = self.options
-        keys = sample_keys(
-            data.input_ids, data.attention_mask, self.tokenizer.all_special_ids, options.ngram
-        ).to(self.device)
-        layers = predict_exit_layers(
+        return predict_exit_layers(
             self.exit_table(speed),
-            keys,
+            self.keys(data).to(self.device),
             options.exit_rule,
             options.exit_quantile,
             options.exit_margin,
         ).cpu()
+
+    def plan(self, data: Encoded, speed: float, batch_size: int) -> ExitPlan:
+        """Predict every sample's exit layer, sort by (layer, length) and cut the batches."""
+        layers = self.predict_layers(data, speed)
         by_length = torch.argsort(data.lengths, stable=True)
         order = by_length[torch.argsort(layers[by_length], stable=True)]  # layer, then length
         batches = []
@@ -196,5 +209,5 @@ class Geep(StudentTeacherMethod):
         if self._oracle is None or self._oracle[0] is not data:
             self._oracle = (data, self.uncertainty(data))
         oracle = first_exit_layer(self._oracle[1], speed).numpy()
-        predicted = self.plan(data, speed, len(data)).layers.numpy()
+        predicted = self.predict_layers(data, speed).numpy()
         return exit_quality(predicted, oracle)
