@@ -20,6 +20,7 @@ Classification only: the paper's regression rule (|delta| < threshold) is not im
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,6 @@ from geep import flops
 from geep.backbone import Backbone
 from geep.config import TrainConfig
 from geep.encoding import Batch, Encoded
-from geep.errors import GeepError
 from geep.exits import DynamicExitMethod, ExitRule, PatienceRule
 from geep.heads import SharedPoolerClassifiers
 from geep.runner import register
@@ -71,7 +71,8 @@ class PABEE(DynamicExitMethod):
         "patience: a sample exits once its prediction has stayed the same for this many "
         "consecutive layers; whole numbers, smaller is faster; 0 = full depth"
     )
-    speed_bounds = (0.0, 1000.0)
+    speed_bounds = (0.0, math.inf)
+    whole_speeds = True
 
     @classmethod
     def build_model(cls, backbone: Backbone, num_labels: int, options: Any) -> nn.Module:
@@ -80,11 +81,6 @@ class PABEE(DynamicExitMethod):
     def fit(self, train: Encoded) -> None:
         config = TrainConfig.from_dict(self.info.train)
         train_loop(self.model, self.model.parameters(), train, config, desc="pabee: train")
-
-    def check_speed(self, speed: float) -> None:
-        super().check_speed(speed)
-        if speed != int(speed):
-            raise GeepError(f"speed {speed} is not a whole number: pabee's speed is a patience")
 
     def exit_rule(self, speed: float, batch_size: int) -> ExitRule:
         # speed 0: a patience of L, which no counter reaches before layer L (no early exit)

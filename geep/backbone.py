@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 from transformers.masking_utils import create_bidirectional_mask
@@ -164,3 +165,48 @@ class Backbone(nn.Module):
         for layer in self.encoder.encoder.layer[start:stop]:
             hidden = layer(hidden, mask)
         return hidden
+
+    def run_layer_on_tokens(
+        self,
+        layer: int,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        active: torch.Tensor,
+    ) -> torch.Tensor:
+        """Apply ``layer`` (1..L) to the ``active`` tokens only; the others keep their state.
+
+        hidden [B, T, H]; attention_mask, active [B, T] (active implies a real token). The
+        active tokens' queries attend to the keys and values of every real token (HashEE, Sun
+        et al. 2022). Each row's active tokens are gathered to the front of an [B, A, H] block,
+        A = the most active tokens in a row, so the projections and the FFN run on A tokens per
+        row instead of T. With every real token active this equals the encoder's own layer.
+        """
+        module = self.encoder.encoder.layer[layer - 1]  # a BertLayer (or RoBERTa's)
+        attention = module.attention.self
+        b, _, h = hidden.shape
+        count = active.sum(dim=1)  # [B]
+        width = int(count.max())
+        if width == 0:
+            return hidden
+        # positions of each row's active tokens first, then the rest: [B, A]
+        order = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :width]
+        slots = torch.arange(width, device=hidden.device) < count[:, None]  # [B, A]
+        gather = order.unsqueeze(-1).expand(b, width, h)
+        tokens = hidden.gather(1, gather)  # [B, A, H]
+
+        def split_heads(x: torch.Tensor) -> torch.Tensor:  # [B, t, H] -> [B, heads, t, H/heads]
+            return x.view(b, -1, attention.num_attention_heads, attention.attention_head_size)
+
+        context = F.scaled_dot_product_attention(
+            split_heads(attention.query(tokens)).transpose(1, 2),
+            split_heads(attention.key(hidden)).transpose(1, 2),
+            split_heads(attention.value(hidden)).transpose(1, 2),
+            attn_mask=attention_mask[:, None, None, :].bool(),  # padding is never a key
+            dropout_p=attention.dropout.p if self.training else 0.0,
+            scale=attention.scaling,
+        )  # [B, heads, A, H/heads]
+        context = context.transpose(1, 2).reshape(b, width, h)
+        updated = module.attention.output(context, tokens)  # projection + residual + norm
+        updated = module.output(module.intermediate(updated), updated)  # FFN + residual + norm
+        updated = torch.where(slots.unsqueeze(-1), updated, tokens)  # [B, A, H]
+        return hidden.scatter(1, gather, updated)

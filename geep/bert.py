@@ -59,7 +59,9 @@ class Bert(Method):
 
     def fit(self, train: Encoded) -> None:
         config = TrainConfig.from_dict(self.info.train)
-        train_loop(self.model, self.model.parameters(), train, config, desc="bert: fine-tune")
+        train_loop(
+            self.model, self.model.parameters(), train, config, desc=f"{self.name}: fine-tune"
+        )
 
     def predict_batches(
         self, data: Encoded, speed: float, batch_size: int

@@ -201,7 +201,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for name in method_names():
         cls = get_method(name)
         low, high = cls.speed_bounds
-        print(f"{name}\n  speed: {cls.speed_help} (range {low:g}..{high:g})")
+        bounds = f"{low:g}..{high:g}" if high < math.inf else f">= {low:g}"
+        print(f"{name}\n  speed: {cls.speed_help} ({bounds})")
         for line in cls.options_class.describe():
             print(f"  option {line}")
     return 0

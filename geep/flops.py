@@ -93,10 +93,20 @@ def attention_matmuls(queries: int, keys: int, width: int, convention: Conventio
 
 def encoder_layer(dims: EncoderDims, n: int, convention: Convention) -> int:
     """One Transformer layer on ``n`` tokens: Q, K, V, output projection, FFN in and out."""
+    return token_exit_layer(dims, n, n, convention)
+
+
+def token_exit_layer(dims: EncoderDims, n: int, active: int, convention: Convention) -> int:
+    """One layer in which only ``active`` of the ``n`` tokens are updated (HashEE).
+
+    Keys and values are projected for all ``n`` tokens; queries, attention, the output
+    projection and the FFN run for the ``active`` ones only.
+    """
     h, f = dims.hidden, dims.intermediate
-    projections = 4 * linear(n, h, h)
-    ffn = linear(n, h, f) + linear(n, f, h)
-    return projections + ffn + attention_matmuls(n, n, h, convention)
+    keys_values = 2 * linear(n, h, h)
+    queries_output = 2 * linear(active, h, h)
+    ffn = linear(active, h, f) + linear(active, f, h)
+    return keys_values + queries_output + ffn + attention_matmuls(active, n, h, convention)
 
 
 def fastbert_head(hidden: int, n: int, num_labels: int, convention: Convention) -> int:

@@ -103,6 +103,7 @@ METHOD_MODULES = (
     "baselines.fastbert",
     "baselines.deebert",
     "baselines.pabee",
+    "baselines.hashee",
 )
 
 
@@ -137,6 +138,7 @@ class Method(ABC):
     name: ClassVar[str]
     speed_help: ClassVar[str]  # what the speed knob means, for --help and reports
     speed_bounds: ClassVar[tuple[float, float]]  # inclusive range of valid speeds
+    whole_speeds: ClassVar[bool] = False  # True when the speed is a count (layers, patience)
     options_class: ClassVar[type[MethodOptions]] = MethodOptions  # no switches by default
 
     def __init__(
@@ -250,7 +252,11 @@ class Method(ABC):
         if not low <= speed <= high:
             raise GeepError(
                 f"speed {speed} is out of range for {self.name}: use a value in "
-                f"[{low}, {high}] ({self.speed_help})"
+                f"[{low:g}, {high:g}] ({self.speed_help})"
+            )
+        if self.whole_speeds and speed != int(speed):
+            raise GeepError(
+                f"speed {speed} is not a whole number: {self.name}'s speed is {self.speed_help}"
             )
 
     def encode(

@@ -202,7 +202,7 @@ def test_bad_input_gives_one_line_and_status_2(line, message, tmp_path, toy_dir,
     assert not (tmp_path / "x").exists()  # nothing half-written
 
 
-@pytest.mark.parametrize("method", ["bert", "geep", "fastbert", "deebert", "pabee"])
+@pytest.mark.parametrize("method", ["bert", "geep", "fastbert", "deebert", "pabee", "hashee"])
 def test_same_seed_gives_identical_checkpoints(method, tiny_model, toy_dir, tmp_path) -> None:
     """Seeding happens before the heads are built, so a whole run is fixed by --seed."""
     weights = []
