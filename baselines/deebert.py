@@ -33,9 +33,10 @@ from geep import flops
 from geep.backbone import Backbone
 from geep.config import TrainConfig
 from geep.encoding import Batch, Encoded
+from geep.errors import GeepError
 from geep.exits import DynamicExitMethod, ExitRule, entropy
 from geep.heads import PoolerClassifier
-from geep.runner import register
+from geep.runner import Method, register
 from geep.training import train_loop
 
 
@@ -98,8 +99,22 @@ class DeeBERT(DynamicExitMethod):
         model = self.model
         first = [*model.backbone.parameters(), *model.classifier.parameters()]
         train_loop(model, first, train, config, desc="deebert: stage 1", stage="final")
-        highways = model.highways.parameters()
-        train_loop(model, highways, train, config, desc="deebert: stage 2", stage="highways")
+        self.fit_highways(train)
+
+    def fit_from(self, fine_tuned: Method, train: Encoded) -> None:
+        """Stage 1 is ordinary fine-tuning: take the backbone and classifier of a trained
+        ``bert`` (the same modules, trained with the same loss), then train the highways."""
+        if fine_tuned.name != "bert":
+            raise GeepError(f"deebert starts from a fine-tuned bert, not {fine_tuned.name}")
+        self.model.backbone.load_state_dict(fine_tuned.model.backbone.state_dict())
+        self.model.classifier.load_state_dict(fine_tuned.model.classifier.state_dict())
+        self.fit_highways(train)
+
+    def fit_highways(self, train: Encoded) -> None:
+        """Stage 2: the highways' summed cross-entropy; backbone and classifier frozen."""
+        config = TrainConfig.from_dict(self.info.train)
+        highways = self.model.highways.parameters()
+        train_loop(self.model, highways, train, config, desc="deebert: stage 2", stage="highways")
 
     def exit_rule(self, speed: float, batch_size: int) -> ExitRule:
         return lambda layer, logits, running: entropy(logits) < speed
@@ -107,6 +122,7 @@ class DeeBERT(DynamicExitMethod):
     def head_flops(self, lengths: np.ndarray, convention: str) -> int:
         return flops.pooler_classifier(self.dims.hidden, self.info.num_labels)  # one vector
 
-    def default_speeds(self) -> list[float]:
-        log_c = math.log(self.info.num_labels)
+    @classmethod
+    def speed_grid(cls, num_layers: int, num_labels: int) -> list[float]:
+        log_c = math.log(num_labels)
         return [round(f * log_c, 4) for f in (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)]

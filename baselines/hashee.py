@@ -211,8 +211,9 @@ class HashEE(Bert):
             total = total + flops.token_exit_layer(self.dims, lengths, active, convention)
         return total
 
-    def default_speeds(self) -> list[float]:
-        return [float(s) for s in range(self.num_layers)]
+    @classmethod
+    def speed_grid(cls, num_layers: int, num_labels: int) -> list[float]:
+        return [float(s) for s in range(num_layers)]
 
     def diagnostics(self, data: Encoded, speed: float, out: Predictions) -> dict[str, float]:
         """The trained hash's speed, and the shares of real tokens that run to the top layer

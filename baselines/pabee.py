@@ -89,5 +89,6 @@ class PABEE(DynamicExitMethod):
     def head_flops(self, lengths: np.ndarray, convention: str) -> int:
         return flops.pooler_classifier(self.dims.hidden, self.info.num_labels)  # one vector
 
-    def default_speeds(self) -> list[float]:
-        return [0.0, *(float(p) for p in range(self.num_layers - 2, 0, -1))]
+    @classmethod
+    def speed_grid(cls, num_layers: int, num_labels: int) -> list[float]:
+        return [0.0, *(float(p) for p in range(num_layers - 2, 0, -1))]

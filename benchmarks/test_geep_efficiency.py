@@ -1,8 +1,8 @@
 """Is GEEP's sorted, predicted-exit inference as fast as its FLOPs say? (issue 3, "Performance")
 
-For each speed, rounds alternate the same trained GEEP model at full depth (speed 0) and at that
-speed on the test split, batch 32, so both medians come from the same minutes of the same
-machine. ``extra_info`` records:
+On the profile's first dataset, with the profile's GEEP checkpoint and test split: for each
+speed, rounds alternate the same model at full depth (speed 0) and at that speed, batch 32, so
+both medians come from the same minutes of the same machine. ``extra_info`` records:
 
 - ``flops_speedup``: mean FLOPs per sample at full depth over those at the speed, ``full``
   convention (every matmul, so attention counts as it costs).
@@ -29,19 +29,15 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from benchmarks.checkpoints import trained_checkpoint
-from geep.config import TrainConfig
-from geep.data import load_dataset
-from geep.encoding import Encoded, encode_split
+from geep.encoding import Encoded
 from geep.exit_table import ExitTable
 from geep.geep import Geep
+from geep.profiles import Profile
+from geep.reproduce import checkpoint, eval_split
 from geep.runner import load_checkpoint
 
-DATASET = "rotten-tomatoes"
-TRAIN = TrainConfig(max_train=2000, epochs=2, seq_len=48)
 SPEEDS = [0.4, 0.5, 0.6, 0.8]
 BATCH_SIZE = 32
-ROUNDS = 5
 
 
 def median_seconds(fn: Callable[[], object], rounds: int) -> float:
@@ -53,41 +49,49 @@ def median_seconds(fn: Callable[[], object], rounds: int) -> float:
     return statistics.median(times)
 
 
-def load(*settings: str) -> Geep:
-    geep = load_checkpoint(trained_checkpoint("geep", DATASET, TRAIN))
+def load(profile: Profile, *settings: str) -> Geep:
+    geep = load_checkpoint(checkpoint(profile, "geep", profile.datasets[0]))
     geep.configure(settings)
     return geep.to("cuda") if torch.cuda.is_available() else geep
 
 
 @pytest.fixture(scope="module")
-def method() -> Geep:
-    return load()
+def method(profile: Profile) -> Geep:
+    return load(profile)
 
 
 @pytest.fixture(scope="module")
-def dynamic() -> Geep:
-    return load("mode=dynamic")
+def dynamic(profile: Profile) -> Geep:
+    return load(profile, "mode=dynamic")
 
 
 @pytest.fixture(scope="module")
-def test_split(method: Geep) -> Encoded:
-    return encode_split(method.tokenizer, load_dataset(DATASET)["test"], TRAIN.seq_len)
+def test_split(method: Geep, profile: Profile) -> Encoded:
+    return eval_split(method, profile.datasets[0], profile.max_eval)
 
 
-def describe(method: Geep) -> dict[str, object]:
+@pytest.fixture(scope="module")
+def describe(method: Geep, profile: Profile) -> dict[str, object]:
     return {
         "method": "geep",
-        "dataset": DATASET,
+        "dataset": profile.datasets[0],
+        "profile": profile.name,
         "batch_size": BATCH_SIZE,
         "device": torch.cuda.get_device_name() if method.device.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
-        "train": TRAIN.to_dict(),
+        "train": method.info.train,
     }
 
 
 @pytest.mark.parametrize("speed", SPEEDS)
 def test_wall_clock_follows_flops(
-    benchmark, method: Geep, dynamic: Geep, test_split: Encoded, speed: float
+    benchmark,
+    profile: Profile,
+    method: Geep,
+    dynamic: Geep,
+    test_split: Encoded,
+    describe: dict,
+    speed: float,
 ) -> None:
     method.prepare(0.0)
     method.prepare(speed)  # exit tables are built before any timing
@@ -104,7 +108,7 @@ def test_wall_clock_follows_flops(
             runs[case] = runner.run(test_split, s, BATCH_SIZE)
             seconds[case].append(time.perf_counter() - start)
 
-    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
+    benchmark.pedantic(one_round, rounds=profile.rounds, iterations=1)
     full, fast, dyn = runs["full"], runs["predict"], runs["dynamic"]
     flops_speedup = float(full.flops_full.mean() / fast.flops_full.mean())
     dynamic_flops_speedup = float(full.flops_full.mean() / dyn.flops_full.mean())
@@ -113,11 +117,11 @@ def test_wall_clock_follows_flops(
     plan = median_seconds(lambda: method.plan(test_split, speed, BATCH_SIZE), 5)
     labels = test_split.labels.numpy()
     benchmark.extra_info.update(
-        describe(method)
+        describe
         | {
             "speed": speed,
             "n": len(test_split),
-            "rounds": ROUNDS,
+            "rounds": profile.rounds,
             "accuracy": float((fast.labels == labels).mean()),
             "accuracy_full_depth": float((full.labels == labels).mean()),
             "avg_exit_layer": float(fast.exit_layers.mean()),
@@ -141,7 +145,7 @@ def test_wall_clock_follows_flops(
     )
 
 
-def test_exit_table_rates(benchmark, method: Geep, test_split: Encoded) -> None:
+def test_exit_table_rates(benchmark, method: Geep, test_split: Encoded, describe: dict) -> None:
     device = method.device
     train_keys, exits = method.train_keys(), method.exit_labels(0.4)  # [N, K], [N]
     pairs = int((train_keys >= 0).sum())
@@ -172,7 +176,7 @@ def test_exit_table_rates(benchmark, method: Geep, test_split: Encoded) -> None:
     hash_rate = len(queries) / benchmark.stats.stats.median
     dense_rate = len(queries) / median_seconds(dense_lookup, 20)
     benchmark.extra_info.update(
-        describe(method)
+        describe
         | {
             "speed": 0.4,
             "table_keys": len(table),

@@ -84,5 +84,6 @@ class Bert(Method):
             self.dims.hidden, self.info.num_labels
         )
 
-    def default_speeds(self) -> list[float]:
+    @classmethod
+    def speed_grid(cls, num_layers: int, num_labels: int) -> list[float]:
         return [0.0]

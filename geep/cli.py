@@ -64,6 +64,9 @@ EXAMPLES = {
   geep flops --config bert-base --seq-len 128 --convention fastbert
   geep flops --config minilm-l6 --seq-len 64 --convention full --num-labels 4 --json
   geep flops --config path/to/config.json --seq-len 128 --convention full""",
+    "report": """examples:
+  GEEP_PROFILE=smoke pytest benchmarks/ --benchmark-json out.json && geep report results/smoke
+  geep report results/quick   # writes results.csv, tables.md and PNG plots there""",
 }
 
 
@@ -161,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-labels", type=_positive_int, default=2, help="classes of the head (2)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = command("report", "tables and plots from a profile's benchmark runs", cmd_report)
+    p.add_argument("results", type=Path, help="a profile's results folder, e.g. results/quick")
     return parser
 
 
@@ -302,6 +308,14 @@ def cmd_flops(args: argparse.Namespace) -> int:
             ["component", "FLOPs", "GFLOPs"],
         )
     )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from geep.report import write_report
+
+    for path in write_report(args.results):
+        print(path)
     return 0
 
 

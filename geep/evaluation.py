@@ -37,19 +37,25 @@ class SpeedResult:
     flops_full: float
     speedup: float
     speedup_full: float
-    throughput: float  # samples per second over the timed batches
-    latency_ms_p50: float  # per batch
+    throughput: float  # samples per second: the split over the median run's time
+    latency_ms_p50: float  # per batch, over every batch of every run
     latency_ms_p95: float
     n: int
+    exit_histogram: list[int]  # samples exiting at layer 1..L (per-token exits: rounded up)
     extra: dict[str, float] = field(default_factory=dict)  # Method.diagnostics (e.g. GEEP's)
 
 
-def summarize(method: Method, data: Encoded, speed: float, out: Predictions) -> SpeedResult:
-    """Metrics of one prediction run against the labels in ``data``."""
+def summarize(
+    method: Method, data: Encoded, speed: float, runs: Sequence[Predictions]
+) -> SpeedResult:
+    """Metrics of repeated prediction runs (same setting) against the labels in ``data``:
+    quality and FLOPs from the last run, timing from all of them."""
+    out = runs[-1]
     labels = data.labels.numpy()
     lengths = data.lengths.numpy()
     full_fastbert = method.full_depth_flops(lengths, "fastbert").mean()
     full_full = method.full_depth_flops(lengths, "full").mean()
+    batches = [s for r in runs for s in r.batch_seconds]
     return SpeedResult(
         speed=speed,
         accuracy=accuracy(labels, out.labels),
@@ -59,10 +65,13 @@ def summarize(method: Method, data: Encoded, speed: float, out: Predictions) -> 
         flops_full=float(out.flops_full.mean()),
         speedup=float(full_fastbert / out.flops_fastbert.mean()),
         speedup_full=float(full_full / out.flops_full.mean()),
-        throughput=len(labels) / sum(out.batch_seconds),
-        latency_ms_p50=latency_ms(out.batch_seconds, 50),
-        latency_ms_p95=latency_ms(out.batch_seconds, 95),
+        throughput=len(labels) / float(np.median([sum(r.batch_seconds) for r in runs])),
+        latency_ms_p50=latency_ms(batches, 50),
+        latency_ms_p95=latency_ms(batches, 95),
         n=len(labels),
+        exit_histogram=np.bincount(
+            np.ceil(out.exit_layers).astype(np.int64) - 1, minlength=method.num_layers
+        ).tolist(),
         extra=method.diagnostics(data, speed, out),
     )
 
@@ -77,7 +86,7 @@ def sweep(
         data.select(torch.arange(min(len(data), batch_size))), speeds[0], batch_size
     )  # warm-up
     runs = [method.run(data, s, batch_size, progress=progress) for s in speeds]
-    return [summarize(method, data, s, r) for s, r in zip(speeds, runs, strict=True)], runs
+    return [summarize(method, data, s, [r]) for s, r in zip(speeds, runs, strict=True)], runs
 
 
 def report_json(ev: Evaluation) -> dict:

@@ -50,6 +50,8 @@ class EncoderDims:
 # Shapes of the named encoders (their config.json files): no download needed to count FLOPs.
 NAMED_DIMS = {
     "bert-base": EncoderDims(hidden=768, num_layers=12, num_heads=12, intermediate=3072),
+    "bert-base-uncased": EncoderDims(hidden=768, num_layers=12, num_heads=12, intermediate=3072),
+    "bert-base-chinese": EncoderDims(hidden=768, num_layers=12, num_heads=12, intermediate=3072),
     "minilm-l6": EncoderDims(hidden=384, num_layers=6, num_heads=12, intermediate=1536),
 }
 

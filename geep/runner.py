@@ -10,7 +10,7 @@ benchmarks and the tests::
     out = method.predict(texts, speed=0.5, batch_size=32)  # labels, exit layers, FLOPs, timings
 
 A method implements :meth:`Method.build_model`, :meth:`Method.fit`,
-:meth:`Method.predict_batches`, :meth:`Method.full_depth_flops` and :meth:`Method.default_speeds`;
+:meth:`Method.predict_batches`, :meth:`Method.full_depth_flops` and :meth:`Method.speed_grid`;
 it may declare typed switches (``options_class``), work done before timing
 (:meth:`Method.prepare`), extra diagnostics (:meth:`Method.diagnostics`) and tensors to keep in
 the checkpoint (``extras``).
@@ -174,9 +174,11 @@ class Method(ABC):
     def full_depth_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
         """FLOPs per sample of the same model run through all layers and its final classifier."""
 
+    @classmethod
     @abstractmethod
-    def default_speeds(self) -> list[float]:
-        """The sweep grid, from full depth to aggressive exit, for this backbone's depth."""
+    def speed_grid(cls, num_layers: int, num_labels: int) -> list[float]:
+        """The default sweep, from full depth to aggressive exit, for a backbone of
+        ``num_layers`` layers and a task of ``num_labels`` classes."""
 
     def prepare(self, speed: float) -> None:  # noqa: B027 (optional hook)
         """Work done once per speed before inference is timed (GEEP builds its exit table)."""
@@ -185,7 +187,16 @@ class Method(ABC):
         """Method-specific figures for one speed's run on ``data`` (not timed); none by default."""
         return {}
 
+    def fit_from(self, fine_tuned: Method, train: Encoded) -> None:
+        """Train starting from a fine-tuned full-depth ``bert`` method on the same data (a
+        method whose first stage is ordinary fine-tuning reuses it); most methods cannot."""
+        raise GeepError(f"{self.name} cannot start from a fine-tuned model: train it from scratch")
+
     # --- shared behaviour ----------------------------------------------------------------
+
+    def default_speeds(self) -> list[float]:
+        """This checkpoint's sweep grid (:meth:`speed_grid`)."""
+        return self.speed_grid(self.num_layers, self.info.num_labels)
 
     @property
     def options(self) -> Any:

@@ -142,6 +142,7 @@ class StudentTeacherMethod(DynamicExitMethod):
     def head_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
         return flops.fastbert_head(self.dims.hidden, lengths, self.info.num_labels, convention)
 
-    def default_speeds(self) -> list[float]:
+    @classmethod
+    def speed_grid(cls, num_layers: int, num_labels: int) -> list[float]:
         """FastBERT's sweep: thresholds 0 (full depth) to 0.9 (nearly every sample exits early)."""
         return [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]

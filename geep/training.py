@@ -23,7 +23,7 @@ from geep.config import TrainConfig
 from geep.data import load_dataset
 from geep.encoding import Encoded, encode_split
 from geep.metrics import accuracy
-from geep.runner import Method, get_method
+from geep.runner import Method, get_method, load_checkpoint
 
 
 def train_loop(
@@ -90,10 +90,13 @@ def train_method(
     model: str,
     config: TrainConfig,
     settings: Sequence[str] = (),
+    start_from: str | Path | None = None,
 ) -> Method:
     """Train ``method_name`` on ``dataset``'s train split and save the checkpoint to ``out``.
 
     ``settings`` are the method's options as ``KEY=VALUE`` strings (``geep train --option``).
+    ``start_from`` is a checkpoint of ``bert`` fine-tuned on the same data, for methods whose
+    first stage is that fine-tuning (:meth:`Method.fit_from`).
 
     Accuracy on the dev split at the method's first (full-depth) speed is recorded in the
     checkpoint; the test split is never looked at.
@@ -110,7 +113,11 @@ def train_method(
     method = cls.create(model, labels, dataset, config, task=task, settings=settings)
     if torch.cuda.is_available():
         method.to("cuda")
-    method.fit(encode_split(method.tokenizer, train, config.seq_len))
+    encoded = encode_split(method.tokenizer, train, config.seq_len)
+    if start_from is None:
+        method.fit(encoded)
+    else:
+        method.fit_from(load_checkpoint(start_from), encoded)
     dev = encode_split(method.tokenizer, data["dev"], config.seq_len)
     speed = method.default_speeds()[0]
     method.info.dev_accuracy = accuracy(dev.labels.numpy(), method.run(dev, speed, 64).labels)

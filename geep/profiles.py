@@ -1,0 +1,135 @@
+"""Reproduction profiles: which datasets, encoders, training recipe, sweeps and timing a run uses.
+
+Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
+
+- ``smoke``: one offline dataset, a few hundred samples, three speeds per method; a couple of
+  minutes on 2 CPU cores, for tests and CI.
+- ``quick``: the embedded encoder on one English and one Chinese offline dataset, every method
+  over its whole default grid; the default of ``tox -e reproduce`` (under 30 minutes on 2 cores).
+- ``offline``: all six offline datasets at full size (hours on a CPU, minutes on a GPU).
+- ``paper``: the twelve paper datasets with bert-base-uncased / bert-base-chinese and the papers'
+  recipe (METHODS.md: lr 2e-5, batch 32, length 128, 3 epochs; HashEE lr 5e-5, 4 epochs), for
+  users with the hub and GPUs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+
+from geep.backbone import DEFAULT_MODEL
+from geep.config import TrainConfig
+from geep.data.registry import get_spec
+from geep.errors import GeepError
+
+METHODS = ("bert", "geep", "fastbert", "deebert", "pabee", "hashee")
+OFFLINE = (
+    "rotten-tomatoes",
+    "chinese-reviews",
+    "bbc-news",
+    "health-tweets",
+    "tweet-sentiment",
+    "thucnews-titles",
+)
+PAPER = (
+    "chnsenticorp",
+    "book-review",
+    "shopping-review",
+    "lcqmc",
+    "weibo",
+    "thucnews",
+    "ag-news",
+    "amazon-full",
+    "dbpedia",
+    "yahoo",
+    "yelp-full",
+    "yelp-polarity",
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a reproduction run fixes. ``speeds`` maps a method to its sweep (methods not
+    listed use their default grid); ``method_train`` holds per-method changes to ``train``."""
+
+    name: str
+    description: str
+    datasets: tuple[str, ...]
+    train: TrainConfig
+    models: dict[str, str] = field(
+        default_factory=lambda: {"en": DEFAULT_MODEL, "zh": DEFAULT_MODEL}
+    )
+    seq_len: dict[str, int] = field(default_factory=dict)  # per dataset, else train.seq_len
+    method_train: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    methods: tuple[str, ...] = METHODS
+    speeds: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    max_eval: int | None = None  # the first N test samples; None: all
+    batch_size: int = 32
+    rounds: int = 3  # timed runs of the test split per setting, after a warm-up batch
+
+    def model_for(self, dataset: str) -> str:
+        return self.models[get_spec(dataset).language]
+
+    def train_config(self, method: str, dataset: str) -> TrainConfig:
+        """The training recipe of ``method`` on ``dataset`` under this profile."""
+        changes = {**self.method_train.get(method, {})}
+        if dataset in self.seq_len:
+            changes["seq_len"] = self.seq_len[dataset]
+        return replace(self.train, **changes)
+
+    def config_hash(self) -> str:
+        """A short hash of everything in the profile: runs with different hashes never mix."""
+        raw = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+PROFILES = {
+    "smoke": Profile(
+        name="smoke",
+        description="rotten-tomatoes, 200 training samples, 3 speeds per method (minutes, CPU)",
+        datasets=("rotten-tomatoes",),
+        train=TrainConfig(max_train=200, epochs=1, seq_len=32),
+        speeds={
+            "geep": (0.0, 0.5, 0.8),
+            "fastbert": (0.0, 0.5, 0.8),
+            "deebert": (0.0, 0.3466, 0.6238),
+            "pabee": (0.0, 2.0, 1.0),
+            "hashee": (0.0, 3.0, 5.0),
+        },
+        max_eval=128,
+        rounds=1,
+    ),
+    "quick": Profile(
+        name="quick",
+        description="rotten-tomatoes + chinese-reviews, embedded encoder, full sweeps (2-core CPU)",
+        datasets=("rotten-tomatoes", "chinese-reviews"),
+        train=TrainConfig(max_train=1000, epochs=1, seq_len=48),
+        seq_len={"chinese-reviews": 64},
+        max_eval=300,
+        rounds=2,
+    ),
+    "offline": Profile(
+        name="offline",
+        description="all six offline datasets at full size, embedded encoder",
+        datasets=OFFLINE,
+        train=TrainConfig(epochs=2, seq_len=128),
+    ),
+    "paper": Profile(
+        name="paper",
+        description="the twelve paper datasets, BERT-base, the papers' recipe (hub + GPU)",
+        datasets=PAPER,
+        models={"en": "bert-base-uncased", "zh": "bert-base-chinese"},
+        train=TrainConfig(epochs=3, batch_size=32, lr=2e-5, seq_len=128),
+        method_train={"hashee": {"lr": 5e-5, "epochs": 4}},
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile called ``name`` (default: ``$GEEP_PROFILE``, else ``quick``)."""
+    name = name or os.environ.get("GEEP_PROFILE") or "quick"
+    if name not in PROFILES:
+        raise GeepError(f"unknown profile '{name}': choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]

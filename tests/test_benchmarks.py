@@ -1,0 +1,90 @@
+"""The benchmark harness end to end on the smoke profile: every method's pytest-benchmark entries
+carry the measurements, the run files feed `geep report`, and the notebook re-draws them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from geep.cli import main
+from geep.profiles import METHODS
+
+ROOT = Path(__file__).resolve().parent.parent
+EXTRA_INFO = {
+    "method",
+    "dataset",
+    "speed",
+    "batch_size",
+    "accuracy",
+    "macro_f1",
+    "flops_fastbert",
+    "flops_full",
+    "speedup",
+    "speedup_full",
+    "avg_exit_layer",
+    "exit_histogram",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "throughput",
+    "gpu_util_percent",
+    "gpu_memory_mib",
+    "cpu_util_percent",
+}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """``GEEP_PROFILE=smoke pytest benchmarks/ --benchmark-json out.json`` into a temp folder."""
+    out = tmp_path_factory.mktemp("smoke")
+    env = {**os.environ, "GEEP_PROFILE": "smoke", "GEEP_RESULTS": str(out / "results")}
+    command = [sys.executable, "-m", "pytest", "benchmarks/", "-q", "-p", "no:cacheprovider"]
+    done = subprocess.run(
+        [*command, "--benchmark-json", str(out / "out.json")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out / "results", json.loads((out / "out.json").read_text())
+
+
+def test_every_method_has_the_measurements(smoke) -> None:
+    _, report = smoke
+    units = [b["extra_info"] for b in report["benchmarks"] if b["name"].startswith("test_unit")]
+    assert {info["method"] for info in units} == set(METHODS)
+    for info in units:
+        assert set(info) >= EXTRA_INFO, EXTRA_INFO - set(info)
+        assert info["gpu_util_percent"] is None and info["cpu_util_percent"] > 0
+        assert sum(info["exit_histogram"]) == info["n"]
+
+
+def test_report_and_notebook_draw_the_runs(smoke, capsys, monkeypatch) -> None:
+    results, _ = smoke
+    assert main(["report", str(results)]) == 0
+    written = capsys.readouterr().out.split()
+    names = {Path(p).name for p in written}
+    assert {"results.csv", "tables.md", "realised-speedup.png"} <= names
+    assert "speed-accuracy-rotten-tomatoes.png" in names
+    tables = (results / "tables.md").read_text()
+    assert all(f"`{m}`" in tables for m in METHODS)
+    notebook = nbformat.read(ROOT / "notebooks" / "figures.ipynb", as_version=4)
+    monkeypatch.setenv("GEEP_RESULTS", str(results))  # the kernel inherits it
+    NotebookClient(notebook, timeout=300, resources={"metadata": {"path": str(ROOT)}}).execute()
+    images = [
+        o
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+        if "image/png" in o.get("data", {})
+    ]
+    assert len(images) == 2  # one speed-accuracy plot (one dataset) and the realised speedup
