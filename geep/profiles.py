@@ -80,8 +80,10 @@ class Profile:
         return replace(self.train, **changes)
 
     def config_hash(self) -> str:
-        """A short hash of everything in the profile: runs with different hashes never mix."""
-        raw = json.dumps(asdict(self), sort_keys=True, default=str)
+        """A short hash of every setting of the profile (its description aside): runs with
+        different hashes never mix."""
+        settings = {k: v for k, v in asdict(self).items() if k != "description"}
+        raw = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 

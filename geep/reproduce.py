@@ -138,9 +138,17 @@ def git_commit() -> str | None:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and the threads torch uses."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [
+            line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu = models[0].split(":", 1)[1].strip() if models else cpu
+    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
 def provenance(profile: Profile, method: Method, data: Encoded) -> dict[str, Any]:
