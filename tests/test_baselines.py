@@ -155,3 +155,24 @@ def test_pabee_loss_weights_deeper_layers_more(tiny_model: Path) -> None:
 def test_pabee_patience_must_be_whole(tiny_model: Path) -> None:
     with pytest.raises(GeepError, match="not a whole number"):
         new_method("pabee", tiny_model).predict(["good"], speed=2.5)
+
+
+def test_deebert_reuses_a_fine_tuned_bert_as_its_first_stage(tiny_model: Path) -> None:
+    """The profile runner's shortcut: bert's backbone and classifier, then only the highways."""
+    bert = trained_on_toy(new_method("bert", tiny_model))
+    deebert = new_method("deebert", tiny_model)
+    texts, labels = toy(40)
+    before = [p.detach().clone() for p in deebert.model.highways.parameters()]
+    deebert.fit_from(bert, deebert.encode(texts, labels=labels))
+    reused = {
+        **{f"backbone.{k}": v for k, v in bert.model.backbone.state_dict().items()},
+        **{f"classifier.{k}": v for k, v in bert.model.classifier.state_dict().items()},
+    }
+    state = deebert.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in reused.items())
+    after = list(deebert.model.highways.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    with pytest.raises(GeepError, match="starts from a fine-tuned bert, not pabee"):
+        deebert.fit_from(new_method("pabee", tiny_model), deebert.encode(texts, labels=labels))
+    with pytest.raises(GeepError, match="pabee cannot start from a fine-tuned model"):
+        new_method("pabee", tiny_model).fit_from(bert, deebert.encode(texts, labels=labels))

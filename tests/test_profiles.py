@@ -101,3 +101,15 @@ def test_matched_table_takes_the_most_accurate_setting_reaching_each_speedup() -
         "| 0.700 (3.50x, speed 0.9) |"
     )
     assert lines[3] == "| `bert` | 0.820 (1.00x) | - | - | - |"
+
+
+def test_written_files_get_the_usual_mode(tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp (mode 0600); results must stay readable by others."""
+    import os
+
+    from geep.storage import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
