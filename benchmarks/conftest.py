@@ -1,5 +1,7 @@
-"""Benchmark options: ``--profile`` (else ``$GEEP_PROFILE``, else ``quick``) and ``--results``
-(else ``$GEEP_RESULTS``, else ``results/<profile>``)."""
+"""Benchmark options: ``--profile`` (else ``$GEEP_PROFILE``, else ``quick``), ``--results``
+(else ``$GEEP_RESULTS``, else ``results/<profile>``) and ``--resume`` (else ``$GEEP_RESUME=1``):
+skip the units whose rows the run files already hold, so an interrupted run goes on where it
+stopped."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("geep")
     group.addoption("--profile", choices=sorted(PROFILES), help="reproduction profile")
     group.addoption("--results", help="folder for run files (default: results/<profile>)")
+    group.addoption("--resume", action="store_true", help="skip units already in the run files")
 
 
 def profile_of(config: pytest.Config) -> Profile:
@@ -24,6 +27,11 @@ def profile_of(config: pytest.Config) -> Profile:
 @pytest.fixture(scope="session")
 def profile(request: pytest.FixtureRequest) -> Profile:
     return profile_of(request.config)
+
+
+@pytest.fixture(scope="session")
+def resume(request: pytest.FixtureRequest) -> bool:
+    return request.config.getoption("--resume") or os.environ.get("GEEP_RESUME") == "1"
 
 
 @pytest.fixture(scope="session")

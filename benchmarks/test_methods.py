@@ -4,7 +4,8 @@ One benchmark per unit; pytest-benchmark times ``profile.rounds`` runs over the 
 a warm-up, and ``extra_info`` carries everything :func:`geep.reproduce.measure` measured plus
 "method", "dataset", "speed" and "batch_size". Each row is also kept in
 ``<results>/runs/<dataset>/<method>.json`` for ``geep report``. Checkpoints are trained once and
-cached, so a re-run only re-measures.
+cached, so a re-run only re-measures; with ``--resume`` it skips the units already recorded
+(those then have no entry in that run's ``--benchmark-json``; the run files hold them all).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from benchmarks.conftest import profile_of
 from geep.encoding import Encoded
 from geep.profiles import Profile
-from geep.reproduce import load_unit, measure, record, speeds_for
+from geep.reproduce import load_unit, measure, record, recorded, speeds_for
 from geep.runner import Method
 
 _loaded: dict[tuple[str, str], tuple[Method, Encoded]] = {}
@@ -43,8 +44,10 @@ def trained(profile: Profile, method: str, dataset: str) -> tuple[Method, Encode
     return _loaded[key]
 
 
-def test_unit(benchmark, profile: Profile, results_dir: Path, unit) -> None:
+def test_unit(benchmark, profile: Profile, results_dir: Path, resume: bool, unit) -> None:
     dataset, name, speed = unit
+    if resume and recorded(results_dir, profile, dataset, name, speed):
+        pytest.skip("already in the run file (--resume)")
     method, data = trained(profile, name, dataset)
 
     def timer(fn, rounds: int) -> None:

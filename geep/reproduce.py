@@ -179,6 +179,18 @@ def run_file(results: Path, dataset: str, method: str) -> Path:
     return results / "runs" / dataset / f"{method}.json"
 
 
+def recorded(results: Path, profile: Profile, dataset: str, method: str, speed: float) -> bool:
+    """Whether the run file of (dataset, method) already holds ``speed`` under this profile's
+    configuration (a resumed run skips it)."""
+    path = run_file(results, dataset, method)
+    if not path.is_file():
+        return False
+    run = json.loads(path.read_text())
+    if run["provenance"]["config_hash"] != profile.config_hash():
+        return False
+    return any(math.isclose(row["speed"], speed) for row in run["rows"])
+
+
 def record(
     results: Path, profile: Profile, method: Method, dataset: str, data: Encoded, row: dict
 ) -> Path:

@@ -203,15 +203,21 @@ def test_bad_input_gives_one_line_and_status_2(line, message, tmp_path, toy_dir,
 
 
 @pytest.mark.parametrize("method", ["bert", "geep", "fastbert", "deebert", "pabee", "hashee"])
-def test_same_seed_gives_identical_checkpoints(method, tiny_model, toy_dir, tmp_path) -> None:
-    """Seeding happens before the heads are built, so a whole run is fixed by --seed."""
-    weights = []
+def test_same_seed_gives_identical_runs(method, tiny_model, toy_dir, tmp_path, capsys) -> None:
+    """Seeding happens before the heads are built, so a whole train + evaluate is fixed by
+    --seed: same weights, same predictions, exits, FLOPs and accuracy at every speed."""
+    weights, evaluations = [], []
+    timing = {"throughput", "latency_ms_p50", "latency_ms_p95"}
     for run in ("a", "b", "c"):
         seed = "7" if run != "c" else "8"
         options = ["--epochs", "1", "--seq-len", "16", "--seed", seed, "--method", method]
         assert main(train_args(toy_dir, tiny_model, tmp_path / run, *options)) == 0
         weights.append((tmp_path / run / "model.safetensors").read_bytes())
-    assert weights[0] == weights[1]
+        capsys.readouterr()
+        assert main(["evaluate", "--checkpoint", str(tmp_path / run), "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)["results"]
+        evaluations.append([{k: v for k, v in r.items() if k not in timing} for r in rows])
+    assert weights[0] == weights[1] and evaluations[0] == evaluations[1]
     assert weights[0] != weights[2]
 
 
