@@ -8,9 +8,12 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geep.errors import GeepError
+
+if TYPE_CHECKING:
+    from geep.config import TrainConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -214,11 +217,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The training recipe of `geep train`'s arguments (checked: GeepError when out of range)."""
     from geep.config import TrainConfig
-    from geep.training import train_method
 
-    config = TrainConfig(
+    return TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -226,6 +229,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_train=args.max_train,
     )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from geep.training import train_method
+
+    config = train_config(args)
     method = train_method(args.method, args.dataset, args.out, args.model, config, args.option)
     print(
         f"saved {method.name} checkpoint to {args.out} "

@@ -13,8 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geep.cli import build_parser
-from geep.config import TrainConfig
+from geep.cli import build_parser, train_config
 from geep.data import load_dataset
 from geep.errors import GeepError
 
@@ -115,14 +114,7 @@ def test_fuzzed_numeric_options(option: str, value: str, capsys) -> None:
         assert err.count("\n") == 1 and "error:" in err
         return
     try:
-        TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seq_len=args.seq_len,
-            seed=args.seed,
-            max_train=args.max_train,
-        )
+        train_config(args)
     except GeepError as err:
         assert "\n" not in str(err)
 
