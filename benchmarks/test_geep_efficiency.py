@@ -33,7 +33,7 @@ from geep.encoding import Encoded
 from geep.exit_table import ExitTable
 from geep.geep import Geep
 from geep.profiles import Profile
-from geep.reproduce import checkpoint, eval_split
+from geep.reproduce import checkpoint, device_name, eval_split
 from geep.runner import load_checkpoint
 
 SPEEDS = [0.4, 0.5, 0.6, 0.8]
@@ -77,7 +77,7 @@ def describe(method: Geep, profile: Profile) -> dict[str, object]:
         "dataset": profile.datasets[0],
         "profile": profile.name,
         "batch_size": BATCH_SIZE,
-        "device": torch.cuda.get_device_name() if method.device.type == "cuda" else "cpu",
+        "device": device_name(method.device),
         "torch_threads": torch.get_num_threads(),
         "train": method.info.train,
     }
@@ -95,9 +95,8 @@ def test_wall_clock_follows_flops(
 ) -> None:
     method.prepare(0.0)
     method.prepare(speed)  # exit tables are built before any timing
-    warm_up = test_split.select(torch.arange(BATCH_SIZE))
-    method.run(warm_up, speed, BATCH_SIZE)
-    dynamic.run(warm_up, speed, BATCH_SIZE)
+    method.warm_up(test_split, speed, BATCH_SIZE)
+    dynamic.warm_up(test_split, speed, BATCH_SIZE)
     cases = {"full": (method, 0.0), "predict": (method, speed), "dynamic": (dynamic, speed)}
     seconds: dict[str, list[float]] = {case: [] for case in cases}
     runs = {}

@@ -82,9 +82,7 @@ def sweep(
     """Run every speed setting on ``data`` (labels required); results in the order of ``speeds``."""
     for speed in speeds:  # fail before any work on a bad setting
         method.check_speed(speed)
-    method.run(
-        data.select(torch.arange(min(len(data), batch_size))), speeds[0], batch_size
-    )  # warm-up
+    method.warm_up(data, speeds[0], batch_size)
     runs = [method.run(data, s, batch_size, progress=progress) for s in speeds]
     return [summarize(method, data, s, [r]) for s, r in zip(speeds, runs, strict=True)], runs
 

@@ -97,8 +97,7 @@ def measure(
     over the median round.
     """
     method.check_speed(speed)
-    warm_up = data.select(torch.arange(min(len(data), batch_size)))
-    method.run(warm_up, speed, batch_size)  # caches, exit tables, allocator
+    method.warm_up(data, speed, batch_size)
     runs: list[Predictions] = []
 
     def once() -> None:

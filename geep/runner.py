@@ -332,6 +332,10 @@ class Method(ABC):
             raise RuntimeError(f"{self.name}.predict_batches left samples without a prediction")
         return Predictions(labels, exits, flops["fastbert"], flops["full"], seconds)
 
+    def warm_up(self, data: Encoded, speed: float, batch_size: int) -> None:
+        """One untimed batch at ``speed`` before timing: caches, exit tables, the allocator."""
+        self.run(data.select(torch.arange(min(len(data), batch_size))), speed, batch_size)
+
     def _synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

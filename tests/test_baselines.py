@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from geep.encoding import Encoded
+from geep.encoding import Batch, Encoded
 from geep.errors import GeepError
 from geep.exits import DynamicExitMethod, entropy
 from geep.runner import load_checkpoint
@@ -43,6 +43,19 @@ def layer_logits(method: DynamicExitMethod, data: Encoded) -> torch.Tensor:
             rows.append(method.exit_head(layer, hidden, batch.attention_mask)[0])
         out.append(torch.stack(rows))
     return torch.stack(out)
+
+
+@torch.no_grad()
+def exit_path_flops(method: DynamicExitMethod, batch: Batch, exit_layer: int) -> int:
+    """FlopCounterMode's count of one sample's own path: layers 1..exit_layer, a head after each."""
+
+    def path() -> None:
+        hidden, mask = method.backbone.embed(**batch.inputs())
+        for layer in range(1, exit_layer + 1):
+            hidden = method.backbone.run_layers(hidden, mask, layer - 1, layer)
+            method.exit_head(layer, hidden, batch.attention_mask)
+
+    return counted_flops(path)
 
 
 def expected_exits(method: DynamicExitMethod, logits: torch.Tensor, speed: float) -> np.ndarray:
@@ -114,14 +127,7 @@ def test_flops_count_every_layer_and_head_that_ran(trained, test_data) -> None:
     for i in range(0, len(test_data), 5):
         batch = test_data.batch(torch.tensor([i]))
 
-        def path(batch=batch, exit_layer=int(out.exit_layers[i])) -> None:
-            hidden, mask = trained.backbone.embed(**batch.inputs())
-            for layer in range(1, exit_layer + 1):
-                hidden = trained.backbone.run_layers(hidden, mask, layer - 1, layer)
-                trained.exit_head(layer, hidden, batch.attention_mask)
-
-        with torch.no_grad():
-            assert out.flops_full[i] == counted_flops(path), i
+        assert out.flops_full[i] == exit_path_flops(trained, batch, int(out.exit_layers[i])), i
 
 
 def test_checkpoint_round_trip(trained, test_data, tmp_path) -> None:

@@ -13,7 +13,7 @@ from geep import student_teacher
 from geep.encoding import Encoded
 from geep.exits import first_exit_layer
 from geep.runner import load_checkpoint
-from tests.test_flops import counted_flops
+from tests.test_baselines import exit_path_flops
 from tests.test_runner import new_method, toy, toy_test_split, trained_on_toy
 
 
@@ -79,14 +79,7 @@ def test_flops_count_every_layer_and_head_that_ran(trained, test_data, speed) ->
     for i in range(0, len(test_data), 7):
         batch = test_data.batch(torch.tensor([i]))
 
-        def path(batch=batch, exit_layer=int(out.exit_layers[i])) -> None:
-            hidden, mask = trained.backbone.embed(**batch.inputs())
-            for layer in range(1, exit_layer + 1):
-                hidden = trained.backbone.run_layers(hidden, mask, layer - 1, layer)
-                trained.model.exit_logits(layer, hidden, mask, batch.attention_mask, "student")
-
-        with torch.no_grad():
-            assert out.flops_full[i] == counted_flops(path), i
+        assert out.flops_full[i] == exit_path_flops(trained, batch, int(out.exit_layers[i])), i
 
 
 def test_checkpoint_round_trip(trained: FastBERT, test_data: Encoded, tmp_path: Path) -> None:
