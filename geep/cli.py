@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,6 +54,7 @@ EXAMPLES = {
   geep train --method bert --dataset rotten-tomatoes --out runs/bert-rt \\
       --max-train 800 --seq-len 48 --epochs 1
   geep train --method bert --dataset data/my_reviews.tsv --out runs/mine
+  geep train ... --save-every 60    # a killed run resumes from its last save when re-run
   geep train --method bert --dataset chnsenticorp --model bert-base-chinese --out runs/chn
   geep train --method geep --dataset rotten-tomatoes --out runs/geep-rt --max-train 800 --seq-len 48
   geep train --method geep --dataset rotten-tomatoes --out runs/geep-last \\
@@ -127,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="a method option; repeat for several (see `geep methods`)",
+    )
+    p.add_argument(
+        "--save-every",
+        type=_number(float, 0.0, "a number of seconds >= 0"),
+        default=300.0,
+        metavar="SECONDS",
+        help="save the training state this often, so a killed run resumes when re-run "
+        "(300; 0: after every step)",
     )
 
     p = command("evaluate", "evaluate a checkpoint over speed settings", cmd_evaluate)
@@ -235,7 +245,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from geep.training import train_method
 
     config = train_config(args)
-    method = train_method(args.method, args.dataset, args.out, args.model, config, args.option)
+    method = train_method(
+        args.method,
+        args.dataset,
+        args.out,
+        args.model,
+        config,
+        args.option,
+        save_every_s=args.save_every,
+    )
     print(
         f"saved {method.name} checkpoint to {args.out} "
         f"(dev accuracy {method.info.dev_accuracy:.4f} at full depth)"
@@ -265,7 +283,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = ", ".join(f"{k}={v}" for k, v in ev.method.info.options.items())
     print(
         f"{ev.method.name} on {ev.dataset} ({args.split}, n={len(ev.texts)}, "
-        f"{ev.method.num_layers} layers, batch {args.batch_size})"
+        f"{ev.method.num_layers} layers, batch {ev.batch_size})"
         + (f"\noptions: {options}" if options else "")
     )
     extra = list(dict.fromkeys(k for r in ev.results for k in r.extra))  # e.g. GEEP's exit_mae
@@ -328,8 +346,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # clean up as on Ctrl-C
     try:
         import datasets
         import transformers
@@ -341,8 +364,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"geep: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("geep: interrupted; nothing half-written was left behind", file=sys.stderr)
+        print(
+            "geep: interrupted; nothing half-written was left behind "
+            "(re-run the same command: `geep train` resumes from its last save)",
+            file=sys.stderr,
+        )
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,20 @@ is padded to its own longest sample rather than to ``seq_len``, so compute follo
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from geep.errors import GeepError
+from geep.resources import require_memory
+
+CHUNK = 8192
+"""Texts per tokenizer call."""
 
 
 @dataclass
@@ -72,6 +78,13 @@ class Encoded:
             self.lengths[index],
         )
 
+    def sha256(self) -> str:
+        """A digest of the token ids, token types and labels: the data this split holds."""
+        digest = hashlib.sha256()
+        for t in (self.input_ids, self.token_type_ids, self.labels):
+            digest.update(t.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     def batch(self, index: torch.Tensor) -> Batch:
         """The samples at ``index`` [B], trimmed to the longest of them."""
         width = int(self.lengths[index].max())
@@ -96,26 +109,44 @@ def encode_texts(
     text_pairs: Sequence[str] | None = None,
     labels: Sequence[int] | None = None,
 ) -> Encoded:
-    """Tokenize texts (and pairs), truncated to ``seq_len`` tokens including [CLS]/[SEP]."""
+    """Tokenize texts (and pairs), truncated to ``seq_len`` tokens including [CLS]/[SEP].
+
+    Texts go through the tokenizer ``CHUNK`` at a time into preallocated tensors, so memory
+    stays near the tensors' own size; a split whose tensors would not fit fails first.
+    """
     if seq_len < 8:
         raise GeepError(f"--seq-len {seq_len} is too short: use at least 8 tokens")
     if len(texts) == 0:
         raise GeepError("nothing to encode: the split is empty")
-    enc = tokenizer(
-        list(texts),
-        list(text_pairs) if text_pairs is not None else None,
-        truncation=True,
-        max_length=seq_len,
-        padding="max_length",
-        return_tensors="pt",
-        return_token_type_ids=True,
+    texts = list(texts)
+    pairs = list(text_pairs) if text_pairs is not None else None
+    n = len(texts)
+    require_memory(
+        3 * n * seq_len * 8,  # ids, mask and token types: int64 [N, seq_len] each
+        f"tokenizing {n} samples at --seq-len {seq_len}",
+        "lower --max-train, --max-eval or --seq-len",
     )
-    mask = enc["attention_mask"]
-    label_tensor = torch.tensor(list(labels) if labels is not None else [-1] * len(texts))
+    input_ids, mask, type_ids = (torch.empty(n, seq_len, dtype=torch.long) for _ in range(3))
+    starts = range(0, n, CHUNK)
+    for start in tqdm(starts, desc="tokenize", unit="chunk", disable=len(starts) < 4):
+        stop = min(start + CHUNK, n)
+        enc = tokenizer(
+            texts[start:stop],
+            pairs[start:stop] if pairs is not None else None,
+            truncation=True,
+            max_length=seq_len,
+            padding="max_length",
+            return_tensors="pt",
+            return_token_type_ids=True,
+        )
+        input_ids[start:stop] = enc["input_ids"]
+        mask[start:stop] = enc["attention_mask"]
+        type_ids[start:stop] = enc["token_type_ids"]
+    label_tensor = torch.tensor(list(labels) if labels is not None else [-1] * n)
     return Encoded(
-        input_ids=enc["input_ids"],
+        input_ids=input_ids,
         attention_mask=mask,
-        token_type_ids=enc["token_type_ids"],
+        token_type_ids=type_ids,
         labels=label_tensor,
         lengths=mask.sum(dim=1),
     )

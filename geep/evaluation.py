@@ -78,13 +78,15 @@ def summarize(
 
 def sweep(
     method: Method, data: Encoded, speeds: list[float], batch_size: int, progress: bool = True
-) -> tuple[list[SpeedResult], list[Predictions]]:
-    """Run every speed setting on ``data`` (labels required); results in the order of ``speeds``."""
+) -> tuple[list[SpeedResult], list[Predictions], int]:
+    """Run every speed setting on ``data`` (labels required); results in the order of ``speeds``,
+    and the batch size used (``batch_size``, halved while it does not fit in GPU memory)."""
     for speed in speeds:  # fail before any work on a bad setting
         method.check_speed(speed)
-    method.warm_up(data, speeds[0], batch_size)
+    batch_size = method.warm_up(data, speeds[0], batch_size)
     runs = [method.run(data, s, batch_size, progress=progress) for s in speeds]
-    return [summarize(method, data, s, [r]) for s, r in zip(speeds, runs, strict=True)], runs
+    results = [summarize(method, data, s, [r]) for s, r in zip(speeds, runs, strict=True)]
+    return results, runs, batch_size
 
 
 def report_json(ev: Evaluation) -> dict:
@@ -192,7 +194,7 @@ def evaluate_checkpoint(
     pairs = rows["text_pair"] if "text_pair" in rows.column_names else None
     encoded = method.encode(rows["text"], pairs, seq_len, rows["label"])
     speeds = speeds if speeds else method.default_speeds()
-    results, runs = sweep(method, encoded, speeds, batch_size, progress)
+    results, runs, batch_size = sweep(method, encoded, speeds, batch_size, progress)
     return Evaluation(
         method, dataset, split, batch_size, list(rows["text"]), encoded, speeds, results, runs
     )

@@ -94,10 +94,11 @@ def measure(
     An untimed warm-up batch, then ``rounds`` timed runs of the whole split (through ``timer``,
     e.g. pytest-benchmark's, when given), synchronised on a GPU; the device is sampled while
     they run. Latency percentiles are over every batch of every round; throughput is samples
-    over the median round.
+    over the median round. A batch size the GPU cannot hold is halved until it fits
+    (:meth:`Method.warm_up`); the row records both sizes.
     """
     method.check_speed(speed)
-    method.warm_up(data, speed, batch_size)
+    requested, batch_size = batch_size, method.warm_up(data, speed, batch_size)
     runs: list[Predictions] = []
 
     def once() -> None:
@@ -112,6 +113,7 @@ def measure(
     row = asdict(summarize(method, data, speed, runs))
     row.update(asdict(monitor.result))
     row["batch_size"] = batch_size
+    row["batch_size_requested"] = requested
     row["rounds"] = len(runs)
     row["round_seconds_median"] = statistics.median(sum(r.batch_seconds) for r in runs)
     return row

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -332,9 +333,35 @@ class Method(ABC):
             raise RuntimeError(f"{self.name}.predict_batches left samples without a prediction")
         return Predictions(labels, exits, flops["fastbert"], flops["full"], seconds)
 
-    def warm_up(self, data: Encoded, speed: float, batch_size: int) -> None:
-        """One untimed batch at ``speed`` before timing: caches, exit tables, the allocator."""
-        self.run(data.select(torch.arange(min(len(data), batch_size))), speed, batch_size)
+    def warm_up(self, data: Encoded, speed: float, batch_size: int) -> int:
+        """One untimed batch at ``speed`` before timing: caches, exit tables, the allocator.
+        Returns the batch size to time at.
+
+        The batch holds the split's ``batch_size`` longest samples, the widest batch the timed
+        runs can see. While it runs out of GPU memory the size is halved and it is tried again;
+        GeepError when not even one sample fits.
+        """
+        size = batch_size
+        while True:
+            longest = data.lengths.argsort(descending=True, stable=True)[:size]
+            try:
+                self.run(data.select(longest), speed, size)
+                return size
+            except torch.OutOfMemoryError:
+                pass  # leave the except block first, so the failed batch's tensors can be freed
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if size == 1:
+                raise GeepError(
+                    f"{self.name} at speed {speed:g} runs out of GPU memory even at batch size "
+                    "1; use a GPU with more memory or a shorter --seq-len"
+                )
+            print(
+                f"geep: {self.name} at speed {speed:g} ran out of GPU memory at batch size "
+                f"{size}; trying {size // 2}",
+                file=sys.stderr,
+            )
+            size //= 2
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":

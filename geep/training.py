@@ -22,8 +22,10 @@ from transformers import get_linear_schedule_with_warmup
 from geep.config import TrainConfig
 from geep.data import load_dataset
 from geep.encoding import Encoded, encode_split
+from geep.errors import GeepError
 from geep.metrics import accuracy
 from geep.runner import Method, get_method, load_checkpoint
+from geep.train_state import TrainState, active_state, saving_into, state_folder
 
 
 def train_loop(
@@ -42,7 +44,18 @@ def train_loop(
     ``lr`` overrides ``config.lr`` (FastBERT's step 2 uses 10x). Batches are shuffled with
     ``config.seed``; the schedule decays to 0 exactly at the last step (not earlier, unlike the
     FastBERT reference code).
+
+    Inside :func:`train_method` the loop saves its state as it goes and, on a re-run after a
+    kill, resumes from the last save (:mod:`geep.train_state`). A method's code between two
+    calls must therefore depend on the model only through its weights.
     """
+    state = active_state()
+    call = state.start_call() if state else 0
+    saved = state.saved(call) if state else None
+    if saved is not None and saved["done"]:  # this call ended before the kill
+        if saved["call"] == call:
+            state.restore(model)
+        return saved["losses"]
     set_seed(config.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     params = [p for p in params if p.requires_grad]
@@ -55,21 +68,30 @@ def train_loop(
         ],
         lr=lr or config.lr,
     )
+    generator = torch.Generator().manual_seed(config.seed)  # draws each epoch's batch order
     loader = DataLoader(
         range(len(data)),
         batch_size=config.batch_size,
         shuffle=True,
-        generator=torch.Generator().manual_seed(config.seed),
+        generator=generator,
         collate_fn=lambda index: data.batch(torch.tensor(index)),
     )
     total = len(loader) * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total), total)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    model.train()
     losses: list[float] = []
-    with tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True) as bar:
-        for _ in range(config.epochs):
-            for batch in loader:
+    first_epoch, skip = 0, 0
+    if saved is not None:  # the call the kill interrupted: go on after its last saved step
+        generator.set_state(state.restore(model, optimizer, scheduler))
+        losses = saved["losses"]
+        first_epoch, skip = saved["epoch"], saved["step_in_epoch"]
+    model.train()
+    with tqdm(total=total, initial=len(losses), desc=desc, unit="step", dynamic_ncols=True) as bar:
+        for epoch in range(first_epoch, config.epochs):
+            epoch_generator = generator.get_state()
+            for step, batch in enumerate(loader):
+                if step < skip:  # replay the batch order up to the saved step
+                    continue
                 loss = model(batch.to(accelerator.device), **forward_kwargs)
                 accelerator.backward(loss)
                 accelerator.clip_grad_norm_(params, 1.0)
@@ -79,7 +101,29 @@ def train_loop(
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 bar.update()
-    accelerator.unwrap_model(model).eval()
+                if state is not None and state.due() and len(losses) < total:
+                    progress = {
+                        "desc": desc,
+                        "epoch": epoch,
+                        "step_in_epoch": step + 1,
+                        "steps": len(losses),
+                        "total": total,
+                        "done": False,
+                    }
+                    state.save(
+                        call,
+                        progress,
+                        losses,
+                        accelerator.unwrap_model(model),
+                        optimizer,
+                        scheduler,
+                        epoch_generator,
+                    )
+            skip = 0
+    model = accelerator.unwrap_model(model).eval()
+    if state is not None:
+        progress = {"desc": desc, "steps": total, "total": total, "done": True}
+        state.save(call, progress, losses, model)
     return losses
 
 
@@ -91,6 +135,7 @@ def train_method(
     config: TrainConfig,
     settings: Sequence[str] = (),
     start_from: str | Path | None = None,
+    save_every_s: float = 300.0,
 ) -> Method:
     """Train ``method_name`` on ``dataset``'s train split and save the checkpoint to ``out``.
 
@@ -100,6 +145,9 @@ def train_method(
 
     Accuracy on the dev split at the method's first (full-depth) speed is recorded in the
     checkpoint; the test split is never looked at.
+
+    The training state is saved every ``save_every_s`` seconds (0: after every step) beside
+    ``out``; a re-run of a killed run resumes from it (:mod:`geep.train_state`).
     """
     cls = get_method(method_name)
     cls.options_class().with_settings(settings)  # reject bad options before any work
@@ -114,12 +162,30 @@ def train_method(
     if torch.cuda.is_available():
         method.to("cuda")
     encoded = encode_split(method.tokenizer, train, config.seq_len)
-    if start_from is None:
-        method.fit(encoded)
-    else:
-        method.fit_from(load_checkpoint(start_from), encoded)
+    run = {
+        "method": method_name,
+        "dataset": dataset,
+        "model": model,
+        "train": config.to_dict(),
+        "settings": list(settings),
+        "start_from": None if start_from is None else str(start_from),
+        "data_sha256": encoded.sha256(),
+    }
+    state = TrainState(state_folder(Path(out)), run, save_every_s)
+    try:
+        with saving_into(state):
+            if start_from is None:
+                method.fit(encoded)
+            else:
+                method.fit_from(load_checkpoint(start_from), encoded)
+    except torch.OutOfMemoryError:
+        raise GeepError(
+            f"out of GPU memory training {method_name} at batch size {config.batch_size}, "
+            f"--seq-len {config.seq_len}; lower one of them"
+        ) from None
     dev = encode_split(method.tokenizer, data["dev"], config.seq_len)
     speed = method.default_speeds()[0]
     method.info.dev_accuracy = accuracy(dev.labels.numpy(), method.run(dev, speed, 64).labels)
     method.save(out)
+    state.remove()
     return method

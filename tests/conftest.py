@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random BERT saved as a local model folder, and a private cache."""
+"""Shared fixtures: a tiny random BERT saved as a local model folder, a toy dataset folder,
+and a private cache."""
 
 from __future__ import annotations
 
@@ -37,6 +38,19 @@ def make_tiny_model(folder: Path, layers: int = 4, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A UER-format dataset folder (train/dev/test TSV) of the separable toy task."""
+    from tests.test_runner import toy
+
+    folder = tmp_path_factory.mktemp("toy")
+    for split, n, seed in (("train", 80, 0), ("dev", 20, 1), ("test", 20, 2)):
+        texts, labels = toy(n, seed)
+        rows = [f"{y}\t{t}" for t, y in zip(texts, labels, strict=True)]
+        (folder / f"{split}.tsv").write_text("label\ttext_a\n" + "\n".join(rows) + "\n")
+    return folder
 
 
 @pytest.fixture

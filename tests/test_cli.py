@@ -11,7 +11,6 @@ import pytest
 
 from geep.cli import main
 from tests.test_data import EXPECTED
-from tests.test_runner import toy
 
 
 def assert_one_error_line(stderr: str, message: str) -> None:
@@ -49,17 +48,6 @@ def train_args(dataset: Path, model: Path, out: Path, *options: str) -> list[str
         str(out),
         *options,
     ]
-
-
-@pytest.fixture(scope="module")
-def toy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A UER-format dataset folder (train/dev/test TSV) of the separable toy task."""
-    folder = tmp_path_factory.mktemp("toy")
-    for split, n, seed in (("train", 80, 0), ("dev", 20, 1), ("test", 20, 2)):
-        texts, labels = toy(n, seed)
-        rows = [f"{y}\t{t}" for t, y in zip(texts, labels, strict=True)]
-        (folder / f"{split}.tsv").write_text("label\ttext_a\n" + "\n".join(rows) + "\n")
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""A benchmark sweep killed with SIGKILL mid-run resumes where it stopped and ends with the same
-results as an uninterrupted run (issue 6, interruption)."""
+"""Interruption (issue 6): a benchmark sweep or a `geep train` killed mid-run resumes where it
+stopped and ends with the same results as an uninterrupted run, and leaves nothing half-written."""
 
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
+
+from geep.errors import GeepError
+from geep.storage import atomic_write_text
+from geep.train_state import TrainState, state_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ["benchmarks/test_methods.py", "-k", "pabee", "-q", "-p", "no:cacheprovider"]
@@ -68,3 +74,125 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
     # the units measured before the kill were kept, not measured again
     kept = {r["speed"]: r["round_seconds_median"] for r in done}
     assert all(r["round_seconds_median"] == kept[r["speed"]] for r in result if r["speed"] in kept)
+
+
+def geep_train(out: Path, dataset: Path, model: Path) -> subprocess.Popen:
+    """`geep train` of FastBERT (two training steps, two epochs each), saving after every step."""
+    argv = ["train", "--method", "fastbert", "--dataset", str(dataset), "--model", str(model)]
+    argv += ["--out", str(out), "--epochs", "2", "--batch-size", "8", "--seq-len", "16"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "geep.cli", *argv, "--save-every", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def saved_progress(out: Path) -> dict:
+    try:
+        return json.loads((state_folder(out) / "latest" / "progress.json").read_text())
+    except (OSError, ValueError):  # not saved yet, or the save is being replaced
+        return {}
+
+
+def reached(out: Path, call: int, steps: int) -> bool:
+    """Whether the latest save is at least ``steps`` into ``train_loop`` call ``call``."""
+    progress = saved_progress(out)
+    return (progress.get("call", -1), progress.get("steps", 0)) >= (call, steps)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(toy_dir: Path, tiny_model: Path, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("uninterrupted") / "fastbert"
+    process = geep_train(out, toy_dir, tiny_model)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    return load_file(out / "model.safetensors")
+
+
+# (signal, the train_loop call to kill in (0: step 1, 1: step 2), steps into it)
+KILLS = [(signal.SIGKILL, 0, 3), (signal.SIGTERM, 0, 14), (signal.SIGINT, 1, 5)]
+
+
+@pytest.mark.parametrize(("sig", "call", "steps"), KILLS, ids=["SIGKILL", "SIGTERM", "SIGINT"])
+def test_killed_training_resumes_to_the_uninterrupted_checkpoint(
+    sig,
+    call,
+    steps,
+    uninterrupted,
+    toy_dir,
+    tiny_model,
+    tmp_path,
+) -> None:
+    out = tmp_path / "fastbert"
+    process = geep_train(out, toy_dir, tiny_model)
+    deadline = time.monotonic() + 600
+    while not reached(out, call, steps):
+        assert process.poll() is None, "training ended before the kill point"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=120)
+    if sig == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL
+    else:  # SIGTERM is handled like Ctrl-C: one line, exit status 130
+        assert process.returncode == 130, err[-3000:]
+        assert "interrupted; nothing half-written" in err.strip().splitlines()[-1]
+        assert "Traceback" not in err
+    assert not out.exists(), "a checkpoint appeared before training ended"
+    killed_at = saved_progress(out)
+    assert (killed_at["call"], killed_at["done"]) != (1, True), "the kill came too late"
+
+    resumed = geep_train(out, toy_dir, tiny_model)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert f"resuming from the state saved in {state_folder(out)}" in err
+    weights = load_file(out / "model.safetensors")
+    assert weights.keys() == uninterrupted.keys()
+    assert all(torch.equal(weights[k], uninterrupted[k]) for k in weights)
+    assert not state_folder(out).exists()  # removed once the checkpoint is written
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary was left behind"
+
+
+def test_saved_state_of_another_run_is_discarded(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / ".out.resume"
+    TrainState(folder, {"seed": 1}, every_s=0)
+    (folder / "latest").mkdir()
+    (folder / "latest" / "progress.json").write_text('{"call": 0, "desc": "x", "steps": 3}')
+    TrainState(folder, {"seed": 2}, every_s=0)
+    assert "discarding the saved state of a different run" in capsys.readouterr().err
+    assert not (folder / "latest").exists()
+    assert json.loads((folder / "run.json").read_text()) == {"seed": 2}
+
+
+def test_an_unreadable_saved_state_is_one_clear_error(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / ".out.resume"
+    TrainState(folder, {"seed": 1}, every_s=0)
+    (folder / "latest").mkdir()
+    progress = {"call": 0, "desc": "x", "steps": 3, "total": 9, "done": False, "losses": [[]]}
+    (folder / "latest" / "progress.json").write_text(json.dumps(progress))
+    (folder / "latest" / "model.safetensors").write_bytes(b"not safetensors")
+    state = TrainState(folder, {"seed": 1}, every_s=0)
+    with pytest.raises(GeepError, match=r"training state saved in .* is unreadable"):
+        state.restore(torch.nn.Linear(2, 2))
+    # a progress record without its fields is discarded, not trusted
+    (folder / "latest" / "progress.json").write_text('{"call": 0}')
+    assert TrainState(folder, {"seed": 1}, every_s=0).saved(0) is None
+    assert "discarding the unreadable saved state" in capsys.readouterr().err
+
+
+def test_temporaries_of_killed_writers_are_removed(tmp_path: Path) -> None:
+    """A writer killed mid-write leaves ``.NAME.PID.XXXX.tmp``; the next write of NAME removes
+    it unless that process still runs (it may be writing the same file)."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f".a.json.{gone.pid}.x1y2.tmp"
+    live = tmp_path / f".a.json.{os.getpid()}.z3w4.tmp"
+    other = tmp_path / f".b.json.{gone.pid}.q5r6.tmp"
+    for path in (dead, live, other):
+        path.write_text("{half")
+    (tmp_path / f".a.json.{gone.pid}.dir.tmp").mkdir()
+    atomic_write_text(tmp_path / "a.json", "{}")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["a.json", live.name, other.name])

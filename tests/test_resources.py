@@ -1,0 +1,92 @@
+"""Resource limits (issue 6): data too large for memory fails early with one clear line, and an
+out-of-GPU-memory batch is halved until it fits (simulated here: tests never need a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geep import resources
+from geep.cli import main
+from geep.errors import GeepError
+from geep.reproduce import measure
+from geep.runner import Method
+from tests.test_cli import assert_one_error_line, train_args
+from tests.test_runner import new_method, toy_test_split, trained_on_toy
+
+
+def test_available_memory_is_known_on_linux() -> None:
+    free = resources.available_memory()
+    assert free is not None and 0 < free < 2**50
+
+
+def test_a_file_too_large_for_memory_fails_before_it_is_read(
+    tiny_model, tmp_path, capsys, monkeypatch
+) -> None:
+    big = tmp_path / "big.tsv"
+    big.write_text("label\ttext_a\n" + "0\tgood film\n" * 20_000)  # 234 KiB: ~2.7 MiB to load
+    monkeypatch.setattr(resources, "available_memory", lambda: 2**20)
+    assert main(train_args(big, tiny_model, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err, f"loading {big} (0.2 MiB) needs about 2.7 MiB of memory but 1.0 MiB")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_split_too_large_to_tokenize_fails_before_tokenizing(
+    toy_dir, tiny_model, tmp_path, capsys, monkeypatch
+) -> None:
+    # the files fit (~30 KiB each to load); 80 samples x 64 tokens x 3 int64 tensors do not
+    monkeypatch.setattr(resources, "available_memory", lambda: 64 * 2**10)
+    assert main(train_args(toy_dir, tiny_model, tmp_path / "out", "--seq-len", "64")) == 2
+    assert_one_error_line(
+        capsys.readouterr().err,
+        "tokenizing 80 samples at --seq-len 64 needs about 120 KiB of memory but 64 KiB is "
+        "free; lower --max-train, --max-eval or --seq-len",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def oom_above(limit: int, method: Method, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``method.run`` raise torch's out-of-memory error for batches above ``limit``."""
+    run = method.run
+
+    def limited(data, speed, batch_size, **kwargs):
+        if min(batch_size, len(data)) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return run(data, speed, batch_size, **kwargs)
+
+    monkeypatch.setattr(method, "run", limited)
+
+
+def test_out_of_memory_halves_the_batch_and_records_it(tiny_model, monkeypatch, capsys) -> None:
+    method = trained_on_toy(new_method("bert", tiny_model, epochs=1))
+    data = toy_test_split(method)
+    expected = measure(method, data, 0.0, batch_size=4, rounds=1)
+    oom_above(4, method, monkeypatch)
+    row = measure(method, data, 0.0, batch_size=32, rounds=1)
+    assert (row["batch_size"], row["batch_size_requested"]) == (4, 32)
+    assert row["accuracy"] == expected["accuracy"] and row["n"] == len(data)
+    err = capsys.readouterr().err
+    assert "ran out of GPU memory at batch size 32; trying 16" in err
+    assert "at batch size 8; trying 4" in err
+
+
+def test_out_of_memory_even_at_batch_size_one_is_a_clear_error(tiny_model, monkeypatch) -> None:
+    method = trained_on_toy(new_method("bert", tiny_model, epochs=1))
+    oom_above(0, method, monkeypatch)
+    with pytest.raises(GeepError, match="runs out of GPU memory even at batch size 1"):
+        measure(method, toy_test_split(method), 0.0, batch_size=8, rounds=1)
+
+
+def test_out_of_memory_in_training_is_a_clear_error(
+    toy_dir, tiny_model, tmp_path, capsys, monkeypatch
+) -> None:
+    def fit(self, train):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(type(new_method("bert", tiny_model)), "fit", fit)
+    assert main(train_args(toy_dir, tiny_model, tmp_path / "out", "--seq-len", "16")) == 2
+    assert_one_error_line(
+        capsys.readouterr().err, "out of GPU memory training bert at batch size 16, --seq-len 16"
+    )
+    assert not (tmp_path / "out").exists()
