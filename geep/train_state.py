@@ -60,14 +60,13 @@ class TrainState:
         self.every_s = every_s
         self.calls = 0
         self._last_save = time.monotonic()
-        self._saved: dict[str, Any] | None = None
         run_file = self.folder / RUN_FILE
         if self.folder.exists() and _read_json(run_file) != run:
             print(
                 f"geep: discarding the saved state of a different run in {folder}", file=sys.stderr
             )
             shutil.rmtree(self.folder)
-        self._saved = _read_json(self.folder / SAVE_DIR / "progress.json")
+        self._saved: dict[str, Any] | None = _read_json(self.folder / SAVE_DIR / "progress.json")
         if self._saved is not None and not set(self._saved) >= PROGRESS_KEYS:
             print(f"geep: discarding the unreadable saved state in {folder}", file=sys.stderr)
             shutil.rmtree(self.folder / SAVE_DIR)

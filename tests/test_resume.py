@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,25 +29,41 @@ SAME = ["speed", "accuracy", "macro_f1", "flops_fastbert", "flops_full", "avg_ex
 pytestmark = pytest.mark.slow
 
 
-def sweep(results: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "GEEP_PROFILE": "smoke", "GEEP_RESULTS": str(results)}
+def start(*argv: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m ARGV`` in the repository, as a user would run it."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pytest", *SWEEP, *extra],
+        [sys.executable, "-m", *argv],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,
         text=True,
     )
 
 
+def wait_until(process: subprocess.Popen, condition: Callable[[], bool]) -> None:
+    """Poll until ``condition`` holds while ``process`` still runs (then it can be killed)."""
+    deadline = time.monotonic() + 600
+    while not condition():
+        assert process.poll() is None, "the run ended before the kill point"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def finish(process: subprocess.Popen) -> str:
+    """Wait for a run that must succeed; returns its stderr."""
+    out, err = process.communicate(timeout=900)
+    assert process.returncode == 0, out[-3000:] + err[-3000:]
+    return err
+
+
+def sweep(results: Path, *extra: str) -> subprocess.Popen:
+    env = {"GEEP_PROFILE": "smoke", "GEEP_RESULTS": str(results)}
+    return start("pytest", *SWEEP, *extra, env=env)
+
+
 def rows(results: Path) -> list[dict]:
     return json.loads((results / RUN_FILE).read_text())["rows"]
-
-
-def finish(process: subprocess.Popen) -> None:
-    out, _ = process.communicate(timeout=900)
-    assert process.returncode == 0, out[-3000:]
 
 
 def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
@@ -57,18 +74,13 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
 
     killed = tmp_path / "killed"
     process = sweep(killed)
-    deadline = time.monotonic() + 600
-    while not (killed / RUN_FILE).is_file():
-        assert process.poll() is None, "the sweep ended before its first unit was recorded"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
+    wait_until(process, (killed / RUN_FILE).is_file)  # the first unit is recorded
+    process.kill()
     process.communicate()
     done = rows(killed)  # the file is whole: written atomically, never half
     assert 1 <= len(done) < 3, "the kill came after the sweep finished: nothing was tested"
 
-    resumed = sweep(killed, "--resume")
-    finish(resumed)
+    finish(sweep(killed, "--resume"))
     result = rows(killed)
     assert [{k: r[k] for k in SAME} for r in result] == [{k: r[k] for k in SAME} for r in expected]
     # the units measured before the kill were kept, not measured again
@@ -80,13 +92,7 @@ def geep_train(out: Path, dataset: Path, model: Path) -> subprocess.Popen:
     """`geep train` of FastBERT (two training steps, two epochs each), saving after every step."""
     argv = ["train", "--method", "fastbert", "--dataset", str(dataset), "--model", str(model)]
     argv += ["--out", str(out), "--epochs", "2", "--batch-size", "8", "--seq-len", "16"]
-    return subprocess.Popen(
-        [sys.executable, "-m", "geep.cli", *argv, "--save-every", "0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start("geep.cli", *argv, "--save-every", "0")
 
 
 def saved_progress(out: Path) -> dict:
@@ -105,9 +111,7 @@ def reached(out: Path, call: int, steps: int) -> bool:
 @pytest.fixture(scope="module")
 def uninterrupted(toy_dir: Path, tiny_model: Path, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("uninterrupted") / "fastbert"
-    process = geep_train(out, toy_dir, tiny_model)
-    _, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err[-3000:]
+    finish(geep_train(out, toy_dir, tiny_model))
     return load_file(out / "model.safetensors")
 
 
@@ -127,11 +131,7 @@ def test_killed_training_resumes_to_the_uninterrupted_checkpoint(
 ) -> None:
     out = tmp_path / "fastbert"
     process = geep_train(out, toy_dir, tiny_model)
-    deadline = time.monotonic() + 600
-    while not reached(out, call, steps):
-        assert process.poll() is None, "training ended before the kill point"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(process, lambda: reached(out, call, steps))
     process.send_signal(sig)
     _, err = process.communicate(timeout=120)
     if sig == signal.SIGKILL:
@@ -144,9 +144,7 @@ def test_killed_training_resumes_to_the_uninterrupted_checkpoint(
     killed_at = saved_progress(out)
     assert (killed_at["call"], killed_at["done"]) != (1, True), "the kill came too late"
 
-    resumed = geep_train(out, toy_dir, tiny_model)
-    _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err[-3000:]
+    err = finish(geep_train(out, toy_dir, tiny_model))
     assert f"resuming from the state saved in {state_folder(out)}" in err
     weights = load_file(out / "model.safetensors")
     assert weights.keys() == uninterrupted.keys()
