@@ -66,26 +66,33 @@ def rows(results: Path) -> list[dict]:
     return json.loads((results / RUN_FILE).read_text())["rows"]
 
 
-def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
-    uninterrupted = tmp_path / "uninterrupted"
-    finish(sweep(uninterrupted))  # also trains and caches the smoke checkpoint
-    expected = rows(uninterrupted)
-    assert len(expected) == 3
+@pytest.fixture(scope="module")
+def uninterrupted_sweep(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    results = tmp_path_factory.mktemp("uninterrupted-sweep")
+    finish(sweep(results))  # also trains and caches the smoke checkpoint
+    assert len(rows(results)) == 3
+    return rows(results)
 
-    killed = tmp_path / "killed"
-    process = sweep(killed)
-    wait_until(process, (killed / RUN_FILE).is_file)  # the first unit is recorded
-    process.kill()
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=str)
+def test_killed_sweep_resumes_to_the_uninterrupted_result(
+    sig: signal.Signals, uninterrupted_sweep: list[dict], tmp_path: Path
+) -> None:
+    process = sweep(tmp_path)
+    wait_until(process, (tmp_path / RUN_FILE).is_file)  # the first unit is recorded
+    process.send_signal(sig)
     process.communicate()
-    done = rows(killed)  # the file is whole: written atomically, never half
+    done = rows(tmp_path)  # the file is whole: written atomically, never half
     assert 1 <= len(done) < 3, "the kill came after the sweep finished: nothing was tested"
 
-    finish(sweep(killed, "--resume"))
-    result = rows(killed)
+    finish(sweep(tmp_path, "--resume"))
+    result = rows(tmp_path)
+    expected = uninterrupted_sweep
     assert [{k: r[k] for k in SAME} for r in result] == [{k: r[k] for k in SAME} for r in expected]
     # the units measured before the kill were kept, not measured again
     kept = {r["speed"]: r["round_seconds_median"] for r in done}
     assert all(r["round_seconds_median"] == kept[r["speed"]] for r in result if r["speed"] in kept)
+    assert not list((tmp_path / RUN_FILE).parent.glob(".*.tmp")), "a temporary was left behind"
 
 
 def geep_train(out: Path, dataset: Path, model: Path) -> subprocess.Popen:
