@@ -36,11 +36,13 @@ def require_memory(needed: int, what: str, fix: str) -> None:
     free = available_memory()
     if free is not None and needed > free:
         raise GeepError(
-            f"{what} needs about {_size(needed)} of memory but {_size(free)} is free; {fix}"
+            f"{what} needs about {format_size(needed)} of memory "
+            f"but {format_size(free)} is free; {fix}"
         )
 
 
-def _size(n: int) -> str:
+def format_size(n: int) -> str:
+    """``n`` bytes in GiB, MiB or KiB, whichever is the largest unit below it."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"

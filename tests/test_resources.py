@@ -28,7 +28,7 @@ def test_a_file_too_large_for_memory_fails_before_it_is_read(
     monkeypatch.setattr(resources, "available_memory", lambda: 2**20)
     assert main(train_args(big, tiny_model, tmp_path / "out")) == 2
     err = capsys.readouterr().err
-    assert_one_error_line(err, f"loading {big} (0.2 MiB) needs about 2.7 MiB of memory but 1.0 MiB")
+    assert_one_error_line(err, f"loading {big} (234 KiB) needs about 2.7 MiB of memory but 1.0 MiB")
     assert not (tmp_path / "out").exists()
 
 

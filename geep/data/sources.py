@@ -47,7 +47,7 @@ from geep.data.registry import (
 )
 from geep.errors import GeepError
 from geep.hub import hub_unavailable_reason
-from geep.resources import require_memory
+from geep.resources import format_size, require_memory
 from geep.storage import atomic_directory, cache_root
 
 PREP_VERSION = 1
@@ -360,9 +360,10 @@ def _read_file(path: Path) -> RawSplit:
             "use .tsv/.txt (UER), .csv or .jsonl/.json"
         )
     try:
+        size = path.stat().st_size
         require_memory(
-            LOCAL_FILE_MEMORY * path.stat().st_size,
-            f"loading {path} ({path.stat().st_size / 2**20:.1f} MiB)",
+            LOCAL_FILE_MEMORY * size,
+            f"loading {path} ({format_size(size)})",
             "split it, or keep a sample of it (e.g. with `shuf -n`), and load that",
         )
         data = path.read_bytes()
