@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from transformers import BertConfig, BertModel, BertTokenizer
 
+from tests.helpers import toy
+
 WORDS = (
     "good great fine nice love best happy bad awful poor hate worst sad boring "
     "the movie film plot was is a an and very not it this of to"
@@ -43,8 +45,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def toy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A UER-format dataset folder (train/dev/test TSV) of the separable toy task."""
-    from tests.test_runner import toy
-
     folder = tmp_path_factory.mktemp("toy")
     for split, n, seed in (("train", 80, 0), ("dev", 20, 1), ("test", 20, 2)):
         texts, labels = toy(n, seed)

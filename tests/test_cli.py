@@ -10,15 +10,7 @@ from pathlib import Path
 import pytest
 
 from geep.cli import main
-from tests.test_data import EXPECTED
-
-
-def assert_one_error_line(stderr: str, message: str) -> None:
-    """Exactly one error line, last, naming the problem; progress lines (downloads) may precede."""
-    lines = stderr.strip().splitlines()
-    assert [x for x in lines if "error" in x] == lines[-1:], stderr
-    assert lines[-1].startswith("geep") and message in lines[-1], stderr
-    assert "Traceback" not in stderr, stderr
+from tests.helpers import EXPECTED_DATASETS, assert_one_error_line, train_args
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -34,22 +26,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-def train_args(dataset: Path, model: Path, out: Path, *options: str) -> list[str]:
-    """argv of `geep train --method bert` on local data with a local model."""
-    return [
-        "train",
-        "--method",
-        "bert",
-        "--dataset",
-        str(dataset),
-        "--model",
-        str(model),
-        "--out",
-        str(out),
-        *options,
-    ]
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tiny_model: Path, toy_dir: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "bert-toy"
@@ -62,9 +38,11 @@ def checkpoint(tiny_model: Path, toy_dir: Path, tmp_path_factory) -> Path:
 def test_datasets_json_lists_all_eighteen(capsys) -> None:
     assert main(["datasets", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [d["name"] for d in listed] == list(EXPECTED)
+    assert [d["name"] for d in listed] == list(EXPECTED_DATASETS)
     for d in listed:
-        assert (d["language"], d["task"], d["num_classes"]) == EXPECTED[d["name"]], d["name"]
+        assert (d["language"], d["task"], d["num_classes"]) == EXPECTED_DATASETS[d["name"]], d[
+            "name"
+        ]
 
 
 def test_train_then_evaluate_json_and_predictions(checkpoint, tmp_path, capsys) -> None:

@@ -32,6 +32,7 @@ from geep.data.archives import (
 )
 from geep.data.sources import stratified_split
 from geep.errors import GeepError
+from tests.helpers import EXPECTED_DATASETS
 
 
 @pytest.fixture(autouse=True)
@@ -60,30 +61,9 @@ def label_counts(ds: Dataset) -> list[int]:
 
 # --- registry --------------------------------------------------------------------------------
 
-EXPECTED = {
-    "chnsenticorp": ("zh", "single", 2),
-    "book-review": ("zh", "single", 2),
-    "shopping-review": ("zh", "single", 2),
-    "lcqmc": ("zh", "pair", 2),
-    "weibo": ("zh", "single", 2),
-    "thucnews": ("zh", "single", 10),
-    "ag-news": ("en", "single", 4),
-    "amazon-full": ("en", "single", 5),
-    "dbpedia": ("en", "single", 14),
-    "yahoo": ("en", "single", 10),
-    "yelp-full": ("en", "single", 5),
-    "yelp-polarity": ("en", "single", 2),
-    "thucnews-titles": ("zh", "single", 10),
-    "chinese-reviews": ("zh", "single", 2),
-    "rotten-tomatoes": ("en", "single", 2),
-    "bbc-news": ("en", "single", 5),
-    "health-tweets": ("en", "single", 16),
-    "tweet-sentiment": ("en", "single", 3),
-}
-
 
 def test_registry_has_the_eighteen_datasets() -> None:
-    assert list(REGISTRY) == list(EXPECTED)
+    assert list(REGISTRY) == list(EXPECTED_DATASETS)
     assert OFFLINE_TIER == (
         "thucnews-titles",
         "chinese-reviews",
@@ -92,7 +72,7 @@ def test_registry_has_the_eighteen_datasets() -> None:
         "health-tweets",
         "tweet-sentiment",
     )
-    for name, (language, task, classes) in EXPECTED.items():
+    for name, (language, task, classes) in EXPECTED_DATASETS.items():
         spec = get_spec(name)
         assert isinstance(spec, DatasetSpec)
         assert (spec.name, spec.language, spec.task, spec.num_classes) == (

@@ -12,6 +12,8 @@ from geep.backbone import Backbone
 from geep.encoding import Encoded
 from geep.exits import PatienceRule, dynamic_exit, entropy, first_exit_layer, normalized_entropy
 
+pytestmark = pytest.mark.kernels  # per-sample decisions on floats: also run under other CPU kernels
+
 
 def test_normalized_entropy_on_hand_built_logits() -> None:
     p = torch.tensor([0.75, 0.25])

@@ -13,8 +13,16 @@ from geep import student_teacher
 from geep.encoding import Encoded
 from geep.exits import first_exit_layer
 from geep.runner import load_checkpoint
-from tests.test_baselines import exit_path_flops
-from tests.test_runner import new_method, toy, toy_test_split, trained_on_toy
+from tests.helpers import (
+    exit_path_flops,
+    new_method,
+    threshold_in_gap,
+    toy,
+    toy_test_split,
+    trained_on_toy,
+)
+
+pytestmark = pytest.mark.kernels  # per-sample decisions on floats: also run under other CPU kernels
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +37,10 @@ def test_data(trained: FastBERT) -> Encoded:
 
 @pytest.fixture(scope="module")
 def speed(trained: FastBERT, test_data: Encoded) -> float:
-    """About half the test samples are confident at layer 1."""
-    return float(trained.uncertainty(test_data)[:, 0].median())
+    """A threshold at which about half the test samples are confident at layer 1, placed in a gap
+    between the students' uncertainties so that no sample's exit hangs on float rounding."""
+    uncertainty = trained.uncertainty(test_data)  # [N, L-1]
+    return threshold_in_gap(uncertainty, around=uncertainty[:, 0])
 
 
 def test_learns_the_toy_task_at_full_depth(trained: FastBERT, test_data: Encoded) -> None:
@@ -85,5 +95,5 @@ def test_flops_count_every_layer_and_head_that_ran(trained, test_data, speed) ->
 def test_checkpoint_round_trip(trained: FastBERT, test_data: Encoded, tmp_path: Path) -> None:
     loaded = load_checkpoint(trained.save(tmp_path / "fastbert"))
     assert isinstance(loaded, FastBERT)
-    a, b = trained.run(test_data, 0.3, 8), loaded.run(test_data, 0.3, 8)
+    a, b = trained.run(test_data, 0.3, 8), loaded.run(test_data, 0.3, 8)  # same batches: exact
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.exit_layers, b.exit_layers)

@@ -7,8 +7,6 @@ import json
 import pytest
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig
 
 from geep import flops
@@ -16,6 +14,7 @@ from geep.backbone import Backbone
 from geep.cli import main
 from geep.flops import EncoderDims
 from geep.heads import FastBERTHead
+from tests.helpers import counted_flops, linear_only_flops
 
 CONFIGS = ["bert-base", "minilm-l6"]
 
@@ -40,36 +39,6 @@ def forward_with_head(dims: EncoderDims, n: int, num_labels: int) -> tuple[nn.Mo
             return head(hidden, mask)
 
     return nn.ModuleList([backbone, head]), run
-
-
-def counted_flops(run: callable) -> int:
-    """FlopCounterMode's total for ``run()``.
-
-    SDPA runs on its math backend: on a CPU the fused kernel
-    (aten._scaled_dot_product_flash_attention_for_cpu) has no FLOP formula in torch 2.13's
-    counter and would silently count attention as 0.
-    """
-    counter = FlopCounterMode(display=False)
-    with counter, sdpa_kernel(SDPBackend.MATH):
-        run()
-    return counter.get_total_flops()
-
-
-def linear_only_flops(model: nn.Module, run: callable) -> int:
-    """2 x multiply-adds of every nn.Linear call, counted by forward hooks (thop's convention)."""
-    total = 0
-
-    def hook(module: nn.Linear, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
-        nonlocal total
-        total += (
-            2 * inputs[0].numel() // module.in_features * module.in_features * module.out_features
-        )
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
-    run()
-    for h in handles:
-        h.remove()
-    return total
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,21 @@ from geep.exit_table import ExitTable
 from geep.exits import first_exit_layer
 from geep.geep import Geep, GeepOptions
 from geep.runner import load_checkpoint
-from tests.test_flops import counted_flops
-from tests.test_runner import NEGATIVE, POSITIVE, new_method, toy, toy_test_split, trained_on_toy
+from tests.helpers import (
+    LOGIT_NOISE,
+    NEGATIVE,
+    POSITIVE,
+    assert_same_where_clear,
+    counted_flops,
+    new_method,
+    threshold_in_gap,
+    top_two_gap,
+    toy,
+    toy_test_split,
+    trained_on_toy,
+)
+
+pytestmark = pytest.mark.kernels  # per-sample decisions on floats: also run under other CPU kernels
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +51,15 @@ def configured(method: Geep, *settings: str) -> Geep:
     copy = Geep(method.model, method.tokenizer, info, dict(method.extras))
     copy.configure(settings)
     return copy
+
+
+def exit_path(method: Geep, data: Encoded, i: int, layer: int) -> torch.Tensor:
+    """Logits [1, C] of sample ``i`` alone (unpadded): layers 1..``layer``, then its exit head."""
+    batch = data.batch(torch.tensor([i]))
+    hidden, mask = method.backbone.embed(**batch.inputs())
+    hidden = method.backbone.run_layers(hidden, mask, 0, layer)
+    head = method.options.exit_head
+    return method.model.exit_logits(layer, hidden, mask, batch.attention_mask, head)
 
 
 SPEED = 0.5
@@ -226,15 +249,30 @@ def test_each_batch_runs_exactly_its_layers_and_one_head(spread, test_data, head
 
 
 def test_predictions_do_not_depend_on_batch_size_or_order(spread, test_data) -> None:
-    """Acceptance 2: a sample's label and exit layer are its own."""
+    """Acceptance 2: a sample's label and exit layer are its own. Exit layers come from integer
+    table counts and must match exactly; labels wherever the exit head's top two logits are
+    clear of a tie (batch rows and padding change the logits' last bits)."""
     base = spread.run(test_data, SPEED, 8)
+    layers = spread.plan(test_data, SPEED, 8).layers
+    with torch.no_grad():
+        margin = torch.stack(
+            [
+                top_two_gap(exit_path(spread, test_data, i, int(layers[i]))[0])
+                for i in range(len(test_data))
+            ]
+        )
     for batch_size in (1, 3, 40):
         other = spread.run(test_data, SPEED, batch_size)
-        assert (other.labels == base.labels).all() and (other.exit_layers == base.exit_layers).all()
+        assert (other.exit_layers == base.exit_layers).all()
+        assert_same_where_clear(
+            other.labels, base.labels, margin, LOGIT_NOISE, f"label at {batch_size}"
+        )
     perm = torch.randperm(len(test_data), generator=torch.Generator().manual_seed(0))
     shuffled = spread.run(test_data.select(perm), SPEED, 8)
-    assert (shuffled.labels == base.labels[perm.numpy()]).all()
     assert (shuffled.exit_layers == base.exit_layers[perm.numpy()]).all()
+    assert_same_where_clear(
+        shuffled.labels, base.labels[perm.numpy()], margin[perm], LOGIT_NOISE, "label"
+    )
 
 
 def test_flops_count_what_ran(spread, test_data) -> None:
@@ -244,15 +282,9 @@ def test_flops_count_what_ran(spread, test_data) -> None:
         out = method.run(test_data, SPEED, 8)
         layers = method.plan(test_data, SPEED, 8).layers
         for i in range(0, len(test_data), 7):
-            batch = test_data.batch(torch.tensor([i]))
-
-            def exit_path(batch=batch, layer=int(layers[i]), method=method, head=head):
-                hidden, mask = method.backbone.embed(**batch.inputs())
-                hidden = method.backbone.run_layers(hidden, mask, 0, layer)
-                return method.model.exit_logits(layer, hidden, mask, batch.attention_mask, head)
-
+            path = partial(exit_path, method, test_data, i, int(layers[i]))
             with torch.no_grad():
-                assert out.flops_full[i] == counted_flops(exit_path), (head, i)
+                assert out.flops_full[i] == counted_flops(path), (head, i)
     assert (out.flops_fastbert < out.flops_full).all()
 
 
@@ -262,7 +294,7 @@ def test_dynamic_mode_exits_where_the_students_become_confident(
     """FastBERT's rule on GEEP's weights; a head ran after every layer a sample went through."""
     method = configured(trained, "mode=dynamic")
     uncertainty = trained.uncertainty(test_data)  # [N, L-1]
-    speed = float(uncertainty[:, 0].median())  # about half the samples exit at layer 1
+    speed = threshold_in_gap(uncertainty, around=uncertainty[:, 0])  # about half exit at layer 1
     out = method.run(test_data, speed, 8)
     oracle = first_exit_layer(uncertainty, speed).numpy()
     assert len(set(oracle)) > 1
@@ -294,7 +326,7 @@ def test_checkpoint_keeps_the_exit_statistics(spread, test_data, tmp_path) -> No
     assert isinstance(loaded, Geep)
     for name, tensor in spread.extras.items():
         assert torch.equal(loaded.extras[name], tensor), name
-    a, b = spread.run(test_data, SPEED, 8), loaded.run(test_data, SPEED, 8)
+    a, b = spread.run(test_data, SPEED, 8), loaded.run(test_data, SPEED, 8)  # same batches
     assert (a.labels == b.labels).all() and (a.exit_layers == b.exit_layers).all()
     (path / "extras.safetensors").write_bytes(b"\x00" * 8)
     with pytest.raises(GeepError, match="incomplete or corrupted"):

@@ -13,8 +13,18 @@ from baselines.hashee import HashEE, frequency_hash, token_counts
 from geep.encoding import Encoded
 from geep.errors import GeepError
 from geep.runner import load_checkpoint
-from tests.test_flops import counted_flops, linear_only_flops
-from tests.test_runner import new_method, toy_test_split, trained_on_toy
+from tests.helpers import (
+    LOGIT_NOISE,
+    assert_same_where_clear,
+    counted_flops,
+    linear_only_flops,
+    new_method,
+    top_two_gap,
+    toy_test_split,
+    trained_on_toy,
+)
+
+pytestmark = pytest.mark.kernels  # per-sample decisions on floats: also run under other CPU kernels
 
 LAYERS = 4  # the tiny model's depth
 
@@ -114,8 +124,12 @@ def test_exited_tokens_are_carried_forward_unchanged(trained: HashEE, test_data:
 
 def test_predictions_do_not_depend_on_batch_size(trained: HashEE, test_data: Encoded) -> None:
     runs = [trained.run(test_data, LAYERS - 1, bs) for bs in (1, 3, 40)]
+    with torch.no_grad():  # batch rows and padding change the logits' last bits only
+        logits = trained.model.logits(test_data.batch(torch.arange(len(test_data))))
     for out in runs[1:]:
-        assert (out.labels == runs[0].labels).all()
+        assert_same_where_clear(
+            out.labels, runs[0].labels, top_two_gap(logits), LOGIT_NOISE, "label"
+        )
         np.testing.assert_allclose(out.exit_layers, runs[0].exit_layers)
         assert (out.flops_full == runs[0].flops_full).all()
 
@@ -190,7 +204,7 @@ def test_checkpoint_keeps_the_token_counts(trained, test_data, tmp_path: Path) -
     trained.save(tmp_path / "ckpt")
     loaded = load_checkpoint(tmp_path / "ckpt")
     assert torch.equal(loaded.extras["train_token_counts"], trained.extras["train_token_counts"])
-    a, b = trained.run(test_data, 2, 8), loaded.run(test_data, 2, 8)
+    a, b = trained.run(test_data, 2, 8), loaded.run(test_data, 2, 8)  # same batches: exact
     assert (a.labels == b.labels).all() and (a.flops_full == b.flops_full).all()
     extra = loaded.diagnostics(test_data, 2, b)
     assert extra["train_speed"] == LAYERS - 1

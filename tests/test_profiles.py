@@ -14,7 +14,7 @@ from geep.errors import GeepError
 from geep.profiles import PROFILES, get_profile
 from geep.report import load_runs, matched_table
 from geep.reproduce import record, run_file, speeds_for
-from tests.test_runner import new_method, toy_test_split, trained_on_toy
+from tests.helpers import new_method, toy_test_split, trained_on_toy
 
 
 def test_profile_selection(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,13 @@ from geep.cli import main
 from geep.errors import GeepError
 from geep.reproduce import measure
 from geep.runner import Method
-from tests.test_cli import assert_one_error_line, train_args
-from tests.test_runner import new_method, toy_test_split, trained_on_toy
+from tests.helpers import (
+    assert_one_error_line,
+    new_method,
+    toy_test_split,
+    train_args,
+    trained_on_toy,
+)
 
 
 def test_available_memory_is_known_on_linux() -> None:

@@ -1,0 +1,228 @@
+"""Helpers the test modules share: the toy task and its tiny models, FLOP counters, the CLI's
+error-line check, and how a test states a decision that must not depend on float rounding.
+
+Decisions and float rounding. The same float32 forward differs in its last bits with the CPU
+kernels torch picks (``ATEN_CPU_CAPABILITY`` default, avx2, avx512), the thread count and the
+batch's shape (rows, padded width). A value that sits on a threshold, or two top logits that tie,
+can therefore decide either way on another machine or in another batch. A test compares such
+decisions only where they are clear: :func:`threshold_in_gap` puts a threshold in a gap between
+the values it is compared with, and :func:`assert_same_where_clear` compares two runs' decisions
+wherever they are further from their boundary than the noise measured between machines
+(:data:`ENTROPY_NOISE`, :data:`LOGIT_NOISE`). Exact equality stays where
+it is the point: one machine, one configuration, the same batches (determinism, resume,
+checkpoint round trips), and integer quantities (exit tables, FLOPs).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import set_seed
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from geep.config import TrainConfig
+from geep.encoding import Batch, Encoded
+from geep.exits import DynamicExitMethod
+from geep.runner import Method, get_method
+
+ENTROPY_NOISE = 1e-5
+"""The distance from a threshold on an entropy (normalized or in nats) under which a test accepts
+either decision. Measured on the trained tiny test models, one checkpoint run under
+``ATEN_CPU_CAPABILITY`` default, avx2 and avx512 at 1 and 2 threads and at batch sizes 1, 8 and
+40: entropies differed by at most 2.8e-7."""
+
+LOGIT_NOISE = 1e-4
+"""The gap between the two top logits under which a test accepts either argmax. Measured as
+above: logits differed by at most 4.5e-6."""
+
+CLEAR_SHARE = 0.9
+"""The share of samples that must be clear of every boundary for a comparison to count."""
+
+# --- the toy task --------------------------------------------------------------------------------
+
+POSITIVE = "good great love best nice happy fine".split()
+NEGATIVE = "bad awful hate worst boring sad poor".split()
+FILLER = "the movie film plot was is a an and very it this of to".split()
+
+
+def toy(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
+    """A separable two-class task: label 1 iff the text holds a positive word (seeded, varied)."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for i in range(n):
+        cue = rng.choice(POSITIVE if i % 2 else NEGATIVE)
+        words = [*rng.sample(FILLER, rng.randint(2, 6)), cue]
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append(i % 2)
+    return texts, labels
+
+
+def new_method(name: str, tiny_model: Path, *settings: str, **train: object) -> Method:
+    """An untrained method on the tiny model, with settings that learn the toy task.
+
+    Seeded before the heads are built, as ``geep train`` does, so no test depends on the order
+    the tests ran in.
+    """
+    config = TrainConfig(**{"epochs": 8, "batch_size": 8, "lr": 3e-3, "seq_len": 16, **train})
+    set_seed(config.seed)
+    labels = ["negative", "positive"]
+    return get_method(name).create(str(tiny_model), labels, "toy", config, settings=settings)
+
+
+def trained_on_toy(method: Method) -> Method:
+    """``method`` fitted on 80 toy samples."""
+    texts, labels = toy(80)
+    method.fit(method.encode(texts, labels=labels))
+    return method
+
+
+def toy_test_split(method: Method) -> Encoded:
+    """40 toy samples the methods were not trained on."""
+    texts, labels = toy(40, seed=3)
+    return method.encode(texts, labels=labels)
+
+
+# --- decisions that float rounding cannot flip ---------------------------------------------------
+
+
+def threshold_in_gap(values: torch.Tensor, around: torch.Tensor) -> float:
+    """A threshold for ``value < threshold`` decisions that no value of ``values`` sits near.
+
+    It is the midpoint of the widest gap between neighbouring ``values`` that lies between the
+    10th and 90th percentiles of ``around``, so that some of ``around`` falls on each side.
+    Fails when even that gap leaves a value within :data:`ENTROPY_NOISE` of the threshold.
+    """
+    flat = values.flatten().double().sort().values
+    low, high = torch.quantile(around.double(), torch.tensor([0.1, 0.9], dtype=torch.float64))
+    inside = (flat[:-1] >= low) & (flat[1:] <= high)  # gaps whose both ends lie in the range
+    gaps = torch.where(inside, flat[1:] - flat[:-1], torch.zeros_like(flat[1:]))
+    widest = int(gaps.argmax())
+    assert gaps[widest] / 2 > ENTROPY_NOISE, f"the widest gap is only {float(gaps[widest]):.1e}"
+    return float((flat[widest] + flat[widest + 1]) / 2)
+
+
+def top_two_gap(logits: torch.Tensor) -> torch.Tensor:
+    """logits [..., C] -> the gap between the two largest logits [...]: how far an argmax is
+    from a tie."""
+    top = logits.float().topk(2, dim=-1).values
+    return top[..., 0] - top[..., 1]
+
+
+def assert_same_where_clear(
+    actual: np.ndarray,
+    expected: np.ndarray,
+    distance: np.ndarray | torch.Tensor,
+    noise: float,
+    what: str,
+) -> None:
+    """``actual == expected`` for every sample whose ``distance`` to its decision boundary
+    exceeds ``noise``; at least :data:`CLEAR_SHARE` of the samples must be that clear, so a rule
+    that is wrong everywhere cannot hide among near-ties."""
+    clear = np.asarray(distance) > noise
+    assert clear.mean() >= CLEAR_SHARE, f"{what}: only {clear.sum()} of {len(clear)} are clear"
+    wrong = np.flatnonzero((np.asarray(actual) != np.asarray(expected)) & clear)
+    assert len(wrong) == 0, f"{what} differs at samples {wrong.tolist()}"
+
+
+# --- FLOPs of what really ran --------------------------------------------------------------------
+
+
+def counted_flops(run: Callable[[], object]) -> int:
+    """FlopCounterMode's total for ``run()``.
+
+    SDPA runs on its math backend: on a CPU the fused kernel
+    (aten._scaled_dot_product_flash_attention_for_cpu) has no FLOP formula in torch 2.13's
+    counter and would silently count attention as 0.
+    """
+    counter = FlopCounterMode(display=False)
+    with counter, sdpa_kernel(SDPBackend.MATH):
+        run()
+    return counter.get_total_flops()
+
+
+def linear_only_flops(model: nn.Module, run: Callable[[], object]) -> int:
+    """2 x multiply-adds of every nn.Linear call, counted by forward hooks (thop's convention)."""
+    total = 0
+
+    def hook(module: nn.Linear, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        nonlocal total
+        total += (
+            2 * inputs[0].numel() // module.in_features * module.in_features * module.out_features
+        )
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    run()
+    for h in handles:
+        h.remove()
+    return total
+
+
+@torch.no_grad()
+def exit_path_flops(method: DynamicExitMethod, batch: Batch, exit_layer: int) -> int:
+    """FlopCounterMode's count of one sample's own path: layers 1..exit_layer, a head after each."""
+
+    def path() -> None:
+        hidden, mask = method.backbone.embed(**batch.inputs())
+        for layer in range(1, exit_layer + 1):
+            hidden = method.backbone.run_layers(hidden, mask, layer - 1, layer)
+            method.exit_head(layer, hidden, batch.attention_mask)
+
+    return counted_flops(path)
+
+
+# --- datasets ------------------------------------------------------------------------------------
+
+EXPECTED_DATASETS = {  # every registered dataset: (language, task, classes)
+    "chnsenticorp": ("zh", "single", 2),
+    "book-review": ("zh", "single", 2),
+    "shopping-review": ("zh", "single", 2),
+    "lcqmc": ("zh", "pair", 2),
+    "weibo": ("zh", "single", 2),
+    "thucnews": ("zh", "single", 10),
+    "ag-news": ("en", "single", 4),
+    "amazon-full": ("en", "single", 5),
+    "dbpedia": ("en", "single", 14),
+    "yahoo": ("en", "single", 10),
+    "yelp-full": ("en", "single", 5),
+    "yelp-polarity": ("en", "single", 2),
+    "thucnews-titles": ("zh", "single", 10),
+    "chinese-reviews": ("zh", "single", 2),
+    "rotten-tomatoes": ("en", "single", 2),
+    "bbc-news": ("en", "single", 5),
+    "health-tweets": ("en", "single", 16),
+    "tweet-sentiment": ("en", "single", 3),
+}
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def assert_one_error_line(stderr: str, message: str) -> None:
+    """Exactly one error line, last, naming the problem; progress lines (downloads) may precede."""
+    lines = stderr.strip().splitlines()
+    assert [x for x in lines if "error" in x] == lines[-1:], stderr
+    assert lines[-1].startswith("geep") and message in lines[-1], stderr
+    assert "Traceback" not in stderr, stderr
+
+
+def train_args(dataset: Path, model: Path, out: Path, *options: str) -> list[str]:
+    """argv of `geep train --method bert` on local data with a local model."""
+    return [
+        "train",
+        "--method",
+        "bert",
+        "--dataset",
+        str(dataset),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        *options,
+    ]
