@@ -34,7 +34,7 @@ from geep.backbone import Backbone
 from geep.config import TrainConfig
 from geep.encoding import Batch, Encoded
 from geep.errors import GeepError
-from geep.exits import DynamicExitMethod, ExitRule, entropy
+from geep.exits import DynamicExitMethod, entropy
 from geep.heads import PoolerClassifier
 from geep.runner import Method, register
 from geep.training import train_loop
@@ -89,6 +89,7 @@ class DeeBERT(DynamicExitMethod):
         "is below it; 0 = full depth"
     )
     speed_bounds = (0.0, 10.0)
+    dev_sweep = True
 
     @classmethod
     def build_model(cls, backbone: Backbone, num_labels: int, options: Any) -> nn.Module:
@@ -116,8 +117,9 @@ class DeeBERT(DynamicExitMethod):
         highways = self.model.highways.parameters()
         train_loop(self.model, highways, train, config, desc="deebert: stage 2", stage="highways")
 
-    def exit_rule(self, speed: float, batch_size: int) -> ExitRule:
-        return lambda layer, logits, running: entropy(logits) < speed
+    def exit_statistic(self, logits: torch.Tensor) -> torch.Tensor:
+        """DeeBERT's rule: exit once the highway's entropy (nats) is below the speed."""
+        return entropy(logits)
 
     def head_flops(self, lengths: np.ndarray, convention: str) -> int:
         return flops.pooler_classifier(self.dims.hidden, self.info.num_labels)  # one vector

@@ -14,10 +14,9 @@ ACL 2020), ``--method fastbert``. METHODS.md "FastBERT".
 - Speed knob: the uncertainty threshold in [0, 1]; 0 runs every sample through all layers.
   Default sweep 0, 0.1, ..., 0.9.
 
-Deviations from the reference code (autoliuweijie/FastBERT), following the paper: the head's
-self-attention masks padding (the reference attends to it), and the step-2 learning rate decays
-linearly to 0 at the last step (the reference schedule reaches 0 early). Batches are cut in input
-order, as the reference serves them.
+Deviation from the reference code (autoliuweijie/FastBERT), following the paper: the step-2
+learning rate decays linearly to 0 at the last step (the reference schedule reaches 0 early).
+The head's self-attention masks padding, as the reference's does.
 """
 
 from __future__ import annotations

@@ -186,7 +186,7 @@ class HashEE(Bert):
     def predict_batches(
         self, data: Encoded, speed: float, batch_size: int
     ) -> Iterator[BatchResult]:
-        """Batches in input order; every sample runs, its exited tokens frozen."""
+        """Consecutive batches; every sample runs, its exited tokens frozen."""
         for batch in data.batches(batch_size):
             batch = batch.to(self.device)
             logits = self.model.logits(batch)

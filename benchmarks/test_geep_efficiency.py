@@ -1,8 +1,10 @@
-"""Is GEEP's sorted, predicted-exit inference as fast as its FLOPs say? (issue 3, "Performance")
+"""Is GEEP's sorted, predicted-exit inference as fast as its FLOPs say?
 
-On the profile's first dataset, with the profile's GEEP checkpoint and test split: for each
-speed, rounds alternate the same model at full depth (speed 0) and at that speed, batch 32, so
-both medians come from the same minutes of the same machine. ``extra_info`` records:
+On the profile's first dataset, with the profile's GEEP checkpoint and test split, at three of
+its speeds chosen on the dev split (``dev2``, ``dev4``, ``dev6``: a third, two thirds and all of
+the way from full depth to the fastest setting in dev FLOPs; geep.sweeps): rounds alternate the
+same model at full depth (speed 0) and at that speed, batch 32, so both medians come from the
+same minutes of the same machine. ``extra_info`` records:
 
 - ``flops_speedup``: mean FLOPs per sample at full depth over those at the speed, ``full``
   convention (every matmul, so attention counts as it costs).
@@ -30,13 +32,14 @@ import pytest
 import torch
 
 from geep.encoding import Encoded
+from geep.errors import GeepError
 from geep.exit_table import ExitTable
 from geep.geep import Geep
 from geep.profiles import Profile
-from geep.reproduce import checkpoint, device_name, eval_split
+from geep.reproduce import Trained, checkpoint, device_name, load_unit
 from geep.runner import load_checkpoint
 
-SPEEDS = [0.4, 0.5, 0.6, 0.8]
+SETTINGS = ["dev2", "dev4", "dev6"]  # a third, two thirds and all of the way to the fastest
 BATCH_SIZE = 32
 
 
@@ -50,14 +53,20 @@ def median_seconds(fn: Callable[[], object], rounds: int) -> float:
 
 
 def load(profile: Profile, *settings: str) -> Geep:
-    geep = load_checkpoint(checkpoint(profile, "geep", profile.datasets[0]))
+    geep = load_checkpoint(checkpoint(profile, "geep", profile.datasets[0], profile.seeds[0]))
     geep.configure(settings)
     return geep.to("cuda") if torch.cuda.is_available() else geep
 
 
 @pytest.fixture(scope="module")
-def method(profile: Profile) -> Geep:
-    return load(profile)
+def trained(profile: Profile) -> Trained:
+    """The profile's GEEP model on its first dataset, with its test split and dev sweep."""
+    return load_unit(profile, "geep", profile.datasets[0], profile.seeds[0])
+
+
+@pytest.fixture(scope="module")
+def method(trained: Trained) -> Geep:
+    return trained.method
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +75,8 @@ def dynamic(profile: Profile) -> Geep:
 
 
 @pytest.fixture(scope="module")
-def test_split(method: Geep, profile: Profile) -> Encoded:
-    return eval_split(method, profile.datasets[0], profile.max_eval)
+def test_split(trained: Trained) -> Encoded:
+    return trained.test
 
 
 @pytest.fixture(scope="module")
@@ -83,16 +92,21 @@ def describe(method: Geep, profile: Profile) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("speed", SPEEDS)
+@pytest.mark.parametrize("setting", SETTINGS)
 def test_wall_clock_follows_flops(
     benchmark,
     profile: Profile,
+    trained: Trained,
     method: Geep,
     dynamic: Geep,
     test_split: Encoded,
     describe: dict,
-    speed: float,
+    setting: str,
 ) -> None:
+    try:
+        speed = trained.resolve(setting)["speed"]
+    except GeepError as err:
+        pytest.skip(str(err))
     method.prepare(0.0)
     method.prepare(speed)  # exit tables are built before any timing
     method.warm_up(test_split, speed, BATCH_SIZE)
@@ -118,6 +132,7 @@ def test_wall_clock_follows_flops(
     benchmark.extra_info.update(
         describe
         | {
+            "setting": setting,
             "speed": speed,
             "n": len(test_split),
             "rounds": profile.rounds,

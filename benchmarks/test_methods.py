@@ -1,11 +1,14 @@
-"""Every (dataset, method, speed) of the profile: accuracy, FLOPs, exits, latency, utilisation.
+"""Every (dataset, method, seed, setting) of the profile: accuracy with its interval, FLOPs,
+exits, latency, utilisation.
 
 One benchmark per unit; pytest-benchmark times ``profile.rounds`` runs over the test split after
 a warm-up, and ``extra_info`` carries everything :func:`geep.reproduce.measure` measured plus
-"method", "dataset", "speed" and "batch_size". Each row is also kept in
-``<results>/runs/<dataset>/<method>.json`` for ``geep report``. Checkpoints are trained once and
-cached, so a re-run only re-measures; with ``--resume`` it skips the units already recorded
-(those then have no entry in that run's ``--benchmark-json``; the run files hold them all).
+"method", "dataset", "seed", "setting", "speed_source" and "batch_size". A setting is a speed of
+the fixed sweep (``0.5``) or one chosen on the dev split (``dev3``: geep.sweeps). Each row is
+also kept in ``<results>/runs/<dataset>/<method>-seed<seed>.json`` for ``geep report``.
+Checkpoints are trained once and cached, so a re-run only re-measures; with ``--resume`` it skips
+the units already recorded (those then have no entry in that run's ``--benchmark-json``; the run
+files hold them all).
 """
 
 from __future__ import annotations
@@ -15,47 +18,48 @@ from pathlib import Path
 import pytest
 
 from benchmarks.conftest import profile_of
-from geep.encoding import Encoded
+from geep.errors import GeepError
 from geep.profiles import Profile
-from geep.reproduce import load_unit, measure, record, recorded, speeds_for
-from geep.runner import Method
+from geep.reproduce import Trained, load_unit, measure, record, recorded, units
 
-_loaded: dict[tuple[str, str], tuple[Method, Encoded]] = {}
+_loaded: dict[tuple[str, str, int], Trained] = {}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "unit" in metafunc.fixturenames:
-        profile = profile_of(metafunc.config)
-        units = [
-            (dataset, method, speed)
-            for dataset in profile.datasets
-            for method in profile.methods
-            for speed in speeds_for(profile, method, dataset)
-        ]
-        metafunc.parametrize("unit", units, ids=[f"{d}-{m}-{s:g}" for d, m, s in units])
+        found = units(profile_of(metafunc.config))
+        ids = [f"{d}-{m}-seed{seed}-{setting}" for d, m, seed, setting in found]
+        metafunc.parametrize("unit", found, ids=ids)
 
 
-def trained(profile: Profile, method: str, dataset: str) -> tuple[Method, Encoded]:
-    """The unit's model and test split, kept while its speeds are measured (one at a time)."""
-    key = (method, dataset)
+def trained(profile: Profile, method: str, dataset: str, seed: int) -> Trained:
+    """The unit's model, test split and dev sweep, kept while its settings are measured."""
+    key = (method, dataset, seed)
     if key not in _loaded:
         _loaded.clear()
-        _loaded[key] = load_unit(profile, method, dataset)
+        _loaded[key] = load_unit(profile, method, dataset, seed)
     return _loaded[key]
 
 
 def test_unit(benchmark, profile: Profile, results_dir: Path, resume: bool, unit) -> None:
-    dataset, name, speed = unit
-    if resume and recorded(results_dir, profile, dataset, name, speed):
+    dataset, name, seed, setting = unit
+    if resume and recorded(results_dir, profile, dataset, name, seed, setting):
         pytest.skip("already in the run file (--resume)")
-    method, data = trained(profile, name, dataset)
+    loaded = trained(profile, name, dataset, seed)
+    try:
+        fields = loaded.resolve(setting)
+    except GeepError as err:
+        pytest.skip(str(err))
 
     def timer(fn, rounds: int) -> None:
         benchmark.pedantic(fn, rounds=rounds, iterations=1)
 
-    row = measure(method, data, speed, profile.batch_size, profile.rounds, timer)
-    record(results_dir, profile, method, dataset, data, row)
-    benchmark.extra_info.update(
-        {"method": name, "dataset": dataset, "profile": profile.name, **row}
+    row = measure(
+        loaded.method, loaded.test, fields["speed"], profile.batch_size, profile.rounds, timer
     )
-    assert row["n"] == len(data) and 0.0 <= row["accuracy"] <= 1.0
+    row.update(fields)
+    record(results_dir, profile, loaded.method, dataset, loaded.test, row, loaded.sweep)
+    benchmark.extra_info.update(
+        {"method": name, "dataset": dataset, "seed": seed, "profile": profile.name, **row}
+    )
+    assert row["n"] == len(loaded.test) and 0.0 <= row["accuracy"] <= 1.0

@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, flag[2:].replace("-", "_"))
         p.add_argument(flag, type=kind, default=default, help=f"{what} ({default:g})")
     p.add_argument(
+        "--batching",
+        choices=["length", "random"],
+        default=defaults.batching,
+        help="training batches of similar length (shuffled in chunks: little padding) or "
+        f"plainly shuffled ({defaults.batching})",
+    )
+    p.add_argument(
         "--option",
         action="append",
         default=[],
@@ -152,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=32, help="inference batch size (32)")
     p.add_argument("--seq-len", type=_positive_int, help="max tokens (default: the training one)")
     p.add_argument("--max-eval", type=_positive_int, help="evaluate the split's first N samples")
+    p.add_argument(
+        "--input-order",
+        action="store_true",
+        help="batch the samples in input order (default: by length, as for every method)",
+    )
     p.add_argument("--predictions", type=Path, help="write per-sample predictions as JSONL")
     p.add_argument(
         "--option",
@@ -238,6 +250,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         seq_len=args.seq_len,
         seed=args.seed,
         max_train=args.max_train,
+        batching=args.batching,
     )
 
 
@@ -274,6 +287,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.max_eval,
         progress=True,
         settings=args.option,
+        order="input" if args.input_order else "length",
     )
     if args.predictions:
         write_predictions(args.predictions, ev.texts, ev.data.labels.numpy(), ev.speeds, ev.runs)

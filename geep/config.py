@@ -32,6 +32,7 @@ class TrainConfig:
     seq_len: int = 128
     seed: int = 42
     max_train: int | None = None
+    batching: Literal["length", "random"] = "length"  # geep.training.EpochBatches
 
     def __post_init__(self) -> None:
         checks = [
@@ -44,6 +45,10 @@ class TrainConfig:
             (
                 self.max_train is None or self.max_train >= 1,
                 f"--max-train must be at least 1, got {self.max_train}",
+            ),
+            (
+                self.batching in ("length", "random"),
+                f"batching must be length or random, got {self.batching!r}",
             ),
         ]
         for ok, message in checks:

@@ -96,9 +96,9 @@ class Encoded:
             index=index,
         )
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None) -> list[Batch]:
-        """Consecutive batches of ``batch_size`` in ``order`` (default: the split's order)."""
-        order = torch.arange(len(self)) if order is None else order
+    def batches(self, batch_size: int) -> list[Batch]:
+        """Consecutive batches of ``batch_size`` in the split's order."""
+        order = torch.arange(len(self))
         return [self.batch(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
 
 

@@ -16,8 +16,8 @@ import geep
 from geep.data import load_dataset
 from geep.encoding import Encoded
 from geep.errors import GeepError
-from geep.metrics import accuracy, latency_ms, macro_f1
-from geep.runner import Method, Predictions, load_checkpoint
+from geep.metrics import accuracy, bootstrap_interval, latency_ms, macro_f1
+from geep.runner import Method, Order, Predictions, load_checkpoint
 from geep.storage import atomic_write_text
 
 
@@ -31,6 +31,8 @@ class SpeedResult:
 
     speed: float
     accuracy: float
+    accuracy_low: float  # 95% percentile bootstrap interval of the accuracy (metrics.py)
+    accuracy_high: float
     macro_f1: float
     avg_exit_layer: float
     flops_fastbert: float
@@ -56,9 +58,12 @@ def summarize(
     full_fastbert = method.full_depth_flops(lengths, "fastbert").mean()
     full_full = method.full_depth_flops(lengths, "full").mean()
     batches = [s for r in runs for s in r.batch_seconds]
+    low, high = bootstrap_interval(labels == out.labels)
     return SpeedResult(
         speed=speed,
         accuracy=accuracy(labels, out.labels),
+        accuracy_low=low,
+        accuracy_high=high,
         macro_f1=macro_f1(labels, out.labels, method.info.num_labels),
         avg_exit_layer=float(out.exit_layers.mean()),
         flops_fastbert=float(out.flops_fastbert.mean()),
@@ -77,14 +82,20 @@ def summarize(
 
 
 def sweep(
-    method: Method, data: Encoded, speeds: list[float], batch_size: int, progress: bool = True
+    method: Method,
+    data: Encoded,
+    speeds: list[float],
+    batch_size: int,
+    progress: bool = True,
+    order: Order = "length",
 ) -> tuple[list[SpeedResult], list[Predictions], int]:
-    """Run every speed setting on ``data`` (labels required); results in the order of ``speeds``,
-    and the batch size used (``batch_size``, halved while it does not fit in GPU memory)."""
+    """Run every speed setting on ``data`` (labels required), batching in ``order``; results in
+    the order of ``speeds``, and the batch size used (``batch_size``, halved while it does not
+    fit in GPU memory)."""
     for speed in speeds:  # fail before any work on a bad setting
         method.check_speed(speed)
     batch_size = method.warm_up(data, speeds[0], batch_size)
-    runs = [method.run(data, s, batch_size, progress=progress) for s in speeds]
+    runs = [method.run(data, s, batch_size, progress, order) for s in speeds]
     results = [summarize(method, data, s, [r]) for s, r in zip(speeds, runs, strict=True)]
     return results, runs, batch_size
 
@@ -105,6 +116,7 @@ def report_json(ev: Evaluation) -> dict:
             "options": info.options,
             "split": ev.split,
             "batch_size": ev.batch_size,
+            "order": ev.order,
             "seq_len": ev.data.input_ids.shape[1],
             "device": str(ev.method.device),
             "torch_threads": torch.get_num_threads(),
@@ -153,6 +165,7 @@ class Evaluation:
     speeds: list[float]
     results: list[SpeedResult]
     runs: list[Predictions]
+    order: Order
 
 
 def evaluate_checkpoint(
@@ -165,12 +178,13 @@ def evaluate_checkpoint(
     max_eval: int | None = None,
     progress: bool = True,
     settings: Sequence[str] = (),
+    order: Order = "length",
 ) -> Evaluation:
     """Load ``checkpoint`` and sweep ``speeds`` (default: the method's grid) on a split.
 
     ``dataset`` defaults to the one the checkpoint was trained on; its label names must match.
     ``max_eval`` keeps the split's first N samples. ``settings`` (``KEY=VALUE``) change the
-    method's inference options.
+    method's inference options. ``order``: how samples are batched (:meth:`Method.run`).
     """
     if max_eval is not None and max_eval < 1:
         raise GeepError(f"--max-eval must be at least 1, got {max_eval}")
@@ -194,7 +208,8 @@ def evaluate_checkpoint(
     pairs = rows["text_pair"] if "text_pair" in rows.column_names else None
     encoded = method.encode(rows["text"], pairs, seq_len, rows["label"])
     speeds = speeds if speeds else method.default_speeds()
-    results, runs, batch_size = sweep(method, encoded, speeds, batch_size, progress)
+    results, runs, batch_size = sweep(method, encoded, speeds, batch_size, progress, order)
+    texts = list(rows["text"])
     return Evaluation(
-        method, dataset, split, batch_size, list(rows["text"]), encoded, speeds, results, runs
+        method, dataset, split, batch_size, texts, encoded, speeds, results, runs, order
     )

@@ -24,6 +24,7 @@ from geep import flops
 from geep.backbone import Backbone
 from geep.encoding import Batch, Encoded
 from geep.runner import BatchResult, Method
+from geep.sweeps import Calibration, gap_midpoints
 
 # (layer, logits [b, C], running [b]) -> exits [b]: see dynamic_exit
 ExitRule = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -115,9 +116,11 @@ def dynamic_exit(
 class DynamicExitMethod(Method):
     """A method whose samples exit one by one after any layer while the batch shrinks.
 
-    Subclasses give the exit rule at a speed (:meth:`exit_rule`) and the FLOPs of one head
-    evaluation (:meth:`head_flops`), and the head after each layer when it is not the model's
-    ``head`` (:meth:`exit_head`); FLOPs count every layer a sample ran and a head after each.
+    Subclasses give the FLOPs of one head evaluation (:meth:`head_flops`), the head after each
+    layer when it is not the model's ``head`` (:meth:`exit_head`), and the exit rule: a
+    threshold rule by default, exiting a sample once :meth:`exit_statistic` of its head's logits
+    is below the speed (such methods set ``dev_sweep``), or their own :meth:`exit_rule`. FLOPs
+    count every layer a sample ran and a head after each.
     """
 
     def exit_head(
@@ -127,13 +130,50 @@ class DynamicExitMethod(Method):
         ``head`` unless a method says otherwise)."""
         return self.model.head(layer, hidden, attention_mask)
 
-    @abstractmethod
+    def exit_statistic(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [b, C] -> the value [b] that exits a sample when below the speed (threshold
+        rules only)."""
+        raise NotImplementedError(f"{self.name}'s exit rule compares no value with a threshold")
+
     def exit_rule(self, speed: float, batch_size: int) -> ExitRule:
-        """The rule deciding, after each layer, which running samples exit (one per batch)."""
+        """The rule deciding, after each layer, which running samples exit (one per batch):
+        :meth:`exit_statistic` below ``speed``."""
+        return lambda layer, logits, running: self.exit_statistic(logits) < speed
 
     @abstractmethod
     def head_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray | int:
         """FLOPs of one head evaluation per sample of real length ``lengths`` ([N] or constant)."""
+
+    @torch.inference_mode()
+    def exit_statistics(self, data: Encoded, batch_size: int = 64) -> torch.Tensor:
+        """:meth:`exit_statistic` [N, L-1] of the head after every layer below L on every sample:
+        one pass through all layers in batches of similar length, nobody exits."""
+        self.model.eval()
+        out = torch.empty(len(data), self.num_layers - 1)
+        for index in torch.argsort(data.lengths, stable=True).split(batch_size):
+            batch = data.batch(index).to(self.device)
+            hidden, mask = self.backbone.embed(**batch.inputs())
+            for layer in range(1, self.num_layers):
+                hidden = self.backbone.run_layers(hidden, mask, layer - 1, layer)
+                logits = self.exit_head(layer, hidden, batch.attention_mask)
+                out[index, layer - 1] = self.exit_statistic(logits).float().cpu()
+        return out
+
+    def calibrate(self, dev: Encoded) -> Calibration | None:
+        """The dev FLOPs of the threshold rule at any speed, from one pass over ``dev``: a
+        sample exits at its first layer whose statistic is below the speed."""
+        if not self.dev_sweep:
+            return None
+        statistics = self.exit_statistics(dev)  # [N, L-1]
+        lengths = dev.lengths.numpy()
+        # entropies peak at the uniform distribution: no statistic exceeds this one
+        ceiling = float(self.exit_statistic(torch.zeros(1, self.info.num_labels))[0])
+
+        def flops_at(speed: float) -> float:
+            layers = first_exit_layer(statistics, speed).numpy()
+            return float(self.sample_flops(lengths, layers, layers, "full").mean())
+
+        return Calibration(gap_midpoints(statistics, ceiling), flops_at)
 
     def predict_batches(
         self, data: Encoded, speed: float, batch_size: int
@@ -141,10 +181,10 @@ class DynamicExitMethod(Method):
         return self.dynamic_batches(data, speed, batch_size)
 
     def dynamic_batches(
-        self, data: Encoded, speed: float, batch_size: int, order: torch.Tensor | None = None
+        self, data: Encoded, speed: float, batch_size: int
     ) -> Iterator[BatchResult]:
-        """Batches cut in ``order`` (default: the input order), each run by :func:`dynamic_exit`."""
-        for batch in data.batches(batch_size, order=order):
+        """Consecutive batches of ``data``, each run by :func:`dynamic_exit`."""
+        for batch in data.batches(batch_size):
             rule = self.exit_rule(speed, len(batch.index))
             batch = batch.to(self.device)
             logits, layers = dynamic_exit(self.backbone, batch, self.exit_head, rule)
@@ -160,11 +200,9 @@ class DynamicExitMethod(Method):
         data: Encoded,
     ) -> BatchResult:
         """Labels and per-sample FLOPs: ``layers`` encoder layers and ``heads`` exit heads ran."""
-        lengths = data.lengths[index].numpy().astype(np.int64)
+        lengths = data.lengths[index].numpy()
         per_conv = {
-            conv: layers * flops.encoder_layer(self.dims, lengths, conv)
-            + heads * self.head_flops(lengths, conv)
-            for conv in flops.CONVENTIONS
+            conv: self.sample_flops(lengths, layers, heads, conv) for conv in flops.CONVENTIONS
         }
         return BatchResult(
             index=index,
@@ -174,8 +212,16 @@ class DynamicExitMethod(Method):
             flops_full=torch.from_numpy(per_conv["full"]),
         )
 
+    def sample_flops(
+        self, lengths: np.ndarray, layers: np.ndarray, heads: np.ndarray | int, convention: str
+    ) -> np.ndarray:
+        """FLOPs [N] of samples of real ``lengths`` that ran ``layers`` encoder layers and
+        ``heads`` exit heads."""
+        lengths = lengths.astype(np.int64)
+        return layers * flops.encoder_layer(self.dims, lengths, convention) + heads * (
+            self.head_flops(lengths, convention)
+        )
+
     def full_depth_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
         """All L layers and the final head."""
-        lengths = lengths.astype(np.int64)
-        layers = self.num_layers * flops.encoder_layer(self.dims, lengths, convention)
-        return layers + self.head_flops(lengths, convention)
+        return self.sample_flops(lengths, self.num_layers, 1, convention)

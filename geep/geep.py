@@ -14,9 +14,10 @@ training sample's exit layer is the first layer whose student is confident (norm
 that contain it. A test sample's exit layer is predicted from its tokens' counts.
 
 Sorted inference (:meth:`Geep.predict_batches`): samples are sorted by predicted exit layer, then
-by length; each layer's samples are cut into full batches (only a layer's last batch can be
-short, so a sample's exit never depends on its neighbours), and each batch runs exactly its
-layers and ONE exit head. Results are returned in input order.
+by length (the order :meth:`~geep.runner.Method.run` gives every method); each layer's samples
+are cut into full batches (only a layer's last batch can be short, so a sample's exit never
+depends on its neighbours), and each batch runs exactly its layers and ONE exit head. Results
+are returned in input order.
 
 Speed knob: the uncertainty threshold in [0, 1]; 0 runs every sample through all layers.
 
@@ -54,6 +55,7 @@ from geep.exit_table import ExitTable, sample_keys
 from geep.exits import first_exit_layer
 from geep.runner import BatchResult, Predictions, register
 from geep.student_teacher import ExitHead, StudentTeacherMethod, StudentTeacherModel
+from geep.sweeps import Calibration, gap_midpoints
 from geep.training import train_loop
 
 
@@ -116,7 +118,7 @@ class Geep(StudentTeacherMethod):
         self.extras = {
             "train_input_ids": train.input_ids.int(),
             "train_lengths": train.lengths.int(),
-            "train_uncertainty": self.uncertainty(train),
+            "train_uncertainty": self.exit_statistics(train),
         }
 
     # --- exit prediction --------------------------------------------------------------------
@@ -149,27 +151,58 @@ class Geep(StudentTeacherMethod):
         """The table of the training samples' exit layers at ``speed`` (built once, cached)."""
         key = (speed, self.options.ngram, str(self.device))
         if key not in self._tables:
-            self._tables[key] = ExitTable.from_samples(
-                self.train_keys(), self.exit_labels(speed), self.num_layers, device=self.device
-            )
+            self._tables[key] = self.build_table(speed)
         return self._tables[key]
 
-    def predict_layers(self, data: Encoded, speed: float) -> torch.Tensor:
-        """Every sample's predicted exit layer [N] (on the CPU), before any layer runs."""
+    def build_table(self, speed: float) -> ExitTable:
+        return ExitTable.from_samples(
+            self.train_keys(), self.exit_labels(speed), self.num_layers, device=self.device
+        )
+
+    def predict_layers(
+        self, data: Encoded, speed: float, table: ExitTable | None = None
+    ) -> torch.Tensor:
+        """Every sample's predicted exit layer [N] (on the CPU), before any layer runs, from
+        ``table`` (default: the cached table at ``speed``)."""
         options = self.options
         return predict_exit_layers(
-            self.exit_table(speed),
+            table or self.exit_table(speed),
             self.keys(data).to(self.device),
             options.exit_rule,
             options.exit_quantile,
             options.exit_margin,
         ).cpu()
 
+    def layers_run(self, exit_layers: np.ndarray) -> np.ndarray:
+        """Layers a sample runs to exit at ``exit_layers``: one more below L for the shared
+        exit, which applies layer L to h_k."""
+        if self.options.exit_head == "shared":
+            return exit_layers + (exit_layers < self.num_layers)
+        return exit_layers
+
+    def calibrate(self, dev: Encoded) -> Calibration | None:
+        """Predict mode: the dev FLOPs of the predicted exits at any speed. They change only where
+        a training sample's exit label does, at its students' uncertainties; each speed's table
+        is built afresh (not cached)."""
+        if self.options.mode == "dynamic":
+            return super().calibrate(dev)
+        lengths = dev.lengths.numpy()
+        uncertainty = self.extras["train_uncertainty"]
+
+        def flops_at(speed: float) -> float:
+            layers = self.predict_layers(dev, speed, self.build_table(speed)).numpy()
+            return float(self.sample_flops(lengths, self.layers_run(layers), 1, "full").mean())
+
+        return Calibration(gap_midpoints(uncertainty, 1.0), flops_at)
+
     def plan(self, data: Encoded, speed: float, batch_size: int) -> ExitPlan:
-        """Predict every sample's exit layer, sort by (layer, length) and cut the batches."""
+        """Predict every sample's exit layer, group the samples by it and cut the batches.
+
+        The grouping is stable: within a layer the samples keep the order they came in, which
+        :meth:`Method.run` makes length order by default (METHODS.md "GEEP", step 7).
+        """
         layers = self.predict_layers(data, speed)
-        by_length = torch.argsort(data.lengths, stable=True)
-        order = by_length[torch.argsort(layers[by_length], stable=True)]  # layer, then length
+        order = torch.argsort(layers, stable=True)
         batches = []
         for layer in torch.unique(layers).tolist():
             group = order[layers[order] == layer]
@@ -185,20 +218,16 @@ class Geep(StudentTeacherMethod):
         self, data: Encoded, speed: float, batch_size: int
     ) -> Iterator[BatchResult]:
         if self.options.mode == "dynamic":
-            # as in predict mode, batches are cut from the samples sorted by length, so the two
-            # modes differ in how they exit, not in padding
-            by_length = torch.argsort(data.lengths, stable=True)
-            yield from self.dynamic_batches(data, speed, batch_size, order=by_length)
+            yield from self.dynamic_batches(data, speed, batch_size)
             return
         head = self.options.exit_head
-        num_layers = self.num_layers
         for layer, index in self.plan(data, speed, batch_size).batches:
             batch = data.batch(index).to(self.device)
             hidden, mask = self.backbone.embed(**batch.inputs())  # [B, T, H]
             hidden = self.backbone.run_layers(hidden, mask, 0, layer)  # h_layer
             logits = self.model.exit_logits(layer, hidden, mask, batch.attention_mask, head)
-            ran = layer + 1 if head == "shared" and layer < num_layers else layer
-            yield self.batch_result(index, logits, np.full(len(index), ran), heads=1, data=data)
+            ran = self.layers_run(np.full(len(index), layer))
+            yield self.batch_result(index, logits, ran, heads=1, data=data)
 
     # --- diagnostics ------------------------------------------------------------------------
 
@@ -207,7 +236,7 @@ class Geep(StudentTeacherMethod):
         if self.options.mode != "predict":
             return {}
         if self._oracle is None or self._oracle[0] is not data:
-            self._oracle = (data, self.uncertainty(data))
+            self._oracle = (data, self.exit_statistics(data))
         oracle = first_exit_layer(self._oracle[1], speed).numpy()
         predicted = self.predict_layers(data, speed).numpy()
         return exit_quality(predicted, oracle)

@@ -19,7 +19,8 @@ class FastBERTHead(nn.Module):
     """Linear(H -> 128) + tanh, 2-head self-attention at width 128 over all tokens, take [CLS],
     Linear(128 -> 128) + tanh, Linear(128 -> C). Dropout 0.1.
 
-    Unlike the reference code (autoliuweijie/FastBERT), padding is masked in the attention.
+    Padding is masked in the attention, as in FastBERT's reference code (autoliuweijie/FastBERT);
+    EasyNLP's GEEP head (alibaba/EasyNLP) attends to padding, which the suite does not copy.
     """
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1) -> None:

@@ -1,15 +1,20 @@
-"""Reproduction profiles: which datasets, encoders, training recipe, sweeps and timing a run uses.
+"""Reproduction profiles: which datasets, encoders, training recipe, sweeps, seeds and timing a
+run uses.
 
 Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
 
-- ``smoke``: one offline dataset, a few hundred samples, three speeds per method; a couple of
-  minutes on 2 CPU cores, for tests and CI.
-- ``quick``: the embedded encoder on one English and one Chinese offline dataset, every method
-  over its whole default grid; the default of ``tox -e reproduce`` (under 30 minutes on 2 cores).
+- ``smoke``: one offline dataset, a few hundred samples, three fixed speeds and two dev-chosen
+  settings per method; a couple of minutes on 2 CPU cores, for tests and CI.
+- ``quick``: the embedded encoder on rotten-tomatoes (binary) and tweet-sentiment (3 classes),
+  1000 training samples for 2 epochs, every method over its fixed grid plus six settings chosen
+  on dev; the default of ``tox -e reproduce`` (under 20 minutes on 2 cores, installation
+  included). The Chinese datasets are left out: the embedded encoder is English.
+- ``compare``: the same datasets with 2000 training samples and three seeds, for comparing
+  methods (about an hour on 2 cores).
 - ``offline``: all six offline datasets at full size (hours on a CPU, minutes on a GPU).
 - ``paper``: the twelve paper datasets with bert-base-uncased / bert-base-chinese and the papers'
-  recipe (METHODS.md: lr 2e-5, batch 32, length 128, 3 epochs; HashEE lr 5e-5, 4 epochs), for
-  users with the hub and GPUs.
+  recipe (lr 2e-5, batch 32, length 128, 3 epochs, plainly shuffled batches; HashEE lr 5e-5, 4
+  epochs), for users with the hub and GPUs.
 """
 
 from __future__ import annotations
@@ -65,18 +70,23 @@ class Profile:
     method_train: dict[str, dict[str, float | int]] = field(default_factory=dict)
     methods: tuple[str, ...] = METHODS
     speeds: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    max_eval: int | None = None  # the first N test samples; None: all
+    dev_settings: int = 6  # settings chosen on dev per threshold method (geep.sweeps)
+    seeds: tuple[int, ...] = (42,)  # one trained model per seed and (dataset, method)
+    max_eval: int | None = None  # the first N dev and test samples; None: all
     batch_size: int = 32
     rounds: int = 3  # timed runs of the test split per setting, after a warm-up batch
 
     def model_for(self, dataset: str) -> str:
         return self.models[get_spec(dataset).language]
 
-    def train_config(self, method: str, dataset: str) -> TrainConfig:
-        """The training recipe of ``method`` on ``dataset`` under this profile."""
+    def train_config(self, method: str, dataset: str, seed: int | None = None) -> TrainConfig:
+        """The training recipe of ``method`` on ``dataset`` under this profile (with ``seed``,
+        else the recipe's own)."""
         changes = {**self.method_train.get(method, {})}
         if dataset in self.seq_len:
             changes["seq_len"] = self.seq_len[dataset]
+        if seed is not None:
+            changes["seed"] = seed
         return replace(self.train, **changes)
 
     def config_hash(self) -> str:
@@ -100,17 +110,28 @@ PROFILES = {
             "pabee": (0.0, 2.0, 1.0),
             "hashee": (0.0, 3.0, 5.0),
         },
+        dev_settings=2,
         max_eval=128,
         rounds=1,
     ),
     "quick": Profile(
         name="quick",
-        description="rotten-tomatoes + chinese-reviews, embedded encoder, full sweeps (2-core CPU)",
-        datasets=("rotten-tomatoes", "chinese-reviews"),
-        train=TrainConfig(max_train=1000, epochs=1, seq_len=48),
-        seq_len={"chinese-reviews": 64},
-        max_eval=300,
-        rounds=2,
+        description="rotten-tomatoes + tweet-sentiment, embedded encoder, fixed and dev-chosen "
+        "sweeps, 1000 dev and test samples each (2-core CPU, under 20 minutes)",
+        datasets=("rotten-tomatoes", "tweet-sentiment"),
+        train=TrainConfig(max_train=1000, epochs=2, seq_len=64),
+        max_eval=1000,
+        rounds=1,
+    ),
+    "compare": Profile(
+        name="compare",
+        description="the quick datasets with twice the training samples and three seeds, "
+        "1275 dev and test samples each, for comparing methods (2-core CPU, about an hour)",
+        datasets=("rotten-tomatoes", "tweet-sentiment"),
+        train=TrainConfig(max_train=2000, epochs=2, seq_len=64),
+        seeds=(1, 2, 3),
+        max_eval=1275,
+        rounds=1,
     ),
     "offline": Profile(
         name="offline",
@@ -123,7 +144,7 @@ PROFILES = {
         description="the twelve paper datasets, BERT-base, the papers' recipe (hub + GPU)",
         datasets=PAPER,
         models={"en": "bert-base-uncased", "zh": "bert-base-chinese"},
-        train=TrainConfig(epochs=3, batch_size=32, lr=2e-5, seq_len=128),
+        train=TrainConfig(epochs=3, batch_size=32, lr=2e-5, seq_len=128, batching="random"),
         method_train={"hashee": {"lr": 5e-5, "epochs": 4}},
     ),
 }

@@ -1,14 +1,18 @@
 """Turn a profile's run files into the paper-style outputs: a CSV, Markdown tables and plots.
 
 ``geep report results/quick`` (and ``notebooks/figures.ipynb``) read
-``results/<profile>/runs/<dataset>/<method>.json`` (:mod:`geep.reproduce`) and write:
+``results/<profile>/runs/<dataset>/<method>-seed<seed>.json`` (:mod:`geep.reproduce`) and write:
 
-- ``results.csv``: one row per (dataset, method, speed);
-- ``tables.md``: per dataset, every method at full depth and at matched FLOPs speedups (the most
-  accurate setting reaching each target), in the form of the papers' tables;
-- ``speed-accuracy-<dataset>.png``: accuracy against FLOPs speedup, one curve per method;
+- ``results.csv``: one row per (dataset, method, seed, setting);
+- ``tables.md``: per dataset, every method at full depth and at matched FLOPs speedups, and each
+  method's fastest setting within one point of ``bert``'s accuracy;
+- ``speed-accuracy-<dataset>.png``: accuracy (with its 95% interval) against FLOPs speedup, one
+  curve per method;
 - ``realised-speedup.png``: wall-clock speedup over the full-depth ``bert`` run against FLOPs
   speedup, at the profile's batch size.
+
+With several seeds, a table cell averages the seeds' values and gives their standard deviation;
+a plotted point is a setting's mean over the seeds.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -25,18 +30,26 @@ from geep.storage import atomic_write_bytes, atomic_write_text
 
 METHOD_ORDER = ["bert", "geep", "fastbert", "deebert", "pabee", "hashee"]
 TARGETS = (1.5, 2.0, 3.0)  # FLOPs speedups the tables match methods at
+WITHIN = 0.01  # the accuracy a "fastest setting" may lose against bert
 COLUMNS = [
     "dataset",
     "method",
+    "seed",
+    "setting",
+    "speed_source",
     "speed",
     "accuracy",
+    "accuracy_low",
+    "accuracy_high",
     "macro_f1",
     "speedup",
     "speedup_full",
+    "dev_speedup_full",
     "flops_fastbert",
     "flops_full",
     "avg_exit_layer",
     "throughput",
+    "wall_speedup",
     "latency_ms_p50",
     "latency_ms_p95",
     "gpu_util_percent",
@@ -52,7 +65,7 @@ COLUMNS = [
 
 
 def load_runs(results: str | Path) -> pd.DataFrame:
-    """Every measured row under ``results/runs/``, one per (dataset, method, speed).
+    """Every measured row under ``results/runs/``, one per (dataset, method, seed, setting).
 
     All run files must come from one profile configuration (the same config hash): rows made
     with different settings are never put side by side.
@@ -71,6 +84,7 @@ def load_runs(results: str | Path) -> pd.DataFrame:
                         **row,
                         "dataset": run["dataset"],
                         "method": run["method"],
+                        "seed": meta["seed"],
                         "profile": meta["profile"],
                         "config_hash": meta["config_hash"],
                         "device": meta["device"],
@@ -86,9 +100,8 @@ def load_runs(results: str | Path) -> pd.DataFrame:
             f"{results} mixes runs of different configurations ({', '.join(hashes)}): "
             "re-run the stale ones or keep each configuration in its own folder"
         )
-    return frame.sort_values(["dataset", "method", "speed"], key=_method_order).reset_index(
-        drop=True
-    )
+    order = ["dataset", "method", "seed", "speed_source", "speed"]
+    return frame.sort_values(order, key=_method_order).reset_index(drop=True)
 
 
 def _method_order(column: pd.Series) -> pd.Series:
@@ -98,59 +111,142 @@ def _method_order(column: pd.Series) -> pd.Series:
 
 
 def with_realised_speedup(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add ``wall_speedup``: throughput over the full-depth ``bert`` run's on the same dataset
-    (NaN where the profile has no ``bert`` run)."""
-    full = frame[frame["method"] == "bert"].groupby("dataset")["throughput"].first()
+    """Add ``wall_speedup``: throughput over that of the full-depth ``bert`` run on the same
+    dataset and seed (NaN where the profile has no ``bert`` run)."""
+    bert = frame[frame["method"] == "bert"].set_index(["dataset", "seed"])["throughput"]
+    keys = pd.MultiIndex.from_frame(frame[["dataset", "seed"]])
     out = frame.copy()
-    out["wall_speedup"] = out["throughput"] / out["dataset"].map(full)
+    out["wall_speedup"] = out["throughput"].to_numpy() / bert.reindex(keys).to_numpy()
     return out
 
 
+def _mean_cell(picked: pd.DataFrame, speedups: tuple[str, ...] = ("speedup_full",)) -> str:
+    """One table cell from one chosen row per seed: mean accuracy +- the mean half-width of its
+    95% interval, the seeds' standard deviation when there are several, and mean speedups."""
+    accuracy = picked["accuracy"].mean()
+    half = ((picked["accuracy_high"] - picked["accuracy_low"]) / 2).mean()
+    text = f"{accuracy:.3f} ± {half:.3f}"
+    if len(picked) > 1:
+        text += f", sd {picked['accuracy'].std(ddof=1):.3f}"
+    shown = [f"{picked[s].mean():.2f}x" for s in speedups if picked[s].notna().all()]
+    return f"{text} ({', '.join(shown)})"
+
+
 def matched_table(frame: pd.DataFrame, dataset: str) -> str:
-    """Markdown: each method's full-depth accuracy, then at each target FLOPs speedup the most
-    accurate setting whose speedup reaches it (accuracy, speedup and the speed setting)."""
+    """Markdown: each method at full depth and at each target FLOPs speedup.
+
+    At a target, each seed's slowest setting whose speedup (as printed, 2 decimals) reaches it
+    is taken: chosen by FLOPs alone, never by test accuracy.
+    """
     rows = frame[frame["dataset"] == dataset]
     header = ["method", "full depth"] + [f">= {t:g}x" for t in TARGETS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, group in rows.groupby("method", sort=False):
-        slowest = group.loc[group["speedup_full"].idxmin()]
-        cells = [f"`{method}`", f"{slowest['accuracy']:.3f} ({slowest['speedup_full']:.2f}x)"]
+        seeds = [runs for _, runs in group.groupby("seed")]
+        cells = [f"`{method}`", _mean_cell(_slowest(seeds))]
         for target in TARGETS:
-            reach = group[group["speedup_full"].round(2) >= target]  # as printed
-            if reach.empty:
-                cells.append("-")
-                continue
-            best = reach.loc[reach["accuracy"].idxmax()]
-            cells.append(
-                f"{best['accuracy']:.3f} ({best['speedup_full']:.2f}x, speed {best['speed']:g})"
-            )
+            reaching = [runs[runs["speedup_full"].round(2) >= target] for runs in seeds]
+            cells.append("-" if any(r.empty for r in reaching) else _mean_cell(_slowest(reaching)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _slowest(seeds: list[pd.DataFrame]) -> pd.DataFrame:
+    """Each seed's row of the smallest FLOPs speedup."""
+    return pd.DataFrame([runs.loc[runs["speedup_full"].idxmin()] for runs in seeds])
+
+
+def fastest_table(frame: pd.DataFrame, dataset: str) -> str:
+    """Markdown: each method's fastest setting within :data:`WITHIN` of ``bert``'s accuracy.
+
+    Per seed, the setting with the largest FLOPs speedup whose accuracy is at least ``bert``'s
+    (same seed) minus one point; its FLOPs and wall-clock speedups over ``bert``.
+    """
+    rows = frame[frame["dataset"] == dataset]
+    bert = rows[rows["method"] == "bert"].set_index("seed")["accuracy"]
+    header = ["method", "accuracy (FLOPs, wall-clock speedup)", "settings"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, group in rows.groupby("method", sort=False):
+        picked = []
+        for seed, runs in group.groupby("seed"):
+            good = runs[runs["accuracy"] >= bert.get(seed, np.nan) - WITHIN - 1e-9]
+            if good.empty:
+                break
+            picked.append(good.loc[good["speedup_full"].idxmax()])
+        if len(picked) < group["seed"].nunique():
+            lines.append(f"| `{method}` | - | none within {WITHIN * 100:g} point |")
+            continue
+        chosen = pd.DataFrame(picked)
+        settings = ", ".join(f"{s}" for s in chosen["setting"])
+        lines.append(
+            f"| `{method}` | {_mean_cell(chosen, ('speedup_full', 'wall_speedup'))} | {settings} |"
+        )
+    return "\n".join(lines)
+
+
 def tables_markdown(frame: pd.DataFrame) -> str:
-    """All datasets' matched tables, with how they were made."""
+    """All datasets' tables, with how they were made."""
     first = frame.iloc[0]
+    seeds = sorted(frame["seed"].unique())
     parts = [
         f"# Results: profile `{first['profile']}` (config {first['config_hash']})",
         "",
-        f"Device: {first['device']}; commit {first['git_commit']}. Accuracy on the test split; "
-        "speedups are FLOPs at full depth over FLOPs at the setting (`full` convention, every "
-        "head evaluated counted). In brackets: the speedup and the method's speed setting.",
+        f"Device: {first['device']}; commit {first['git_commit']}; seeds "
+        f"{', '.join(str(s) for s in seeds)}. Accuracy on the test split, ± the half-width of "
+        "its 95% bootstrap interval"
+        + (", and the standard deviation across seeds" if len(seeds) > 1 else "")
+        + ". Speedups are FLOPs at full depth over FLOPs at the setting (`full` convention, "
+        "every head evaluated counted); wall-clock speedups are throughput over the full-depth "
+        "`bert` run's, every method batching its samples in order of length.",
     ]
     for dataset in frame["dataset"].unique():
         n = int(frame[frame["dataset"] == dataset]["n"].iloc[0])
-        parts += ["", f"## {dataset} ({n} test samples)", "", matched_table(frame, dataset)]
+        parts += [
+            "",
+            f"## {dataset} ({n} test samples)",
+            "",
+            "At matched FLOPs speedups (per seed, the slowest setting reaching the speedup; in "
+            "brackets its speedup):",
+            "",
+            matched_table(frame, dataset),
+            "",
+            f"Fastest setting within {WITHIN * 100:g} point of `bert`'s accuracy:",
+            "",
+            fastest_table(frame, dataset),
+        ]
     return "\n".join(parts) + "\n"
 
 
+def setting_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, method, setting): the seeds' mean accuracy, interval bounds and
+    speedups."""
+    columns = ["accuracy", "accuracy_low", "accuracy_high", "speedup_full", "wall_speedup"]
+    present = [c for c in columns if c in frame.columns]
+    return frame.groupby(["dataset", "method", "setting"], sort=False)[present].mean().reset_index()
+
+
 def plot_speed_accuracy(frame: pd.DataFrame, dataset: str) -> Figure:
-    """Accuracy against FLOPs speedup on one dataset, one curve per method."""
-    fig = Figure(figsize=(6, 4))
+    """Accuracy against FLOPs speedup on one dataset, one curve per method, with the accuracy's
+    95% bootstrap interval as error bars."""
+    fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
-    for method, group in frame[frame["dataset"] == dataset].groupby("method", sort=False):
+    means = setting_means(frame[frame["dataset"] == dataset])
+    for method, group in means.groupby("method", sort=False):
         group = group.sort_values("speedup_full")
-        ax.plot(group["speedup_full"], group["accuracy"], marker="o", label=method)
+        errors = [
+            group["accuracy"] - group["accuracy_low"],
+            group["accuracy_high"] - group["accuracy"],
+        ]
+        ax.errorbar(
+            group["speedup_full"],
+            group["accuracy"],
+            yerr=errors,
+            marker="o",
+            markersize=3,
+            capsize=2,
+            linewidth=1,
+            label=method,
+        )
     ax.set(xlabel="FLOPs speedup (full convention)", ylabel="test accuracy", title=dataset)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -164,7 +260,7 @@ def plot_realised_speedup(frame: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     for method, group in frame.groupby("method", sort=False):
-        ax.scatter(group["speedup_full"], group["wall_speedup"], label=method, s=18)
+        ax.scatter(group["speedup_full"], group["wall_speedup"], label=method, s=14)
     top = max(frame["speedup_full"].max(), frame["wall_speedup"].max(skipna=True), 1.0)
     ax.plot([0, top], [0, top], color="gray", linestyle="--", linewidth=1, label="wall = FLOPs")
     batch = int(frame["batch_size"].iloc[0])
@@ -184,7 +280,7 @@ def write_report(results: str | Path) -> list[Path]:
     results = Path(results)
     frame = with_realised_speedup(load_runs(results))
     written = [results / "results.csv", results / "tables.md"]
-    columns = [c for c in [*COLUMNS, "wall_speedup"] if c in frame.columns]
+    columns = [c for c in COLUMNS if c in frame.columns]
     atomic_write_text(written[0], frame[columns].to_csv(index=False))
     atomic_write_text(written[1], tables_markdown(frame))
     figures = {

@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,57 +28,104 @@ import geep
 from geep.data import load_dataset
 from geep.data.registry import get_spec
 from geep.encoding import Encoded, encode_split
+from geep.errors import GeepError
 from geep.evaluation import summarize
 from geep.flops import dims_for
 from geep.monitor import UtilisationMonitor
 from geep.profiles import Profile
 from geep.runner import Method, Predictions, get_method, load_checkpoint
 from geep.storage import atomic_write_text, cache_root
+from geep.sweeps import even_flops_speeds
 from geep.training import train_method
 
 Timer = Callable[[Callable[[], None], int], None]  # runs fn ``rounds`` times (pytest-benchmark)
 
 
 def speeds_for(profile: Profile, method: str, dataset: str) -> list[float]:
-    """The sweep of ``method`` on ``dataset``: the profile's, else the method's default grid."""
+    """The fixed sweep of ``method`` on ``dataset``: the profile's, else the method's grid."""
     if method in profile.speeds:
         return list(profile.speeds[method])
     layers = dims_for(profile.model_for(dataset)).num_layers
     return get_method(method).speed_grid(layers, get_spec(dataset).num_classes)
 
 
-def checkpoint(profile: Profile, method: str, dataset: str) -> Path:
-    """``method`` trained on ``dataset`` under ``profile``, trained once and then reused from
-    ``$GEEP_CACHE/checkpoints/`` (keyed by everything that defines the training).
+def settings_for(profile: Profile, method: str, dataset: str) -> list[str]:
+    """The settings a profile measures: the fixed sweep's speeds (``"0.5"``), then for threshold
+    methods ``profile.dev_settings`` chosen on the dev split (``"dev1"``, ...; geep.sweeps)."""
+    grid = [f"{speed:g}" for speed in speeds_for(profile, method, dataset)]
+    if not get_method(method).dev_sweep:
+        return grid
+    return grid + [f"dev{k}" for k in range(1, profile.dev_settings + 1)]
+
+
+def units(profile: Profile) -> list[tuple[str, str, int, str]]:
+    """Every (dataset, method, seed, setting) of the profile, in the order they run."""
+    return [
+        (dataset, method, seed, setting)
+        for dataset in profile.datasets
+        for method in profile.methods
+        for seed in profile.seeds
+        for setting in settings_for(profile, method, dataset)
+    ]
+
+
+def checkpoint(profile: Profile, method: str, dataset: str, seed: int) -> Path:
+    """``method`` trained on ``dataset`` with ``seed`` under ``profile``, trained once and then
+    reused from ``$GEEP_CACHE/checkpoints/`` (keyed by everything that defines the training).
 
     DeeBERT's first stage is ordinary fine-tuning, which is what ``bert`` is: when the profile
-    runs both, DeeBERT starts from ``bert``'s checkpoint and trains only its highways.
+    runs both, DeeBERT starts from ``bert``'s checkpoint of the same seed and trains only its
+    highways.
     """
     model = profile.model_for(dataset)
-    config = profile.train_config(method, dataset)
+    config = profile.train_config(method, dataset, seed)
     start = None
     if method == "deebert" and "bert" in profile.methods:
-        start = checkpoint(profile, "bert", dataset)
+        start = checkpoint(profile, "bert", dataset, seed)
     recipe = {
         "method": method,
         "dataset": dataset,
         "model": model,
         "train": config.to_dict(),
         "start_from": start.name if start else None,
+        "max_dev": profile.max_eval,
     }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_root() / "checkpoints" / f"{method}-{dataset}-{key}"
     if not (path / "config.json").is_file():
-        train_method(method, dataset, path, model, config, start_from=start)
+        train_method(
+            method, dataset, path, model, config, start_from=start, max_dev=recipe["max_dev"]
+        )
     return path
 
 
-def eval_split(method: Method, dataset: str, max_eval: int | None) -> Encoded:
-    """The first ``max_eval`` test samples (all when None), encoded at the training length."""
-    rows = load_dataset(dataset)["test"]
+def eval_split(method: Method, dataset: str, max_eval: int | None, split: str = "test") -> Encoded:
+    """The first ``max_eval`` samples of ``split`` (all when None), encoded at the training
+    length."""
+    rows = load_dataset(dataset)[split]
     if max_eval is not None:
         rows = rows.select(range(min(max_eval, len(rows))))
     return encode_split(method.tokenizer, rows, method.info.seq_len)
+
+
+def dev_sweep(method: Method, dev: Encoded, count: int) -> dict[str, Any]:
+    """``count`` speeds chosen on the dev split (:func:`geep.sweeps.even_flops_speeds`) and how:
+    the run files' record of them. Empty for methods without a threshold rule."""
+    calibration = method.calibrate(dev) if count else None
+    if calibration is None:
+        return {}
+    chosen = even_flops_speeds(calibration, count)
+    full = float(method.full_depth_flops(dev.lengths.numpy(), "full").mean())
+    return {
+        "split": "dev",
+        "samples": len(dev),
+        "settings": count,
+        "rule": "even steps of mean FLOPs per dev sample (full convention) from full depth to "
+        "the fastest setting; speeds at midpoints between neighbouring values of the exit "
+        "statistic (geep.sweeps)",
+        "speeds": [speed for speed, _ in chosen],
+        "dev_speedup_full": [full / flops for _, flops in chosen],
+    }
 
 
 def measure(
@@ -164,7 +211,9 @@ def provenance(profile: Profile, method: Method, data: Encoded) -> dict[str, Any
         "seed": info.train["seed"],
         "options": info.options,
         "dev_accuracy": info.dev_accuracy,
+        "dev_samples": info.dev_samples,
         "test_samples": len(data),
+        "inference_order": "length",  # Method.run's default, the same for every method
         "device": device_name(method.device),
         "versions": {
             "geep": geep.__version__,
@@ -176,37 +225,48 @@ def provenance(profile: Profile, method: Method, data: Encoded) -> dict[str, Any
     }
 
 
-def run_file(results: Path, dataset: str, method: str) -> Path:
-    return results / "runs" / dataset / f"{method}.json"
+def run_file(results: Path, dataset: str, method: str, seed: int) -> Path:
+    return results / "runs" / dataset / f"{method}-seed{seed}.json"
 
 
-def recorded(results: Path, profile: Profile, dataset: str, method: str, speed: float) -> bool:
-    """Whether the run file of (dataset, method) already holds ``speed`` under this profile's
-    configuration (a resumed run skips it)."""
-    path = run_file(results, dataset, method)
+def recorded(
+    results: Path, profile: Profile, dataset: str, method: str, seed: int, setting: str
+) -> bool:
+    """Whether the run file of (dataset, method, seed) already holds ``setting`` under this
+    profile's configuration (a resumed run skips it)."""
+    path = run_file(results, dataset, method, seed)
     if not path.is_file():
         return False
     run = json.loads(path.read_text())
     if run["provenance"]["config_hash"] != profile.config_hash():
         return False
-    return any(math.isclose(row["speed"], speed) for row in run["rows"])
+    return any(row["setting"] == setting for row in run["rows"])
 
 
 def record(
-    results: Path, profile: Profile, method: Method, dataset: str, data: Encoded, row: dict
+    results: Path,
+    profile: Profile,
+    method: Method,
+    dataset: str,
+    data: Encoded,
+    row: dict,
+    sweep: dict[str, Any] | None = None,
 ) -> Path:
-    """Add (or replace) ``row``'s speed in the run file of (dataset, method), atomically.
+    """Add (or replace) ``row``'s setting in the run file of (dataset, method, seed),
+    atomically; ``sweep`` is the dev sweep's record (:func:`dev_sweep`).
 
     A run file made under a different profile configuration is replaced, not mixed with.
     """
-    path = run_file(results, dataset, method.name)
     meta = provenance(profile, method, data)
+    path = run_file(results, dataset, method.name, meta["seed"])
     rows: list[dict] = []
     if path.is_file():
         old = json.loads(path.read_text())
         if old["provenance"]["config_hash"] == meta["config_hash"]:
-            rows = [r for r in old["rows"] if not math.isclose(r["speed"], row["speed"])]
-    rows = sorted([*rows, row], key=lambda r: r["speed"])
+            rows = [r for r in old["rows"] if r["setting"] != row["setting"]]
+    rows = sorted([*rows, row], key=lambda r: (r["speed_source"] == "dev", r["speed"]))
+    if sweep:
+        meta["dev_sweep"] = sweep
     document = {
         "dataset": dataset,
         "method": method.name,
@@ -229,9 +289,39 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def load_unit(profile: Profile, method: str, dataset: str) -> tuple[Method, Encoded]:
-    """The trained method (on the GPU when there is one) and its test split for a profile."""
-    trained = load_checkpoint(checkpoint(profile, method, dataset))
+@dataclass
+class Trained:
+    """A unit's trained method with its test split and dev-chosen speeds."""
+
+    method: Method
+    test: Encoded
+    sweep: dict[str, Any]  # dev_sweep's record; {} when the method has none
+
+    def resolve(self, setting: str) -> dict[str, Any]:
+        """A setting id's row fields: ``"0.5"`` is a fixed speed (``speed_source`` "grid"),
+        ``"devK"`` the K-th speed chosen on dev ("dev", with its ``dev_speedup_full``).
+        GeepError when the dev sweep found fewer than K distinct speeds."""
+        if not setting.startswith("dev"):
+            return {"setting": setting, "speed": float(setting), "speed_source": "grid"}
+        k = int(setting[3:])
+        speeds = self.sweep.get("speeds", [])
+        if k > len(speeds):
+            raise GeepError(f"the dev sweep found only {len(speeds)} distinct settings")
+        return {
+            "setting": setting,
+            "speed": speeds[k - 1],
+            "speed_source": "dev",
+            "dev_speedup_full": self.sweep["dev_speedup_full"][k - 1],
+        }
+
+
+def load_unit(profile: Profile, method: str, dataset: str, seed: int) -> Trained:
+    """The trained method (on the GPU when there is one), its test split and its dev sweep."""
+    trained = load_checkpoint(checkpoint(profile, method, dataset, seed))
     if torch.cuda.is_available():
         trained.to("cuda")
-    return trained, eval_split(trained, dataset, profile.max_eval)
+    sweep = {}
+    if trained.dev_sweep and profile.dev_settings:
+        dev = eval_split(trained, dataset, profile.max_eval, split="dev")
+        sweep = dev_sweep(trained, dev, profile.dev_settings)
+    return Trained(trained, eval_split(trained, dataset, profile.max_eval), sweep)

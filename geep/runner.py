@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from geep.encoding import Encoded, encode_texts
 from geep.errors import GeepError
 from geep.flops import CONVENTIONS, EncoderDims
 from geep.storage import atomic_directory
+
+if TYPE_CHECKING:
+    from geep.sweeps import Calibration
 
 WEIGHTS_FILE = "model.safetensors"
 EXTRAS_FILE = "extras.safetensors"
@@ -63,6 +66,7 @@ class CheckpointInfo:
     pooling: str  # the encoder's sentence vector: "cls" or "mean" (Backbone.sentence_vector)
     options: dict[str, Any] = field(default_factory=dict)  # Method.options_class.to_dict()
     dev_accuracy: float | None = None
+    dev_samples: int | None = None  # how many dev samples dev_accuracy was measured on
     geep_version: str = geep.__version__
 
     @property
@@ -95,6 +99,8 @@ class Predictions:
     flops_full: np.ndarray
     batch_seconds: list[float]  # wall time of each model batch, in the order run
 
+
+Order = Literal["length", "input"]  # how Method.run orders samples into batches
 
 METHODS: dict[str, type[Method]] = {}
 # Each module registers one method; a new method is added here.
@@ -140,6 +146,7 @@ class Method(ABC):
     speed_help: ClassVar[str]  # what the speed knob means, for --help and reports
     speed_bounds: ClassVar[tuple[float, float]]  # inclusive range of valid speeds
     whole_speeds: ClassVar[bool] = False  # True when the speed is a count (layers, patience)
+    dev_sweep: ClassVar[bool] = False  # True when sweep settings can be chosen on dev (calibrate)
     options_class: ClassVar[type[MethodOptions]] = MethodOptions  # no switches by default
 
     def __init__(
@@ -183,6 +190,11 @@ class Method(ABC):
 
     def prepare(self, speed: float) -> None:  # noqa: B027 (optional hook)
         """Work done once per speed before inference is timed (GEEP builds its exit table)."""
+
+    def calibrate(self, dev: Encoded) -> Calibration | None:
+        """How the mean FLOPs per ``dev`` sample depend on the speed, for sweep settings chosen
+        on the dev split (:mod:`geep.sweeps`); None unless ``dev_sweep``."""
+        return None
 
     def diagnostics(self, data: Encoded, speed: float, out: Predictions) -> dict[str, float]:
         """Method-specific figures for one speed's run on ``data`` (not timed); none by default."""
@@ -293,15 +305,32 @@ class Method(ABC):
 
     @torch.inference_mode()
     def run(
-        self, data: Encoded, speed: float, batch_size: int, progress: bool = False
+        self,
+        data: Encoded,
+        speed: float,
+        batch_size: int,
+        progress: bool = False,
+        order: Order = "length",
     ) -> Predictions:
-        """Inference on encoded data; each batch is timed (synchronised on a GPU)."""
+        """Inference on encoded data; each batch is timed (synchronised on a GPU).
+
+        Every method receives the samples in the same ``order``: sorted by length (stable), so
+        batches carry little padding and a wall-clock comparison between methods measures their
+        exits rather than their padding, or in ``input`` order. A method may regroup them (GEEP
+        groups by predicted exit layer, keeping this order within a layer). Results are in input
+        order either way.
+        """
         self.check_speed(speed)
         if batch_size < 1:
             raise GeepError(f"--batch-size must be at least 1, got {batch_size}")
         self.model.eval()
         self.prepare(speed)
         n = len(data)
+        if order == "length":
+            position = torch.argsort(data.lengths, stable=True).numpy()  # input index of each
+            data = data.select(torch.from_numpy(position))
+        else:
+            position = np.arange(n)
         labels = np.full(n, -1, dtype=np.int64)
         exits = np.zeros(n, dtype=np.float64)
         flops = {c: np.zeros(n, dtype=np.int64) for c in CONVENTIONS}
@@ -322,7 +351,7 @@ class Method(ABC):
             if result is None:
                 break
             seconds.append(time.perf_counter() - start)
-            idx = result.index.cpu().numpy()
+            idx = position[result.index.cpu().numpy()]
             labels[idx] = result.labels.cpu().numpy()
             exits[idx] = result.exit_layers.cpu().numpy()
             flops["fastbert"][idx] = result.flops_fastbert.cpu().numpy()

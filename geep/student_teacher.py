@@ -20,7 +20,7 @@ from geep import flops
 from geep.backbone import Backbone
 from geep.config import TrainConfig
 from geep.encoding import Batch, Encoded
-from geep.exits import DynamicExitMethod, ExitRule, normalized_entropy
+from geep.exits import DynamicExitMethod, normalized_entropy
 from geep.heads import FastBERTHead
 from geep.training import train_loop
 
@@ -98,6 +98,7 @@ class StudentTeacherMethod(DynamicExitMethod):
     """Shared runner pieces of the methods built on :class:`StudentTeacherModel`."""
 
     speed_bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    dev_sweep: ClassVar[bool] = True
 
     def fit_two_steps(self, train: Encoded, name: str) -> None:
         """FastBERT's recipe: fine-tune backbone + teacher with cross-entropy, then freeze them
@@ -116,28 +117,14 @@ class StudentTeacherMethod(DynamicExitMethod):
             terms="students",
         )
 
-    @torch.inference_mode()
-    def uncertainty(self, data: Encoded, batch_size: int = 64) -> torch.Tensor:
-        """Normalized entropy [N, L-1] of every student on every sample (one full pass)."""
-        self.model.eval()
-        out = torch.empty(len(data), self.num_layers - 1)
-        for batch in data.batches(batch_size):
-            batch = batch.to(self.device)
-            hidden, mask = self.backbone.embed(**batch.inputs())
-            for layer, student in enumerate(self.model.students, start=1):
-                hidden = self.backbone.run_layers(hidden, mask, layer - 1, layer)
-                logits = student(hidden, batch.attention_mask)
-                out[batch.index, layer - 1] = normalized_entropy(logits).cpu()
-        return out
-
     def exit_head(
         self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
         return self.model.exit_logits(layer, hidden, None, attention_mask, "student")
 
-    def exit_rule(self, speed: float, batch_size: int) -> ExitRule:
-        """FastBERT's rule: exit once the student's normalized entropy is below ``speed``."""
-        return lambda layer, logits, running: normalized_entropy(logits) < speed
+    def exit_statistic(self, logits: torch.Tensor) -> torch.Tensor:
+        """FastBERT's rule: exit once the student's normalized entropy is below the speed."""
+        return normalized_entropy(logits)
 
     def head_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
         return flops.fastbert_head(self.dims.hidden, lengths, self.info.num_labels, convention)

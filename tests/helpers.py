@@ -92,20 +92,21 @@ def toy_test_split(method: Method) -> Encoded:
 # --- decisions that float rounding cannot flip ---------------------------------------------------
 
 
-def threshold_in_gap(values: torch.Tensor, around: torch.Tensor) -> float:
+def threshold_in_gap(values: torch.Tensor, wanted: Callable[[float], bool]) -> float:
     """A threshold for ``value < threshold`` decisions that no value of ``values`` sits near.
 
-    It is the midpoint of the widest gap between neighbouring ``values`` that lies between the
-    10th and 90th percentiles of ``around``, so that some of ``around`` falls on each side.
-    Fails when even that gap leaves a value within :data:`ENTROPY_NOISE` of the threshold.
+    It is the midpoint of the widest gap between neighbouring ``values`` whose midpoint gives
+    ``wanted`` (say, exits that differ between samples). Fails when no such gap keeps every value
+    further than :data:`ENTROPY_NOISE` from it.
     """
-    flat = values.flatten().double().sort().values
-    low, high = torch.quantile(around.double(), torch.tensor([0.1, 0.9], dtype=torch.float64))
-    inside = (flat[:-1] >= low) & (flat[1:] <= high)  # gaps whose both ends lie in the range
-    gaps = torch.where(inside, flat[1:] - flat[:-1], torch.zeros_like(flat[1:]))
-    widest = int(gaps.argmax())
-    assert gaps[widest] / 2 > ENTROPY_NOISE, f"the widest gap is only {float(gaps[widest]):.1e}"
-    return float((flat[widest] + flat[widest + 1]) / 2)
+    flat = values.flatten().double().unique()  # sorted
+    mids, gaps = (flat[:-1] + flat[1:]) / 2, flat[1:] - flat[:-1]
+    for i in torch.argsort(gaps, descending=True).tolist():
+        if gaps[i] / 2 <= ENTROPY_NOISE:
+            break
+        if wanted(float(mids[i])):
+            return float(mids[i])
+    raise AssertionError("no gap between the values is wide enough and gives what is wanted")
 
 
 def top_two_gap(logits: torch.Tensor) -> torch.Tensor:

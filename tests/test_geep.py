@@ -197,18 +197,22 @@ def test_options_are_checked(trained: Geep) -> None:
 # --- sorted inference ----------------------------------------------------------------------------
 
 
-def test_plan_sorts_by_layer_then_length_and_cuts_full_batches(spread, test_data) -> None:
-    plan = spread.plan(test_data, SPEED, 8)
-    layers = [layer for layer, _ in plan.batches]
-    assert layers == sorted(layers) and len(set(layers)) >= 3
-    for layer, index in plan.batches:
-        assert (plan.layers[index] == layer).all()
-        assert (test_data.lengths[index].diff() >= 0).all()
-    for layer in set(layers):  # only a layer's last batch may be short
-        sizes = [len(index) for k, index in plan.batches if k == layer]
-        assert all(size == 8 for size in sizes[:-1])
-    seen = torch.cat([index for _, index in plan.batches]).sort().values
-    assert seen.tolist() == list(range(len(test_data)))
+def test_plan_groups_by_layer_keeps_the_order_within_and_cuts_full_batches(spread, test_data):
+    by_length = test_data.select(torch.argsort(test_data.lengths, stable=True))
+    for data in (test_data, by_length):  # input order, and the length order run() gives
+        plan = spread.plan(data, SPEED, 8)
+        layers = [layer for layer, _ in plan.batches]
+        assert layers == sorted(layers) and len(set(layers)) >= 3
+        for layer, index in plan.batches:
+            assert (plan.layers[index] == layer).all()
+            assert (index.diff() > 0).all()  # the order the samples came in, within a layer
+        for layer in set(layers):  # only a layer's last batch may be short
+            sizes = [len(index) for k, index in plan.batches if k == layer]
+            assert all(size == 8 for size in sizes[:-1])
+        seen = torch.cat([index for _, index in plan.batches]).sort().values
+        assert seen.tolist() == list(range(len(data)))
+    plan = spread.plan(by_length, SPEED, 8)
+    assert all((by_length.lengths[index].diff() >= 0).all() for _, index in plan.batches)
 
 
 @pytest.mark.parametrize("head", ["student", "shared"])
@@ -293,8 +297,10 @@ def test_dynamic_mode_exits_where_the_students_become_confident(
 ) -> None:
     """FastBERT's rule on GEEP's weights; a head ran after every layer a sample went through."""
     method = configured(trained, "mode=dynamic")
-    uncertainty = trained.uncertainty(test_data)  # [N, L-1]
-    speed = threshold_in_gap(uncertainty, around=uncertainty[:, 0])  # about half exit at layer 1
+    uncertainty = trained.exit_statistics(test_data)  # [N, L-1]
+    speed = threshold_in_gap(
+        uncertainty, lambda t: len(first_exit_layer(uncertainty, t).unique()) > 1
+    )
     out = method.run(test_data, speed, 8)
     oracle = first_exit_layer(uncertainty, speed).numpy()
     assert len(set(oracle)) > 1

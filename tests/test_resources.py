@@ -1,4 +1,4 @@
-"""Resource limits (issue 6): data too large for memory fails early with one clear line, and an
+"""Resource limits: data too large for memory fails early with one clear line, and an
 out-of-GPU-memory batch is halved until it fits (simulated here: tests never need a GPU)."""
 
 from __future__ import annotations

@@ -1,0 +1,92 @@
+"""Sweep settings chosen on the dev split: from full depth to a method's fastest setting in even
+steps of FLOPs.
+
+The papers' fixed grids (FastBERT's thresholds 0.1 .. 0.9, DeeBERT's fractions of log C) assume
+well-calibrated exits; on a model whose students are rarely confident, the whole grid can sit at
+full depth. A threshold method therefore also gets settings chosen from the trained model's own
+statistics on the dev split (never the test split): :meth:`~geep.runner.Method.calibrate` says
+how the mean FLOPs per dev sample depend on the speed, and :func:`even_flops_speeds` picks the
+speeds whose dev FLOPs fall in even steps from full depth to the fastest setting.
+
+A threshold rule exits a sample when a statistic is below the speed, so the dev FLOPs change only
+where the speed crosses a value of that statistic. The candidate speeds are the midpoints between
+neighbouring values (:func:`gap_midpoints`) at least :data:`MIN_GAP` apart: no chosen speed sits
+on or near a value, so no dev sample's exit hangs on float rounding (docs/reproducibility.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Calibration:
+    """How a threshold method's cost on the dev split depends on its speed.
+
+    ``candidates``: increasing speeds between which the dev FLOPs are constant, the last being
+    the fastest setting (every dev sample exits as early as the method allows).
+    ``flops_at``: the mean FLOPs per dev sample (``full`` convention) at a speed; it does not
+    increase with the speed.
+    """
+
+    candidates: np.ndarray
+    flops_at: Callable[[float], float]
+
+
+MIN_GAP = 2e-5
+"""The narrowest gap between neighbouring values that a chosen speed may sit in. Values closer
+than this count as one: which of them is larger can depend on float rounding. A chosen speed is
+then at least 1e-5 from every value, over 30 times the difference measured between CPU kernels,
+thread counts and batch shapes (docs/reproducibility.md)."""
+
+
+def gap_midpoints(values: torch.Tensor, ceiling: float) -> np.ndarray:
+    """Increasing midpoints of the gaps wider than :data:`MIN_GAP` between neighbouring distinct
+    ``values``, then the midpoint between the largest value and ``ceiling`` (the statistic's
+    maximum) when that gap is wide enough too."""
+    distinct = np.unique(values.double().flatten().numpy())
+    wide = np.diff(distinct) > MIN_GAP
+    mids = ((distinct[:-1] + distinct[1:]) / 2)[wide]
+    if ceiling - distinct[-1] > MIN_GAP:
+        mids = np.append(mids, (distinct[-1] + ceiling) / 2)
+    return mids
+
+
+def even_flops_speeds(calibration: Calibration, count: int) -> list[tuple[float, float]]:
+    """Speeds whose dev FLOPs step evenly from full depth to the fastest candidate.
+
+    With F0 the dev FLOPs at speed 0 (full depth) and Fn those at the last candidate, step k of
+    ``count`` targets F0 - k (F0 - Fn) / count and takes the smallest candidate whose dev FLOPs
+    reach it (bisection: the FLOPs do not increase with the speed). Returns (speed, dev FLOPs)
+    pairs, each speed once: a step the next one already reaches adds nothing.
+    """
+    candidates = calibration.candidates
+    if len(candidates) == 0:  # every value in one cluster at the ceiling: nothing to choose
+        return []
+    cache: dict[int, float] = {}
+
+    def flops(i: int) -> float:
+        if i not in cache:
+            cache[i] = calibration.flops_at(float(candidates[i]))
+        return cache[i]
+
+    full = calibration.flops_at(0.0)
+    fastest = flops(len(candidates) - 1)
+    chosen: list[tuple[float, float]] = []
+    for k in range(1, count + 1):
+        target = full - k * (full - fastest) / count
+        low, high = 0, len(candidates) - 1  # flops(high) <= target always holds
+        while low < high:
+            mid = (low + high) // 2
+            if flops(mid) <= target * (1 + 1e-12):
+                high = mid
+            else:
+                low = mid + 1
+        speed = float(candidates[high])
+        if not chosen or speed != chosen[-1][0]:
+            chosen.append((speed, flops(high)))
+    return chosen

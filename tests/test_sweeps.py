@@ -1,0 +1,92 @@
+"""Sweep settings chosen on the dev split: candidates between values, even FLOPs steps, the
+calibration against a real run, and independence from the test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geep.exits import first_exit_layer
+from geep.reproduce import dev_sweep, eval_split
+from geep.sweeps import Calibration, even_flops_speeds, gap_midpoints
+from tests.helpers import (
+    ENTROPY_NOISE,
+    assert_same_where_clear,
+    new_method,
+    toy,
+    toy_test_split,
+    trained_on_toy,
+)
+
+pytestmark = pytest.mark.kernels  # per-sample decisions on floats: also run under other CPU kernels
+
+
+def test_candidates_lie_between_neighbouring_values() -> None:
+    values = torch.tensor([[0.3, 0.1], [0.1, 0.2], [0.200001, 0.3]], dtype=torch.float64)
+    # 0.2 and 0.200001 are closer than MIN_GAP: one value, no speed between them
+    assert gap_midpoints(values, ceiling=1.0) == pytest.approx([0.15, 0.2500005, 0.65])
+    assert gap_midpoints(values, ceiling=0.3) == pytest.approx([0.15, 0.2500005])  # at the top
+
+
+def test_even_flops_steps_take_the_slowest_speed_reaching_each_target() -> None:
+    cost = {0.0: 100.0, 0.15: 80.0, 0.25: 50.0, 0.65: 20.0}
+    calibration = Calibration(np.array([0.15, 0.25, 0.65]), lambda speed: cost[speed])
+    # targets 100 - k * 80 / 3: 73.3 -> 0.25 (50); 46.7 -> 0.65 (20); 20 -> 0.65 again
+    assert even_flops_speeds(calibration, 3) == [(0.25, 50.0), (0.65, 20.0)]
+    assert even_flops_speeds(calibration, 4) == [(0.15, 80.0), (0.25, 50.0), (0.65, 20.0)]
+
+
+@pytest.fixture(scope="module", params=["fastbert", "deebert", "geep", "geep-dynamic"])
+def trained(request, tiny_model: Path):
+    name, _, mode = request.param.partition("-")
+    settings = [f"mode={mode}"] if mode else []
+    method = trained_on_toy(new_method(name, tiny_model))
+    method.configure(settings)
+    return method
+
+
+def test_calibrated_flops_are_those_of_a_real_run(trained) -> None:
+    """The dev FLOPs the calibration predicts at each chosen speed are the mean FLOPs a real
+    run on the dev split gives; the last speed is the fastest, the first not speed 0's cost."""
+    dev = toy_test_split(trained)
+    calibration = trained.calibrate(dev)
+    chosen = even_flops_speeds(calibration, 4)
+    assert len(chosen) >= 2
+    assert chosen[0][1] < calibration.flops_at(0.0)  # the first step already exits early
+    predicted = trained.name == "geep" and trained.options.mode == "predict"
+    statistics = None if predicted else trained.exit_statistics(dev)  # [N, L-1]
+    for speed, flops in chosen:
+        out = trained.run(dev, speed, 8)
+        if statistics is None:  # GEEP's predicted exits come from integer counts: exact
+            assert out.flops_full.mean() == pytest.approx(flops, rel=1e-12)
+            continue
+        expected = first_exit_layer(statistics, speed).numpy()
+        distance = (statistics - speed).abs().min(dim=1).values
+        assert_same_where_clear(out.exit_layers, expected, distance, ENTROPY_NOISE, "exit")
+        if (distance > ENTROPY_NOISE).all():
+            assert out.flops_full.mean() == pytest.approx(flops, rel=1e-12)
+    assert trained.run(dev, chosen[-1][0], 8).exit_layers.max() == 1  # everyone at layer 1
+
+
+def test_dev_sweep_ignores_the_test_split(trained, toy_dir: Path, tmp_path: Path) -> None:
+    """The sweep reads the dev split only: new test labels and texts leave it unchanged, while
+    other dev texts change it."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split in ("train", "dev", "test"):
+        (folder / f"{split}.tsv").write_text((toy_dir / f"{split}.tsv").read_text())
+
+    def sweep() -> dict:  # the speeds and their dev FLOPs speedups
+        dev = eval_split(trained, str(folder), None, split="dev")
+        return dev_sweep(trained, dev, 4)
+
+    before = sweep()
+    texts, labels = toy(20, seed=9)
+    rows = [f"{1 - y}\t{t}" for t, y in zip(texts, labels, strict=True)]  # other texts, labels
+    (folder / "test.tsv").write_text("label\ttext_a\n" + "\n".join(rows) + "\n")
+    assert sweep() == before
+    (folder / "dev.tsv").write_text("label\ttext_a\n" + "\n".join(rows) + "\n")
+    assert sweep() != before
