@@ -1,5 +1,5 @@
 """DeeBERT (Xin et al., "DeeBERT: Dynamic Early Exiting for Accelerating BERT Inference",
-ACL 2020), ``--method deebert``. METHODS.md "DeeBERT".
+ACL 2020), ``--method deebert``. docs/methods.md.
 
 - Heads: a "highway" after each of layers 1..L-1 and the final classifier after layer L, each a
   pooler (Linear(H, H) + tanh) + dropout + Linear(H, C) (:class:`~geep.heads.PoolerClassifier`),
@@ -90,6 +90,7 @@ class DeeBERT(DynamicExitMethod):
     )
     speed_bounds = (0.0, 10.0)
     dev_sweep = True
+    starts_from = "bert"  # stage 1 is bert's fine-tuning (fit_from)
 
     @classmethod
     def build_model(cls, backbone: Backbone, num_labels: int, options: Any) -> nn.Module:

@@ -1,5 +1,5 @@
 """FastBERT (Liu et al., "FastBERT: a Self-distilling BERT with Adaptive Inference Time",
-ACL 2020), ``--method fastbert``. METHODS.md "FastBERT".
+ACL 2020), ``--method fastbert``. docs/methods.md.
 
 - Heads: FastBERT's classifier (:class:`~geep.heads.FastBERTHead`) as a student after each of
   layers 1..L-1 and as the teacher after layer L (:class:`~geep.student_teacher.StudentTeacherModel`

@@ -1,5 +1,5 @@
 """HashEE (Sun et al., "A Simple Hash-Based Early Exiting Approach for Language Understanding
-and Generation", Findings of ACL 2022), ``--method hashee``. METHODS.md "HashEE".
+and Generation", Findings of ACL 2022), ``--method hashee``. docs/methods.md.
 
 - No internal classifiers and no learned exit decision: every TOKEN gets a fixed exit layer
   from a hash of its id. The "frequency hash": the training split's vocabulary, sorted from the

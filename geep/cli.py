@@ -62,6 +62,7 @@ EXAMPLES = {
     "evaluate": """examples:
   geep evaluate --checkpoint runs/bert-rt
   geep evaluate --checkpoint runs/bert-rt --max-eval 500 --json
+  geep evaluate --checkpoint runs/bert-rt --dataset my_reviews.tsv   # the whole file
   geep evaluate --checkpoint runs/geep-rt --speed 0.1 --speed 0.5 --predictions preds.jsonl
   geep evaluate --checkpoint runs/geep-rt --option exit_head=shared --option exit_quantile=0.8
   geep evaluate --checkpoint runs/geep-rt --option mode=dynamic""",
@@ -149,7 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("evaluate", "evaluate a checkpoint over speed settings", cmd_evaluate)
     p.add_argument("--checkpoint", required=True, type=Path, help="folder written by `geep train`")
     p.add_argument("--dataset", help="registry name or path (default: the training dataset)")
-    p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="split (test)")
+    p.add_argument(
+        "--split",
+        choices=["train", "dev", "test", "all"],
+        help="split to evaluate (test; all for a single file, which is evaluated whole)",
+    )
     p.add_argument(
         "--speed",
         type=_speed,
@@ -296,7 +301,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     options = ", ".join(f"{k}={v}" for k, v in ev.method.info.options.items())
     print(
-        f"{ev.method.name} on {ev.dataset} ({args.split}, n={len(ev.texts)}, "
+        f"{ev.method.name} on {ev.dataset} ({ev.split}, n={len(ev.texts)}, "
         f"{ev.method.num_layers} layers, batch {ev.batch_size})"
         + (f"\noptions: {options}" if options else "")
     )

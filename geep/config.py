@@ -19,7 +19,7 @@ class TrainConfig:
 
     The defaults suit the embedded 6-layer MiniLM on small CPU budgets. They were chosen on the
     rotten-tomatoes dev split (800 training samples, 1 epoch, length 48): lr 1e-4 at batch 16
-    reached 0.757 dev accuracy where FastBERT's lr 2e-5 at batch 32 (METHODS.md) stayed at the
+    reached 0.757 dev accuracy where FastBERT's lr 2e-5 at batch 32 (docs/methods.md) stayed at the
     majority class (0.580): 25 small steps barely move a freshly initialised classifier. The
     papers' recipe (2e-5, batch 32, 3 epochs on BERT-base) is set explicitly where it is used.
     """

@@ -1,6 +1,6 @@
 """Tokenize a split once, then cut batches padded only to their longest real sample.
 
-FLOPs are counted at each sample's real length (METHODS.md, "FLOPs conventions"), and a batch
+FLOPs are counted at each sample's real length (docs/methods.md, "FLOPs"), and a batch
 is padded to its own longest sample rather than to ``seq_len``, so compute follows real lengths.
 """
 

@@ -11,9 +11,10 @@ import datasets
 import numpy as np
 import torch
 import transformers
+from datasets import concatenate_datasets
 
 import geep
-from geep.data import load_dataset
+from geep.data import REGISTRY, load_dataset
 from geep.encoding import Encoded
 from geep.errors import GeepError
 from geep.metrics import accuracy, bootstrap_interval, latency_ms, macro_f1
@@ -152,6 +153,25 @@ def write_predictions(
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def label_mapping(names: Sequence[str], trained: Sequence[str], dataset: str) -> list[int]:
+    """For each of the data's label names, the checkpoint's class index.
+
+    Classes are matched by name; integer labels (0..C-1, named by their digits) are the
+    checkpoint's class indices. The data may hold fewer classes than the checkpoint, never
+    others: GeepError naming the unknown ones.
+    """
+    index = {name: i for i, name in enumerate(trained)}
+    if all(name in index for name in names):
+        return [index[name] for name in names]
+    if all(name.isdigit() and int(name) < len(trained) for name in names):
+        return [int(name) for name in names]
+    unknown = [name for name in names if name not in index]
+    raise GeepError(
+        f"{dataset} has labels {unknown} that the checkpoint does not know: it was trained on "
+        f"{list(trained)}; use those names (or the indices 0..{len(trained) - 1})"
+    )
+
+
 @dataclass
 class Evaluation:
     """A checkpoint evaluated on one split over a sweep of speeds."""
@@ -171,7 +191,7 @@ class Evaluation:
 def evaluate_checkpoint(
     checkpoint: str | Path,
     dataset: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     speeds: list[float] | None = None,
     batch_size: int = 32,
     seq_len: int | None = None,
@@ -182,7 +202,9 @@ def evaluate_checkpoint(
 ) -> Evaluation:
     """Load ``checkpoint`` and sweep ``speeds`` (default: the method's grid) on a split.
 
-    ``dataset`` defaults to the one the checkpoint was trained on; its label names must match.
+    ``dataset`` defaults to the one the checkpoint was trained on. ``split`` is train, dev, test
+    or all (the three together); by default test, and all for a single local file, which is
+    evaluated whole. Labels are matched to the checkpoint's classes (:func:`label_mapping`).
     ``max_eval`` keeps the split's first N samples. ``settings`` (``KEY=VALUE``) change the
     method's inference options. ``order``: how samples are batched (:meth:`Method.run`).
     """
@@ -192,21 +214,21 @@ def evaluate_checkpoint(
     method.configure(settings)
     dataset = dataset or method.info.dataset
     data = load_dataset(dataset)
-    if split not in data:
-        raise GeepError(f"no split '{split}' in {dataset}: choose one of {', '.join(data)}")
-    names = data[split].features["label"].names
-    if list(names) != method.info.label_names:
-        raise GeepError(
-            f"{dataset} has labels {names} but the checkpoint was trained on "
-            f"{method.info.label_names}: evaluate on a dataset with the same labels"
-        )
-    rows = data[split]
+    split = split or ("all" if Path(dataset).is_file() and dataset not in REGISTRY else "test")
+    if split == "all":
+        rows = concatenate_datasets([data[name] for name in ("train", "dev", "test")])
+    elif split in data:
+        rows = data[split]
+    else:
+        raise GeepError(f"no split '{split}' in {dataset}: choose one of {', '.join(data)}, all")
+    to_trained = label_mapping(rows.features["label"].names, method.info.label_names, dataset)
     if max_eval is not None:
         rows = rows.select(range(min(max_eval, len(rows))))
     if torch.cuda.is_available():
         method.to("cuda")
     pairs = rows["text_pair"] if "text_pair" in rows.column_names else None
-    encoded = method.encode(rows["text"], pairs, seq_len, rows["label"])
+    labels = [to_trained[label] for label in rows["label"]]
+    encoded = method.encode(rows["text"], pairs, seq_len, labels)
     speeds = speeds if speeds else method.default_speeds()
     results, runs, batch_size = sweep(method, encoded, speeds, batch_size, progress, order)
     texts = list(rows["text"])

@@ -1,4 +1,4 @@
-"""GEEP's exit-layer prediction (METHODS.md "GEEP", steps 4-6).
+"""GEEP's exit-layer prediction (docs/methods.md, "geep": exit labels, table and prediction).
 
 The training samples' exit layers (from the students) are counted per token in an
 :class:`~geep.exit_table.ExitTable`. A test sample's exit layer is predicted from the exit

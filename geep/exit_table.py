@@ -1,7 +1,7 @@
 """GEEP's exit table: token key -> how many training samples exited at each layer.
 
-GEEP (Li et al., 2024), METHODS.md step 5: after training, each training sample gets an exit
-layer in 1..L; for every key (token id, or packed bigram) the table counts the training samples
+GEEP (Li et al., 2024; docs/methods.md, "geep"): after training, each training sample gets an
+exit layer in 1..L; for every key (token id, or packed bigram) the table counts the training samples
 that contain the key (once per sample) and exited at layer l. Test samples look up their keys.
 
 The table is open addressing with linear probing and Fibonacci hashing. Two backends build the
@@ -116,7 +116,7 @@ class ExitTable:
     """Token key -> per-layer exit counts: open addressing with linear probing.
 
     ``counts[key][l - 1]`` is the number of training samples that contain ``key`` and exit at
-    layer ``l`` (GEEP (Li et al., 2024), METHODS.md step 5). Slots are found by Fibonacci hashing
+    layer ``l`` (GEEP, Li et al., 2024; docs/methods.md). Slots are found by Fibonacci hashing
     (:meth:`home_slots`) and probed slot, slot + 1, ... mod capacity. The table doubles (rehash)
     before an insert would take it above ``max_load``. CPU backend (vectorised torch) and CUDA
     backend (CuPy RawKernel, atomic insert/increment, one batched lookup kernel) give identical
@@ -411,7 +411,7 @@ class ExitTable:
         device: str | torch.device = "cpu",
         **kwargs: Any,
     ) -> ExitTable:
-        """Count each sample's keys once at its exit layer (GEEP, METHODS.md step 5).
+        """Count each sample's keys once at its exit layer (GEEP; docs/methods.md).
 
         sample_keys [N, K] int64 (rows padded with EMPTY, keys unique per row, as
         :func:`sample_keys` returns), exit_layers [N] in 1..num_layers. The table is sized for
@@ -447,7 +447,7 @@ def sample_keys(
 ) -> torch.Tensor:
     """input_ids, attention_mask [N, T] -> each sample's keys [N, K] int64, padded with EMPTY.
 
-    GEEP (Li et al., 2024), METHODS.md step 5: the keys of a sample are the ids of its real
+    GEEP (Li et al., 2024; docs/methods.md): the keys of a sample are the ids of its real
     tokens (attention_mask 1) that are not special ([CLS], [SEP], [PAD], ...); ngram=2 adds the
     bigrams of consecutive positions that are both kept, packed as
     ``(1 << 62) | (a << 31) | b`` (injective for ids < 2**31, never equal to a token id).

@@ -3,7 +3,7 @@
 - :func:`normalized_entropy`: FastBERT's "uncertainty", H(p) / log(C), in [0, 1]; :func:`entropy`:
   DeeBERT's raw entropy in nats; :class:`PatienceRule`: PABEE's patience counter.
 - :func:`first_exit_layer`: the first layer whose uncertainty is below the speed, L if none
-  (FastBERT's exit rule; GEEP's exit labels, METHODS.md "GEEP" step 4).
+  (FastBERT's exit rule; GEEP's exit labels, docs/methods.md, "geep": exit labels).
 - :func:`dynamic_exit`: run a batch layer by layer, evaluate a head after every layer and drop
   the samples that exit, as FastBERT does at inference (the batch shrinks).
 - :class:`DynamicExitMethod`: the runner side of that for FastBERT, DeeBERT and PABEE: a method

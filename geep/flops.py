@@ -1,4 +1,4 @@
-"""Analytic FLOPs per component, at a sample's real length, in the two conventions of METHODS.md.
+"""Analytic FLOPs per component, at a sample's real length, in two conventions (docs/methods.md).
 
 - ``fastbert``: 2 x multiply-adds of linear layers only (the thop convention FastBERT reports;
   attention scores QK^T and context AV are not counted).
@@ -23,7 +23,7 @@ from geep.errors import GeepError
 Convention = Literal["fastbert", "full"]
 CONVENTIONS: tuple[Convention, ...] = ("fastbert", "full")
 
-# The FastBERT classifier: Linear(H -> 128), 2-head self-attention at width 128 (METHODS.md).
+# The FastBERT classifier: Linear(H -> 128), 2-head self-attention at width 128 (docs/methods.md).
 FASTBERT_HEAD_WIDTH = 128
 FASTBERT_HEAD_HEADS = 2
 

@@ -1,5 +1,5 @@
 """GEEP (Li et al., "Accelerating BERT inference with GPU-efficient exit prediction", Frontiers of
-Computer Science 2024), ``--method geep``. METHODS.md "GEEP" gives the method step by step.
+Computer Science 2024), ``--method geep``. docs/methods.md gives the method step by step.
 
 Training, in one step (:class:`~geep.student_teacher.StudentTeacherModel`): FastBERT-style
 students after layers 1..L-1 and a teacher after layer L. The teacher is "knowledgeable": it
@@ -61,7 +61,7 @@ from geep.training import train_loop
 
 @dataclass(frozen=True)
 class GeepOptions(MethodOptions):
-    """GEEP's switches; the defaults are the method as METHODS.md describes it."""
+    """GEEP's switches; the defaults are the method as docs/methods.md describes it."""
 
     teacher_inputs: Literal["diverse", "last"] = "diverse"
     training: Literal["one-step", "two-step"] = "one-step"
@@ -199,7 +199,7 @@ class Geep(StudentTeacherMethod):
         """Predict every sample's exit layer, group the samples by it and cut the batches.
 
         The grouping is stable: within a layer the samples keep the order they came in, which
-        :meth:`Method.run` makes length order by default (METHODS.md "GEEP", step 7).
+        :meth:`Method.run` makes length order by default (docs/methods.md, sorted inference).
         """
         layers = self.predict_layers(data, speed)
         order = torch.argsort(layers, stable=True)

@@ -1,4 +1,4 @@
-"""Exit heads shared by the methods (METHODS.md).
+"""Exit heads shared by the methods (docs/methods.md).
 
 - :class:`FastBERTHead`: FastBERT's classifier, used for FastBERT's and GEEP's students/teacher.
 - :class:`PoolerClassifier`: BERT's pooler + linear; the `bert` reference classifier and

@@ -26,32 +26,12 @@ from dataclasses import asdict, dataclass, field, replace
 
 from geep.backbone import DEFAULT_MODEL
 from geep.config import TrainConfig
-from geep.data.registry import get_spec
+from geep.data.registry import REGISTRY, get_spec
 from geep.errors import GeepError
+from geep.runner import method_names
 
-METHODS = ("bert", "geep", "fastbert", "deebert", "pabee", "hashee")
-OFFLINE = (
-    "rotten-tomatoes",
-    "chinese-reviews",
-    "bbc-news",
-    "health-tweets",
-    "tweet-sentiment",
-    "thucnews-titles",
-)
-PAPER = (
-    "chnsenticorp",
-    "book-review",
-    "shopping-review",
-    "lcqmc",
-    "weibo",
-    "thucnews",
-    "ag-news",
-    "amazon-full",
-    "dbpedia",
-    "yahoo",
-    "yelp-full",
-    "yelp-polarity",
-)
+OFFLINE = tuple(name for name, spec in REGISTRY.items() if spec.offline)
+PAPER = tuple(name for name, spec in REGISTRY.items() if spec.paper)
 
 
 @dataclass(frozen=True)
@@ -68,13 +48,20 @@ class Profile:
     )
     seq_len: dict[str, int] = field(default_factory=dict)  # per dataset, else train.seq_len
     method_train: dict[str, dict[str, float | int]] = field(default_factory=dict)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = ()  # empty: every registered method (geep.runner)
     speeds: dict[str, tuple[float, ...]] = field(default_factory=dict)
     dev_settings: int = 6  # settings chosen on dev per threshold method (geep.sweeps)
     seeds: tuple[int, ...] = (42,)  # one trained model per seed and (dataset, method)
     max_eval: int | None = None  # the first N dev and test samples; None: all
     batch_size: int = 32
     rounds: int = 3  # timed runs of the test split per setting, after a warm-up batch
+    # GEEP's efficiency benchmark: dev-chosen settings (a third, two thirds and all of the way
+    # from full depth to the fastest; geep.sweeps), timed at ``batch_size``
+    efficiency_settings: tuple[str, ...] = ("dev2", "dev4", "dev6")
+
+    def method_names(self) -> list[str]:
+        """The methods this profile runs, in the registry's order."""
+        return list(self.methods) or method_names()
 
     def model_for(self, dataset: str) -> str:
         return self.models[get_spec(dataset).language]
@@ -93,6 +80,7 @@ class Profile:
         """A short hash of every setting of the profile (its description aside): runs with
         different hashes never mix."""
         settings = {k: v for k, v in asdict(self).items() if k != "description"}
+        settings["methods"] = self.method_names()
         raw = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(raw.encode()).hexdigest()[:12]
 

@@ -26,9 +26,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from geep.errors import GeepError
+from geep.runner import method_names
 from geep.storage import atomic_write_bytes, atomic_write_text
 
-METHOD_ORDER = ["bert", "geep", "fastbert", "deebert", "pabee", "hashee"]
 TARGETS = (1.5, 2.0, 3.0)  # FLOPs speedups the tables match methods at
 WITHIN = 0.01  # the accuracy a "fastest setting" may lose against bert
 COLUMNS = [
@@ -105,8 +105,10 @@ def load_runs(results: str | Path) -> pd.DataFrame:
 
 
 def _method_order(column: pd.Series) -> pd.Series:
+    """Methods in the registry's order (unknown ones last); other columns as they are."""
     if column.name == "method":
-        return column.map(lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99)
+        order = method_names()
+        return column.map(lambda m: order.index(m) if m in order else len(order))
     return column
 
 

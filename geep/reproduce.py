@@ -63,7 +63,7 @@ def units(profile: Profile) -> list[tuple[str, str, int, str]]:
     return [
         (dataset, method, seed, setting)
         for dataset in profile.datasets
-        for method in profile.methods
+        for method in profile.method_names()
         for seed in profile.seeds
         for setting in settings_for(profile, method, dataset)
     ]
@@ -73,15 +73,16 @@ def checkpoint(profile: Profile, method: str, dataset: str, seed: int) -> Path:
     """``method`` trained on ``dataset`` with ``seed`` under ``profile``, trained once and then
     reused from ``$GEEP_CACHE/checkpoints/`` (keyed by everything that defines the training).
 
-    DeeBERT's first stage is ordinary fine-tuning, which is what ``bert`` is: when the profile
-    runs both, DeeBERT starts from ``bert``'s checkpoint of the same seed and trains only its
-    highways.
+    A method whose first stage is another method's training (``starts_from``: DeeBERT's is
+    ``bert``'s fine-tuning) starts from that method's checkpoint of the same seed when the
+    profile runs it, and trains only the rest.
     """
     model = profile.model_for(dataset)
     config = profile.train_config(method, dataset, seed)
     start = None
-    if method == "deebert" and "bert" in profile.methods:
-        start = checkpoint(profile, "bert", dataset, seed)
+    first_stage = get_method(method).starts_from
+    if first_stage in profile.method_names():
+        start = checkpoint(profile, first_stage, dataset, seed)
     recipe = {
         "method": method,
         "dataset": dataset,

@@ -18,13 +18,16 @@ the checkpoint (``extras``).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
+import pkgutil
 import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -103,19 +106,17 @@ class Predictions:
 Order = Literal["length", "input"]  # how Method.run orders samples into batches
 
 METHODS: dict[str, type[Method]] = {}
-# Each module registers one method; a new method is added here.
-METHOD_MODULES = (
-    "geep.bert",
-    "geep.geep",
-    "baselines.fastbert",
-    "baselines.deebert",
-    "baselines.pabee",
-    "baselines.hashee",
-)
+METHOD_PACKAGES = ("geep", "baselines")  # every module of these is imported to find methods
+ENTRY_POINT_GROUP = "geep.methods"  # other packages' methods: module paths under this group
 
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method available by its ``name``."""
+    known = METHODS.get(cls.name)
+    if known is not None and known.__qualname__ != cls.__qualname__:
+        raise GeepError(
+            f"two methods are called {cls.name!r}: {known.__module__}, {cls.__module__}"
+        )
     METHODS[cls.name] = cls
     return cls
 
@@ -124,19 +125,32 @@ def get_method(name: str) -> type[Method]:
     """The method class registered as ``name``."""
     _import_methods()
     if name not in METHODS:
-        raise GeepError(f"unknown method '{name}': choose one of {', '.join(sorted(METHODS))}")
+        raise GeepError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
     return METHODS[name]
 
 
 def method_names() -> list[str]:
+    """Every registered method, in the order found: the suite's own (``bert`` first), then
+    other packages'."""
     _import_methods()
-    return sorted(METHODS)
+    return list(METHODS)
 
 
+@functools.cache
 def _import_methods() -> None:
-    """Import the modules that register methods (one module per method)."""
-    for module in METHOD_MODULES:
-        importlib.import_module(module)
+    """Find the methods: a method is a module that defines a registered class (``@register``).
+
+    Every module of :data:`METHOD_PACKAGES` is imported, in name order, so a new method of the
+    suite is one new module. Other installed packages add theirs as entry points of the
+    :data:`ENTRY_POINT_GROUP` group (``[project.entry-points."geep.methods"]`` in their
+    pyproject.toml: ``name = "their_package.module"``).
+    """
+    for package_name in METHOD_PACKAGES:
+        package = importlib.import_module(package_name)
+        for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+            importlib.import_module(f"{package_name}.{module.name}")
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        entry_point.load()
 
 
 class Method(ABC):
@@ -147,6 +161,7 @@ class Method(ABC):
     speed_bounds: ClassVar[tuple[float, float]]  # inclusive range of valid speeds
     whole_speeds: ClassVar[bool] = False  # True when the speed is a count (layers, patience)
     dev_sweep: ClassVar[bool] = False  # True when sweep settings can be chosen on dev (calibrate)
+    starts_from: ClassVar[str | None] = None  # a method whose training is this one's first stage
     options_class: ClassVar[type[MethodOptions]] = MethodOptions  # no switches by default
 
     def __init__(

@@ -2,7 +2,7 @@
 
 - :class:`StudentTeacherModel`: FastBERT's classifier (:class:`~geep.heads.FastBERTHead`) as a
   student after each of layers 1..L-1 and as the teacher after layer L, with the loss terms of
-  both methods (METHODS.md "FastBERT" and "GEEP").
+  both methods (docs/methods.md).
 - :class:`StudentTeacherMethod`: what the two methods share on the runner interface: FastBERT's
   two training steps, its exit rule and heads for dynamic exit, and the speed grid.
 """

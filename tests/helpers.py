@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -180,25 +181,95 @@ def exit_path_flops(method: DynamicExitMethod, batch: Batch, exit_layer: int) ->
 
 # --- datasets ------------------------------------------------------------------------------------
 
-EXPECTED_DATASETS = {  # every registered dataset: (language, task, classes)
-    "chnsenticorp": ("zh", "single", 2),
-    "book-review": ("zh", "single", 2),
-    "shopping-review": ("zh", "single", 2),
-    "lcqmc": ("zh", "pair", 2),
-    "weibo": ("zh", "single", 2),
-    "thucnews": ("zh", "single", 10),
-    "ag-news": ("en", "single", 4),
-    "amazon-full": ("en", "single", 5),
-    "dbpedia": ("en", "single", 14),
-    "yahoo": ("en", "single", 10),
-    "yelp-full": ("en", "single", 5),
-    "yelp-polarity": ("en", "single", 2),
-    "thucnews-titles": ("zh", "single", 10),
-    "chinese-reviews": ("zh", "single", 2),
-    "rotten-tomatoes": ("en", "single", 2),
-    "bbc-news": ("en", "single", 5),
-    "health-tweets": ("en", "single", 16),
-    "tweet-sentiment": ("en", "single", 3),
+
+class Expected(NamedTuple):
+    """What a registered dataset must be. For the offline tier also what loading its real archive
+    gives, measured from the real data: sizes (train, dev, test), per-class counts in label
+    order for train and for each of dev and test (the same stratified 10%), and the sha256 of
+    the test split's "label<TAB>text" lines, which pins content and split membership. A change in
+    parsing, cleaning, deduplication or splitting fails tests/test_offline_datasets.py."""
+
+    language: str
+    task: str
+    classes: int
+    sizes: tuple[int, int, int] | None = None
+    train: list[int] | None = None
+    holdout: list[int] | None = None
+    test_digest: str | None = None
+
+
+EXPECTED_DATASETS = {  # one row per registered dataset, in the registry's order
+    "chnsenticorp": Expected("zh", "single", 2),
+    "book-review": Expected("zh", "single", 2),
+    "shopping-review": Expected("zh", "single", 2),
+    "lcqmc": Expected("zh", "pair", 2),
+    "weibo": Expected("zh", "single", 2),
+    "thucnews": Expected("zh", "single", 10),
+    "ag-news": Expected("en", "single", 4),
+    "amazon-full": Expected("en", "single", 5),
+    "dbpedia": Expected("en", "single", 14),
+    "yahoo": Expected("en", "single", 10),
+    "yelp-full": Expected("en", "single", 5),
+    "yelp-polarity": Expected("en", "single", 2),
+    "thucnews-titles": Expected(
+        "zh",
+        "single",
+        10,
+        (8000, 1000, 1000),
+        [847, 798, 764, 816, 798, 770, 802, 817, 795, 793],
+        [106, 100, 96, 102, 100, 96, 100, 102, 99, 99],
+        "91e366e69497e45e",
+    ),
+    "chinese-reviews": Expected(
+        "zh", "single", 2, (13889, 1736, 1736), [7225, 6664], [903, 833], "4cda601667052b8f"
+    ),
+    "rotten-tomatoes": Expected(
+        "en", "single", 2, (10202, 1275, 1275), [4308, 5894], [538, 737], "2be1094a6a6bbea3"
+    ),
+    "bbc-news": Expected(
+        "en",
+        "single",
+        5,
+        (1701, 212, 212),
+        [403, 295, 323, 403, 277],
+        [50, 37, 40, 50, 35],
+        "2764fb92faaa0f7c",
+    ),
+    "health-tweets": Expected(
+        "en",
+        "single",
+        16,
+        (49766, 6222, 6222),
+        [
+            2804,
+            3060,
+            3143,
+            2988,
+            3235,
+            2154,
+            1600,
+            2338,
+            6254,
+            3329,
+            2559,
+            3869,
+            4979,
+            3775,
+            1119,
+            2560,
+        ],
+        [350, 382, 393, 374, 405, 269, 200, 292, 782, 416, 320, 484, 623, 472, 140, 320],
+        "7d2c45f43253e85e",
+    ),
+    "tweet-sentiment": Expected(
+        "en",
+        "single",
+        3,
+        (29749, 3718, 3718),
+        [12764, 11540, 5445],
+        [1595, 1442, 681],
+        "537b6d92ed6e2c6c",
+    ),
 }
 
 

@@ -14,7 +14,7 @@ import pytest
 from nbclient import NotebookClient
 
 from geep.cli import main
-from geep.profiles import METHODS
+from geep.runner import method_names
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA_INFO = {
@@ -61,7 +61,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_every_method_has_the_measurements(smoke) -> None:
     _, report = smoke
     units = [b["extra_info"] for b in report["benchmarks"] if b["name"].startswith("test_unit")]
-    assert {info["method"] for info in units} == set(METHODS)
+    assert {info["method"] for info in units} == set(method_names())
     for info in units:
         assert set(info) >= EXTRA_INFO, EXTRA_INFO - set(info)
         assert info["gpu_util_percent"] is None and info["cpu_util_percent"] > 0
@@ -76,7 +76,7 @@ def test_report_and_notebook_draw_the_runs(smoke, capsys, monkeypatch) -> None:
     assert {"results.csv", "tables.md", "realised-speedup.png"} <= names
     assert "speed-accuracy-rotten-tomatoes.png" in names
     tables = (results / "tables.md").read_text()
-    assert all(f"`{m}`" in tables for m in METHODS)
+    assert all(f"`{m}`" in tables for m in method_names())
     notebook = nbformat.read(ROOT / "notebooks" / "figures.ipynb", as_version=4)
     monkeypatch.setenv("GEEP_RESULTS", str(results))  # the kernel inherits it
     NotebookClient(notebook, timeout=300, resources={"metadata": {"path": str(ROOT)}}).execute()

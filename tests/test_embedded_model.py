@@ -48,3 +48,32 @@ def test_geep_trains_and_sweeps_on_real_chinese_data(tmp_path: Path, capsys) -> 
     full, fastest = json.loads(capsys.readouterr().out)["results"]
     assert full["avg_exit_layer"] == 6 and full["speedup"] == 1.0  # speed 0: all layers
     assert fastest["avg_exit_layer"] < 6 and fastest["speedup"] > 1.0
+
+
+def test_a_user_file_with_the_checkpoints_classes_is_evaluated_whole(
+    tmp_path: Path, capsys
+) -> None:
+    """A rotten-tomatoes checkpoint on the user's own TSV of test texts, labelled by class name
+    (in another order than the checkpoint's) or by class index: every row is evaluated, labels
+    map onto the checkpoint's classes, and predictions equal those through the registry."""
+    out = tmp_path / "bert-rt"
+    line = f"train --method bert --dataset rotten-tomatoes --out {out} --max-train 64 --seq-len 32"
+    assert main([*line.split(), "--epochs", "1"]) == 0
+    evaluate = ["evaluate", "--checkpoint", str(out), "--json", "--batch-size", "64"]
+
+    def predictions(*argv: str) -> dict[str, tuple[int, int]]:
+        """text -> (label, prediction) of `geep evaluate ARGV --predictions`; checks n."""
+        path = tmp_path / "predictions.jsonl"
+        capsys.readouterr()
+        assert main([*evaluate, *argv, "--predictions", str(path)]) == 0
+        assert json.loads(capsys.readouterr().out)["results"][0]["n"] == 40
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        return {r["text"]: (r["label"], r["pred"]) for r in rows}
+
+    registry = predictions("--max-eval", "40")
+    names = ["rotten", "fresh"]  # the checkpoint's classes, in its order
+    for labels in (names, ["0", "1"]):
+        lines = [f"{labels[label]}\t{text}" for text, (label, _) in registry.items()]
+        mine = tmp_path / f"mine-{labels[0]}.tsv"
+        mine.write_text("label\ttext_a\n" + "\n".join(lines) + "\n")
+        assert predictions("--dataset", str(mine)) == registry

