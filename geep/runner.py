@@ -123,34 +123,37 @@ def register(cls: type[Method]) -> type[Method]:
 
 def get_method(name: str) -> type[Method]:
     """The method class registered as ``name``."""
-    _import_methods()
+    names = method_names()
     if name not in METHODS:
-        raise GeepError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
+        raise GeepError(f"unknown method '{name}': choose one of {', '.join(names)}")
     return METHODS[name]
 
 
 def method_names() -> list[str]:
-    """Every registered method, in the order found: the suite's own (``bert`` first), then
-    other packages'."""
-    _import_methods()
-    return list(METHODS)
+    """Every registered method, in one order whatever was imported first: the suite's modules by
+    name (``geep.bert`` first), then other packages' entry points."""
+    rank = {module: i for i, module in enumerate(_import_methods())}
+    return sorted(METHODS, key=lambda name: rank.get(METHODS[name].__module__, len(rank)))
 
 
 @functools.cache
-def _import_methods() -> None:
+def _import_methods() -> tuple[str, ...]:
     """Find the methods: a method is a module that defines a registered class (``@register``).
 
     Every module of :data:`METHOD_PACKAGES` is imported, in name order, so a new method of the
     suite is one new module. Other installed packages add theirs as entry points of the
     :data:`ENTRY_POINT_GROUP` group (``[project.entry-points."geep.methods"]`` in their
-    pyproject.toml: ``name = "their_package.module"``).
+    pyproject.toml: ``name = "their_package.module"``). Returns the modules in that order.
     """
+    modules = []
     for package_name in METHOD_PACKAGES:
         package = importlib.import_module(package_name)
         for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-            importlib.import_module(f"{package_name}.{module.name}")
+            modules.append(importlib.import_module(f"{package_name}.{module.name}").__name__)
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         entry_point.load()
+        modules.append(entry_point.module)
+    return tuple(modules)
 
 
 class Method(ABC):

@@ -4,6 +4,7 @@ no file of the suite edited."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -63,3 +64,24 @@ def test_a_method_from_another_package_trains_evaluates_and_benchmarks(
     run(env, "pytest", "benchmarks/test_methods.py", "-k", "toy", "-q", "-p", "no:cacheprovider")
     rows = json.loads((results / "runs" / "rotten-tomatoes" / "toy-seed42.json").read_text())
     assert [row["setting"] for row in rows["rows"]] == ["0"]
+
+
+def test_the_method_order_does_not_depend_on_what_was_imported_first(plugin) -> None:
+    """Profiles, config hashes and tables take the registry's order, so it must be one order
+    in every process: the suite's modules by name, then the entry points."""
+    code = "import {}; from geep.runner import method_names; print(method_names())"
+    found = set()
+    for first in ("geep.runner", "geep.geep", "baselines.pabee", "toy_geep_method"):
+        done = subprocess.run(
+            [sys.executable, "-c", code.format(first)],
+            cwd=ROOT,
+            env=plugin,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        found.add(done.stdout.strip())
+    assert len(found) == 1, found
+    names = ast.literal_eval(found.pop())
+    assert names[:2] == ["bert", "geep"] and names[-1] == "toy"
+    assert names[2:-1] == sorted(names[2:-1])  # baselines/ by module name
