@@ -125,7 +125,12 @@ def test_exited_tokens_are_carried_forward_unchanged(trained: HashEE, test_data:
 def test_predictions_do_not_depend_on_batch_size(trained: HashEE, test_data: Encoded) -> None:
     runs = [trained.run(test_data, LAYERS - 1, bs) for bs in (1, 3, 40)]
     with torch.no_grad():  # batch rows and padding change the logits' last bits only
-        logits = trained.model.logits(test_data.batch(torch.arange(len(test_data))))
+        logits = trained.model.logits(test_data.batch(torch.arange(len(test_data))))  # padded
+        alone = [
+            trained.model.logits(test_data.batch(torch.tensor([i]))) for i in range(len(test_data))
+        ]
+    assert len(set(test_data.lengths.tolist())) > 1  # the batch holds padding
+    assert torch.allclose(logits, torch.cat(alone), atol=LOGIT_NOISE)  # padding is never a key
     for out in runs[1:]:
         assert_same_where_clear(
             out.labels, runs[0].labels, top_two_gap(logits), LOGIT_NOISE, "label"

@@ -61,8 +61,14 @@ def test_predictions_do_not_depend_on_batch_size(trained: Method) -> None:
     texts, _ = toy(23)
     one = trained.predict(texts, speed=0.0, batch_size=1)
     many = trained.predict(texts, speed=0.0, batch_size=8)
+    encoded = trained.encode(texts)
     with torch.no_grad():  # padding and batch rows change the logits' last bits only
-        logits = trained.model.logits(trained.encode(texts).batch(torch.arange(len(texts))))
+        logits = trained.model.logits(encoded.batch(torch.arange(len(texts))))  # padded
+        alone = torch.cat(
+            [trained.model.logits(trained.encode([t]).batch(torch.tensor([0]))) for t in texts]
+        )
+    assert len(set(encoded.lengths.tolist())) > 1  # the batch holds padding
+    assert torch.allclose(logits, alone, atol=LOGIT_NOISE)  # padding never reaches a token
     assert_same_where_clear(many.labels, one.labels, top_two_gap(logits), LOGIT_NOISE, "label")
     assert (one.flops_full == many.flops_full).all()
 
