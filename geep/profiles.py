@@ -105,7 +105,7 @@ PROFILES = {
     "quick": Profile(
         name="quick",
         description="rotten-tomatoes + tweet-sentiment, embedded encoder, fixed and dev-chosen "
-        "sweeps, 1000 dev and test samples each (2-core CPU, under 20 minutes)",
+        "sweeps, 1000 dev and test samples each (2-core CPU, about 20 minutes)",
         datasets=("rotten-tomatoes", "tweet-sentiment"),
         train=TrainConfig(max_train=1000, epochs=2, seq_len=64),
         max_eval=1000,
