@@ -7,7 +7,7 @@ Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
   settings per method; a couple of minutes on 2 CPU cores, for tests and CI.
 - ``quick``: the embedded encoder on rotten-tomatoes (binary) and tweet-sentiment (3 classes),
   1000 training samples for 2 epochs, every method over its fixed grid plus six settings chosen
-  on dev; the default of ``tox -e reproduce`` (under 20 minutes on 2 cores, installation
+  on dev; the default of ``tox -e reproduce`` (about 20 minutes on 2 cores, installation
   included). The Chinese datasets are left out: the embedded encoder is English.
 - ``compare``: the same datasets with 2000 training samples and three seeds, for comparing
   methods (about an hour on 2 cores).
