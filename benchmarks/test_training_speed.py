@@ -23,6 +23,7 @@ from __future__ import annotations
 import statistics
 import time
 
+import pytest
 import torch
 from accelerate.utils import set_seed
 
@@ -38,6 +39,8 @@ CASES = {"before": ("random", False), "bucketed": ("length", False), "after": ("
 
 
 def test_training_step_speed(benchmark, profile: Profile) -> None:
+    if not profile.training_speed:
+        pytest.skip(f"the {profile.name} profile does not time training steps")
     dataset = profile.datasets[0]
     config = profile.train_config("bert", dataset, profile.seeds[0])
     set_seed(config.seed)

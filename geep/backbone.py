@@ -18,6 +18,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 from transformers.masking_utils import create_bidirectional_mask
 
+from geep import flops, work
 from geep.data.archives import PinnedArchive, extract_tree, fetch_archive
 from geep.errors import GeepError
 from geep.hub import hub_unavailable_reason
@@ -145,6 +146,9 @@ class Backbone(nn.Module):
 
         input_ids, attention_mask, token_type_ids: [B, T]. Returns h_0 [B, T, H] and the mask.
         """
+        rows, tokens = input_ids.shape
+        # three lookups summed and normalised: read three [B, T, H] float32 blocks, write one
+        work.record("embed", rows, tokens, 0, 4 * rows * tokens * self.hidden_size * 4)
         hidden = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
@@ -163,8 +167,28 @@ class Backbone(nn.Module):
     ) -> torch.Tensor:
         """Apply layers start+1 .. stop to h_start [B, T, H]; returns h_stop [B, T, H]."""
         for layer in self.encoder.encoder.layer[start:stop]:
+            self.record_layer(layer, hidden, active=hidden.shape[1])
             hidden = layer(hidden, mask)
         return hidden
+
+    def record_layer(self, layer: nn.Module, hidden: torch.Tensor, active: int) -> None:
+        """Count one (layer, batch) call on hidden [B, T, H], ``active`` tokens of each row
+        updated (:mod:`geep.work`)."""
+        if not work.recording():
+            return
+        dims = flops.EncoderDims.from_config(self.config)
+        rows, tokens, _ = hidden.shape
+        executed = rows * flops.token_exit_layer(dims, tokens, active, "full")
+        moved = work.parameter_bytes(layer) + work.layer_activation_bytes(
+            dims.hidden,
+            dims.intermediate,
+            dims.num_heads,
+            rows,
+            tokens,
+            active,
+            hidden.element_size(),
+        )
+        work.record("layer", rows, tokens, executed, moved)
 
     def run_layer_on_tokens(
         self,
@@ -188,6 +212,7 @@ class Backbone(nn.Module):
         width = int(count.max())
         if width == 0:
             return hidden
+        self.record_layer(module, hidden, active=width)
         # positions of each row's active tokens first, then the rest: [B, A]
         order = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :width]
         slots = torch.arange(width, device=hidden.device) < count[:, None]  # [B, A]

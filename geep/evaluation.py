@@ -20,6 +20,7 @@ from geep.errors import GeepError
 from geep.metrics import accuracy, bootstrap_interval, latency_ms, macro_f1
 from geep.runner import Method, Order, Predictions, load_checkpoint
 from geep.storage import atomic_write_text
+from geep.work import work_counts
 
 
 @dataclass
@@ -45,6 +46,12 @@ class SpeedResult:
     latency_ms_p95: float
     n: int
     exit_histogram: list[int]  # samples exiting at layer 1..L (per-token exits: rounded up)
+    # the work issued (geep.work): executed FLOPs per sample, padding included, and call counts
+    flops_executed_full: float
+    layer_batches: int
+    mean_layer_batch_rows: float
+    head_calls: int
+    head_rows: int
     extra: dict[str, float] = field(default_factory=dict)  # Method.diagnostics (e.g. GEEP's)
 
 
@@ -52,7 +59,7 @@ def summarize(
     method: Method, data: Encoded, speed: float, runs: Sequence[Predictions]
 ) -> SpeedResult:
     """Metrics of repeated prediction runs (same setting) against the labels in ``data``:
-    quality and FLOPs from the last run, timing from all of them."""
+    quality, FLOPs and work from the last run, timing from all of them."""
     out = runs[-1]
     labels = data.labels.numpy()
     lengths = data.lengths.numpy()
@@ -78,6 +85,7 @@ def summarize(
         exit_histogram=np.bincount(
             np.ceil(out.exit_layers).astype(np.int64) - 1, minlength=method.num_layers
         ).tolist(),
+        **work_counts(out.calls, len(labels)),
         extra=method.diagnostics(data, speed, out),
     )
 

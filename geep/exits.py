@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geep import flops
+from geep import flops, work
 from geep.backbone import Backbone
 from geep.encoding import Batch, Encoded
 from geep.runner import BatchResult, Method
@@ -107,6 +107,9 @@ def dynamic_exit(
         keep = ~done
         if not keep.any():
             break
+        # the rows that go on are copied into a smaller batch: read and written once
+        rows, tokens, width = int(keep.sum()), hidden.shape[1], hidden.shape[2]
+        work.record("select", rows, tokens, 0, 2 * rows * tokens * width * hidden.element_size())
         running, hidden, attention_mask = running[keep], hidden[keep], attention_mask[keep]
         mask = mask[keep] if mask is not None else None
     assert out_logits is not None

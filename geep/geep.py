@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from geep import work
 from geep.backbone import Backbone
 from geep.config import MethodOptions, TrainConfig, inference_option
 from geep.encoding import Encoded
@@ -165,9 +166,13 @@ class Geep(StudentTeacherMethod):
         """Every sample's predicted exit layer [N] (on the CPU), before any layer runs, from
         ``table`` (default: the cached table at ``speed``)."""
         options = self.options
+        keys = self.keys(data).to(self.device)  # [N, K]
+        if work.recording():  # each key is probed and its L int32 counts read (geep.exit_table)
+            probes = int((keys >= 0).sum())
+            work.record("exit_prediction", *keys.shape, 0, probes * (8 + 4 * self.num_layers))
         return predict_exit_layers(
             table or self.exit_table(speed),
-            self.keys(data).to(self.device),
+            keys,
             options.exit_rule,
             options.exit_quantile,
             options.exit_margin,

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geep import flops, work
 from geep.flops import FASTBERT_HEAD_HEADS, FASTBERT_HEAD_WIDTH
 
 
@@ -39,6 +40,8 @@ class FastBERTHead(nn.Module):
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, H], attention_mask [B, T] (1 = token) -> logits [B, C]."""
         b, t, _ = hidden.shape
+        if work.recording():
+            self.record(hidden)
         x = torch.tanh(self.narrow(hidden))  # [B, T, W]
 
         def heads(proj: nn.Linear) -> torch.Tensor:  # [B, T, W] -> [B, heads, T, W / heads]
@@ -52,6 +55,22 @@ class FastBERTHead(nn.Module):
         x = self.attn_out(ctx.transpose(1, 2).reshape(b, t, -1))  # [B, T, W]
         cls = torch.tanh(self.prelim(self.dropout(x[:, 0])))  # [B, W]
         return self.final(self.dropout(cls))  # [B, C]
+
+    def record(self, hidden: torch.Tensor) -> None:
+        """Count this call on hidden [B, T, H] (:mod:`geep.work`)."""
+        b, t, h = hidden.shape
+        w, c, heads = self.narrow.out_features, self.final.out_features, self.num_heads
+        shapes = [
+            (b, t, h, w),  # narrow
+            (4 * b, t, w, w),  # query, key, value, output
+            (b * heads, t, w // heads, t),  # scores
+            (b * heads, t, t, w // heads),  # context
+            (b, 1, w, w),  # prelim
+            (b, 1, w, c),  # final
+        ]
+        itemsize = hidden.element_size()
+        moved = work.parameter_bytes(self) + work.matmul_bytes(shapes, itemsize)
+        work.record("head", b, t, b * flops.fastbert_head(h, t, c, "full"), moved)
 
 
 class PoolerClassifier(nn.Module):
@@ -69,6 +88,7 @@ class PoolerClassifier(nn.Module):
 
     def forward(self, sentence: torch.Tensor) -> torch.Tensor:
         """sentence [B, H] -> logits [B, C]."""
+        record_pooler_head(self.pooler, self.classifier, sentence)
         pooled = torch.tanh(self.pooler(sentence))  # [B, H]
         return self.classifier(self.dropout(pooled))
 
@@ -92,5 +112,18 @@ class SharedPoolerClassifiers(nn.Module):
 
     def forward(self, layer: int, sentence: torch.Tensor) -> torch.Tensor:
         """sentence [B, H] after ``layer`` (1-based) -> logits [B, C]."""
+        record_pooler_head(self.pooler, self.classifiers[layer - 1], sentence)
         pooled = torch.tanh(self.pooler(sentence))  # [B, H]
         return self.classifiers[layer - 1](self.dropout(pooled))
+
+
+def record_pooler_head(pooler: nn.Linear, classifier: nn.Linear, sentence: torch.Tensor) -> None:
+    """Count one pooler + classifier call on sentence vectors [B, H] (:mod:`geep.work`)."""
+    if not work.recording():
+        return
+    b, h = sentence.shape
+    c = classifier.out_features
+    shapes = [(b, 1, h, h), (b, 1, h, c)]
+    moved = work.parameter_bytes(pooler) + work.parameter_bytes(classifier)
+    moved += work.matmul_bytes(shapes, sentence.element_size())
+    work.record("head", b, 1, b * flops.pooler_classifier(h, c), moved)

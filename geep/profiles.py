@@ -56,8 +56,9 @@ class Profile:
     batch_size: int = 32
     rounds: int = 3  # timed runs of the test split per setting, after a warm-up batch
     # GEEP's efficiency benchmark: dev-chosen settings (a third, two thirds and all of the way
-    # from full depth to the fastest; geep.sweeps), timed at ``batch_size``
+    # from full depth to the fastest; geep.sweeps), timed at ``batch_size``; () skips it
     efficiency_settings: tuple[str, ...] = ("dev2", "dev4", "dev6")
+    training_speed: bool = True  # run the training-step benchmark (test_training_speed.py)
 
     def method_names(self) -> list[str]:
         """The methods this profile runs, in the registry's order."""
@@ -107,9 +108,11 @@ PROFILES = {
         description="rotten-tomatoes + tweet-sentiment, embedded encoder, fixed and dev-chosen "
         "sweeps, 1000 dev and test samples each (2-core CPU, about 20 minutes)",
         datasets=("rotten-tomatoes", "tweet-sentiment"),
-        train=TrainConfig(max_train=1000, epochs=2, seq_len=64),
+        train=TrainConfig(max_train=800, epochs=2, seq_len=64),
         max_eval=1000,
         rounds=1,
+        efficiency_settings=(),  # GEEP's efficiency and training speed: in ``compare``
+        training_speed=False,
     ),
     "compare": Profile(
         name="compare",

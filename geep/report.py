@@ -26,9 +26,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from geep.errors import GeepError
+from geep.latency import GPUS, Device, fit_device, load_calibration
 from geep.runner import method_names
 from geep.storage import atomic_write_bytes, atomic_write_text
+from geep.work import calls_from_rows
 
+CALIBRATION_FILE = "latency-calibration.json"  # benchmarks/test_latency_calibration.py
 TARGETS = (1.5, 2.0, 3.0)  # FLOPs speedups the tables match methods at
 WITHIN = 0.01  # the accuracy a "fastest setting" may lose against bert
 COLUMNS = [
@@ -48,8 +51,16 @@ COLUMNS = [
     "flops_fastbert",
     "flops_full",
     "avg_exit_layer",
+    "flops_executed_full",
+    "layer_batches",
+    "mean_layer_batch_rows",
+    "head_calls",
+    "head_rows",
     "throughput",
     "wall_speedup",
+    "modelled_seconds",
+    "model_error",
+    *(f"modelled_{gpu}_speedup" for gpu in GPUS),
     "latency_ms_p50",
     "latency_ms_p95",
     "gpu_util_percent",
@@ -122,6 +133,43 @@ def with_realised_speedup(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def with_latency_model(frame: pd.DataFrame, results: Path) -> tuple[pd.DataFrame, Device | None]:
+    """Add the latency model's predictions (geep.latency), when the profile has a calibration
+    run and the rows carry their calls:
+
+    - ``modelled_seconds``: the time of the row's run predicted by the model fitted on the
+      calibration run's ``bert`` points alone (the device the benchmarks ran on), and
+      ``model_error``: that over the measured median run time, minus 1;
+    - ``modelled_<gpu>_speedup``: the modelled GPU time of the full-depth ``bert`` run on the
+      same dataset and seed over the row's (modelled, never measured).
+
+    Returns the frame and the fitted device (None without a calibration run).
+    """
+    path = results / CALIBRATION_FILE
+    if not path.is_file() or "calls" not in frame.columns:
+        return frame, None
+    try:
+        points, header = load_calibration(path)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        what = type(err).__name__
+        raise GeepError(f"{path} is not a calibration file ({what}): re-run it") from err
+    device = fit_device(points, header["device"], overlap=header.get("backend") == "cuda")
+    out = frame.copy()
+    models = {"modelled_seconds": device} | {f"modelled_{g}_seconds": d for g, d in GPUS.items()}
+    for column, model in models.items():
+        out[column] = [
+            model.seconds(calls_from_rows(c), ops) if isinstance(c, list) else np.nan
+            for c, ops in zip(out["calls"], out["operators"], strict=True)
+        ]
+    out["model_error"] = out["modelled_seconds"] / out["round_seconds_median"] - 1
+    keys = pd.MultiIndex.from_frame(out[["dataset", "seed"]])
+    bert = out[out["method"] == "bert"].set_index(["dataset", "seed"])
+    for gpu in GPUS:
+        reference = bert[f"modelled_{gpu}_seconds"].reindex(keys).to_numpy()
+        out[f"modelled_{gpu}_speedup"] = reference / out[f"modelled_{gpu}_seconds"].to_numpy()
+    return out, device
+
+
 def _mean_cell(picked: pd.DataFrame, speedups: tuple[str, ...] = ("speedup_full",)) -> str:
     """One table cell from one chosen row per seed: mean accuracy +- the mean half-width of its
     95% interval, the seeds' standard deviation when there are several, and mean speedups."""
@@ -164,21 +212,12 @@ def fastest_table(frame: pd.DataFrame, dataset: str) -> str:
     Per seed, the setting with the largest FLOPs speedup whose accuracy is at least ``bert``'s
     (same seed) minus one point; its FLOPs and wall-clock speedups over ``bert``.
     """
-    rows = frame[frame["dataset"] == dataset]
-    bert = rows[rows["method"] == "bert"].set_index("seed")["accuracy"]
     header = ["method", "accuracy (FLOPs, wall-clock speedup)", "settings"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, group in rows.groupby("method", sort=False):
-        picked = []
-        for seed, runs in group.groupby("seed"):
-            good = runs[runs["accuracy"] >= bert.get(seed, np.nan) - WITHIN - 1e-9]
-            if good.empty:
-                break
-            picked.append(good.loc[good["speedup_full"].idxmax()])
-        if len(picked) < group["seed"].nunique():
+    for method, chosen in fastest_settings(frame, dataset).items():
+        if chosen is None:
             lines.append(f"| `{method}` | - | none within {WITHIN * 100:g} point |")
             continue
-        chosen = pd.DataFrame(picked)
         settings = ", ".join(f"{s}" for s in chosen["setting"])
         lines.append(
             f"| `{method}` | {_mean_cell(chosen, ('speedup_full', 'wall_speedup'))} | {settings} |"
@@ -186,7 +225,83 @@ def fastest_table(frame: pd.DataFrame, dataset: str) -> str:
     return "\n".join(lines)
 
 
-def tables_markdown(frame: pd.DataFrame) -> str:
+def fastest_settings(frame: pd.DataFrame, dataset: str) -> dict[str, pd.DataFrame | None]:
+    """Per method, each seed's setting of the largest FLOPs speedup whose accuracy is at least
+    ``bert``'s (same seed) minus :data:`WITHIN`; None where a seed has none."""
+    rows = frame[frame["dataset"] == dataset]
+    bert = rows[rows["method"] == "bert"].set_index("seed")["accuracy"]
+    out: dict[str, pd.DataFrame | None] = {}
+    for method, group in rows.groupby("method", sort=False):
+        picked = []
+        for seed, runs in group.groupby("seed"):
+            good = runs[runs["accuracy"] >= bert.get(seed, np.nan) - WITHIN - 1e-9]
+            if good.empty:
+                break
+            picked.append(good.loc[good["speedup_full"].idxmax()])
+        out[method] = pd.DataFrame(picked) if len(picked) == group["seed"].nunique() else None
+    return out
+
+
+def work_table(frame: pd.DataFrame, dataset: str) -> str:
+    """Markdown: at each method's fastest setting within :data:`WITHIN` of ``bert``, the work
+    it issues (geep.work) and its speedups, measured and modelled (seed means)."""
+    gpus = list(GPUS)
+    header = [
+        "method",
+        "FLOPs speedup",
+        "measured wall-clock speedup",
+        "layer batches",
+        "mean rows per layer batch",
+        "head calls",
+        "executed / useful FLOPs",
+        *(f"modelled {g.upper()} speedup" for g in gpus),
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, chosen in fastest_settings(frame, dataset).items():
+        if chosen is None:
+            lines.append(f"| `{method}` |" + " - |" * (len(header) - 1))
+            continue
+        mean = chosen.mean(numeric_only=True)
+        cells = [
+            f"`{method}`",
+            f"{mean['speedup_full']:.2f}x",
+            f"{mean['wall_speedup']:.2f}x",
+            f"{mean['layer_batches']:.0f}",
+            f"{mean['mean_layer_batch_rows']:.1f}",
+            f"{mean['head_calls']:.0f}",
+            f"{mean['flops_executed_full'] / mean['flops_full']:.2f}",
+            *(f"{mean[f'modelled_{g}_speedup']:.2f}x" for g in gpus),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def model_section(frame: pd.DataFrame, device: Device) -> str:
+    """Markdown: the fitted model and how well it predicts the measured time of every run that
+    was not part of its fit (every method but ``bert``)."""
+    others = frame[(frame["method"] != "bert") & frame["model_error"].notna()]
+    error = others["model_error"].abs()
+    per_method = others.assign(abs_error=error).groupby("method", sort=False)["abs_error"]
+    methods = ", ".join(f"`{m}` {e * 100:.1f}%" for m, e in per_method.median().items())
+    gpus = "; ".join(f"{d.name}: {d.source}" for d in GPUS.values())
+    return "\n".join(
+        [
+            "## Latency model",
+            "",
+            f"Fitted on the calibration run's full-depth `bert` points only ({device.source}): "
+            f"{device.operator_seconds * 1e6:.1f} µs per dispatched operator, "
+            f"{device.flops_per_second / 1e9:.1f} GFLOP/s, "
+            f"{device.bytes_per_second / 1e9:.1f} GB/s. Predicting the measured time of the "
+            f"other methods' {len(others)} runs: median error {error.median() * 100:.1f}%, "
+            f"worst {error.max() * 100:.1f}% (per method, median: {methods}).",
+            "",
+            f"GPU speedups are modelled, not measured ({gpus}; geep/latency.py). At each "
+            f"method's fastest setting within {WITHIN * 100:g} point of `bert`:",
+        ]
+    )
+
+
+def tables_markdown(frame: pd.DataFrame, device: Device | None = None) -> str:
     """All datasets' tables, with how they were made."""
     first = frame.iloc[0]
     seeds = sorted(frame["seed"].unique())
@@ -216,6 +331,10 @@ def tables_markdown(frame: pd.DataFrame) -> str:
             "",
             fastest_table(frame, dataset),
         ]
+    if device is not None:
+        parts += ["", model_section(frame, device)]
+        for dataset in frame["dataset"].unique():
+            parts += ["", f"### {dataset}", "", work_table(frame, dataset)]
     return "\n".join(parts) + "\n"
 
 
@@ -277,18 +396,47 @@ def plot_realised_speedup(frame: pd.DataFrame) -> Figure:
     return fig
 
 
+def plot_modelled_speedup(frame: pd.DataFrame, dataset: str) -> Figure:
+    """FLOPs speedup against the measured CPU wall-clock speedup and the modelled H100 speedup
+    on one dataset, one marker per method (seed means per setting)."""
+    rows = frame[frame["dataset"] == dataset]
+    columns = ["speedup_full", "wall_speedup", "modelled_h100_speedup"]
+    means = rows.groupby(["method", "setting"], sort=False)[columns].mean().reset_index()
+    fig = Figure(figsize=(10, 4.2))
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    panels = [
+        ("wall_speedup", "measured: CPU wall clock"),
+        ("modelled_h100_speedup", "modelled: H100"),
+    ]
+    markers = "os^vDP*X"
+    top = max(means[columns].max(skipna=True).max(), 1.0)
+    for ax, (column, title) in zip(axes, panels, strict=True):
+        for i, (method, group) in enumerate(means.groupby("method", sort=False)):
+            x, y = group["speedup_full"], group[column]
+            ax.scatter(x, y, marker=markers[i % len(markers)], s=18, label=method)
+        ax.plot([0, top], [0, top], color="gray", linestyle="--", linewidth=1)
+        ax.axhline(1.0, color="gray", linewidth=0.5)
+        ax.set(xlabel="FLOPs speedup (full convention)", title=f"{dataset}, {title}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("speedup over full-depth bert")
+    axes[0].legend()
+    fig.tight_layout()
+    return fig
+
+
 def write_report(results: str | Path) -> list[Path]:
     """Write the CSV, the tables and the plots next to the run files; returns the paths."""
     results = Path(results)
-    frame = with_realised_speedup(load_runs(results))
+    frame, device = with_latency_model(with_realised_speedup(load_runs(results)), results)
     written = [results / "results.csv", results / "tables.md"]
     columns = [c for c in COLUMNS if c in frame.columns]
     atomic_write_text(written[0], frame[columns].to_csv(index=False))
-    atomic_write_text(written[1], tables_markdown(frame))
-    figures = {
-        f"speed-accuracy-{d}.png": plot_speed_accuracy(frame, d) for d in frame["dataset"].unique()
-    }
+    atomic_write_text(written[1], tables_markdown(frame, device))
+    datasets = frame["dataset"].unique()
+    figures = {f"speed-accuracy-{d}.png": plot_speed_accuracy(frame, d) for d in datasets}
     figures["realised-speedup.png"] = plot_realised_speedup(frame)
+    if device is not None:
+        figures |= {f"modelled-speedup-{d}.png": plot_modelled_speedup(frame, d) for d in datasets}
     for name, fig in figures.items():
         atomic_write_bytes(results / name, figure_png(fig))
         written.append(results / name)

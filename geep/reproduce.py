@@ -37,6 +37,7 @@ from geep.runner import Method, Predictions, get_method, load_checkpoint
 from geep.storage import atomic_write_text, cache_root
 from geep.sweeps import even_flops_speeds
 from geep.training import train_method
+from geep.work import calls_to_rows, operators_per_call
 
 Timer = Callable[[Callable[[], None], int], None]  # runs fn ``rounds`` times (pytest-benchmark)
 
@@ -164,6 +165,9 @@ def measure(
     row["batch_size_requested"] = requested
     row["rounds"] = len(runs)
     row["round_seconds_median"] = statistics.median(sum(r.batch_seconds) for r in runs)
+    row["calls"] = calls_to_rows(runs[-1].calls)  # every call's shape, for geep.latency
+    first = data.select(torch.arange(min(len(data), batch_size)))  # untimed
+    row["operators"] = operators_per_call(lambda: method.run(first, speed, batch_size))
     return row
 
 

@@ -25,6 +25,7 @@ import pkgutil
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
@@ -46,6 +47,7 @@ from geep.encoding import Encoded, encode_texts
 from geep.errors import GeepError
 from geep.flops import CONVENTIONS, EncoderDims
 from geep.storage import atomic_directory
+from geep.work import Call, counting
 
 if TYPE_CHECKING:
     from geep.sweeps import Calibration
@@ -101,6 +103,7 @@ class Predictions:
     flops_fastbert: np.ndarray
     flops_full: np.ndarray
     batch_seconds: list[float]  # wall time of each model batch, in the order run
+    calls: Counter[Call] = field(default_factory=Counter)  # the work issued (geep.work)
 
 
 Order = Literal["length", "input"]  # how Method.run orders samples into batches
@@ -330,7 +333,8 @@ class Method(ABC):
         progress: bool = False,
         order: Order = "length",
     ) -> Predictions:
-        """Inference on encoded data; each batch is timed (synchronised on a GPU).
+        """Inference on encoded data; each batch is timed (synchronised on a GPU) and the work
+        it issues is counted (:mod:`geep.work`).
 
         Every method receives the samples in the same ``order``: sorted by length (stable), so
         batches carry little padding and a wall-clock comparison between methods measures their
@@ -362,23 +366,24 @@ class Method(ABC):
             leave=False,
             dynamic_ncols=True,
         )
-        while True:
-            start = time.perf_counter()
-            result = next(batches, None)
-            self._synchronize()
-            if result is None:
-                break
-            seconds.append(time.perf_counter() - start)
-            idx = position[result.index.cpu().numpy()]
-            labels[idx] = result.labels.cpu().numpy()
-            exits[idx] = result.exit_layers.cpu().numpy()
-            flops["fastbert"][idx] = result.flops_fastbert.cpu().numpy()
-            flops["full"][idx] = result.flops_full.cpu().numpy()
-            bar.update(len(idx))
+        with counting() as calls:
+            while True:
+                start = time.perf_counter()
+                result = next(batches, None)
+                self._synchronize()
+                if result is None:
+                    break
+                seconds.append(time.perf_counter() - start)
+                idx = position[result.index.cpu().numpy()]
+                labels[idx] = result.labels.cpu().numpy()
+                exits[idx] = result.exit_layers.cpu().numpy()
+                flops["fastbert"][idx] = result.flops_fastbert.cpu().numpy()
+                flops["full"][idx] = result.flops_full.cpu().numpy()
+                bar.update(len(idx))
         bar.close()
         if (labels < 0).any():
             raise RuntimeError(f"{self.name}.predict_batches left samples without a prediction")
-        return Predictions(labels, exits, flops["fastbert"], flops["full"], seconds)
+        return Predictions(labels, exits, flops["fastbert"], flops["full"], seconds, calls)
 
     def warm_up(self, data: Encoded, speed: float, batch_size: int) -> int:
         """One untimed batch at ``speed`` before timing: caches, exit tables, the allocator.

@@ -36,6 +36,11 @@ EXTRA_INFO = {
     "gpu_util_percent",
     "gpu_memory_mib",
     "cpu_util_percent",
+    "flops_executed_full",
+    "layer_batches",
+    "mean_layer_batch_rows",
+    "head_calls",
+    "head_rows",
 }
 
 pytestmark = pytest.mark.slow
@@ -66,6 +71,8 @@ def test_every_method_has_the_measurements(smoke) -> None:
         assert set(info) >= EXTRA_INFO, EXTRA_INFO - set(info)
         assert info["gpu_util_percent"] is None and info["cpu_util_percent"] > 0
         assert sum(info["exit_histogram"]) == info["n"]
+        assert info["flops_executed_full"] >= info["flops_full"]  # padding is executed too
+        assert info["head_rows"] >= info["n"] and 0 < info["mean_layer_batch_rows"] <= 32
 
 
 def test_report_and_notebook_draw_the_runs(smoke, capsys, monkeypatch) -> None:
@@ -75,6 +82,8 @@ def test_report_and_notebook_draw_the_runs(smoke, capsys, monkeypatch) -> None:
     names = {Path(p).name for p in written}
     assert {"results.csv", "tables.md", "realised-speedup.png"} <= names
     assert "speed-accuracy-rotten-tomatoes.png" in names
+    assert "modelled-speedup-rotten-tomatoes.png" in names  # the smoke run calibrates the model
+    assert "## Latency model" in (results / "tables.md").read_text()
     tables = (results / "tables.md").read_text()
     assert all(f"`{m}`" in tables for m in method_names())
     notebook = nbformat.read(ROOT / "notebooks" / "figures.ipynb", as_version=4)
@@ -87,4 +96,4 @@ def test_report_and_notebook_draw_the_runs(smoke, capsys, monkeypatch) -> None:
         for o in cell.outputs
         if "image/png" in o.get("data", {})
     ]
-    assert len(images) == 2  # one speed-accuracy plot (one dataset) and the realised speedup
+    assert len(images) == 3  # speed-accuracy and modelled speedup (one dataset), realised speedup

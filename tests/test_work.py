@@ -1,0 +1,180 @@
+"""The work a run issues (geep.work): hand-worked counts for full depth, a shrinking batch, GEEP's
+sorted batches and HashEE's token exits, executed FLOPs equal to a real FLOP counter's; and the
+latency model built on them (geep.latency)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geep import flops
+from geep.exits import dynamic_exit
+from geep.latency import Device, Measurement, fit_device
+from geep.runner import Method
+from geep.work import Call, calls_from_rows, calls_to_rows, counting, work_counts
+from tests.helpers import counted_flops, new_method, toy
+
+TEXTS = ["good", "the best film and a great plot", "hate it", "a film", "bad plot", "the plot"]
+
+
+def layer_flops(method: Method, rows: int, tokens: int, active: int | None = None) -> int:
+    """Executed FLOPs of one (layer, batch) call, from geep.flops."""
+    active = tokens if active is None else active
+    return rows * flops.token_exit_layer(method.dims, tokens, active, "full")
+
+
+def test_full_depth_counts_one_call_per_layer_and_batch(tiny_model: Path) -> None:
+    method = new_method("bert", tiny_model)
+    data = method.encode(TEXTS)
+    out = method.run(data, speed=0.0, batch_size=4)
+    widths = sorted(data.lengths.tolist())  # length order: batches of 4 and 2
+    first, second = max(widths[:4]), max(widths[4:])
+    counts = work_counts(out.calls, len(TEXTS))
+    layers = method.num_layers
+    assert counts["layer_batches"] == 2 * layers
+    assert counts["mean_layer_batch_rows"] == 3.0
+    assert counts["head_calls"] == 2 and counts["head_rows"] == 6
+    head = flops.pooler_classifier(method.dims.hidden, 2)
+    executed = layers * (layer_flops(method, 4, first) + layer_flops(method, 2, second))
+    assert counts["flops_executed_full"] * 6 == executed + 6 * head
+    # padding is executed work: more than the useful FLOPs at real length, equal without it
+    assert counts["flops_executed_full"] > out.flops_full.mean()
+    same = method.encode(["a film", "bad plot", "the plot"])
+    alone = method.run(same, speed=0.0, batch_size=3)
+    assert work_counts(alone.calls, 3)["flops_executed_full"] == alone.flops_full.mean()
+
+
+def test_a_shrinking_batch_counts_the_rows_each_layer_and_head_ran_on(tiny_model: Path) -> None:
+    method = new_method("fastbert", tiny_model)  # 4 layers
+    data = method.encode(TEXTS[:4])
+    batch = data.batch(torch.arange(4))
+    planned = {1: [0], 2: [1, 2]}  # sample 0 exits at layer 1, samples 1 and 2 at layer 2
+
+    def exits(layer: int, logits: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
+        return torch.isin(running, torch.tensor(planned.get(layer, [])))
+
+    with counting() as calls, torch.no_grad():
+        _, layers = dynamic_exit(method.backbone, batch, method.exit_head, exits)
+    assert layers.tolist() == [1, 2, 2, 4]
+    counts = work_counts(calls, 4)
+    assert counts["layer_batches"] == 4  # layers 1..4, one batch
+    assert counts["mean_layer_batch_rows"] == (4 + 3 + 1 + 1) / 4
+    assert counts["head_calls"] == 4 and counts["head_rows"] == 4 + 3 + 1 + 1
+    kept = [c.rows for c in calls.elements() if c.kind == "select"]
+    assert sorted(kept) == [1, 1, 3]  # after layers 1, 2, 3 (layer 3: nobody left, still a copy)
+    width = batch.input_ids.shape[1]
+    head = [flops.fastbert_head(method.dims.hidden, width, 2, "full") * r for r in (4, 3, 1, 1)]
+    layer = [layer_flops(method, r, width) for r in (4, 3, 1, 1)]
+    assert sum(c.flops * n for c, n in calls.items()) == sum(head) + sum(layer)
+
+
+def test_geep_sorted_batches_run_full_batches_and_one_head_each(
+    tiny_model: Path, monkeypatch
+) -> None:
+    method = new_method("geep", tiny_model)
+    texts, _ = toy(10)
+    data = method.encode(texts)
+    predicted = torch.tensor([1, 4, 1, 2, 4, 4, 1, 2, 4, 4])  # layer 1: 3, layer 2: 2, layer 4: 5
+    monkeypatch.setattr(method, "predict_layers", lambda data, speed: predicted)
+    with counting() as calls, torch.no_grad():
+        results = list(method.predict_batches(data, 0.5, batch_size=4))
+    assert [len(r.index) for r in results] == [3, 2, 4, 1]
+    counts = work_counts(calls, 10)
+    assert counts["layer_batches"] == 1 + 2 + 4 + 4
+    assert counts["mean_layer_batch_rows"] == (3 * 1 + 2 * 2 + 4 * 4 + 1 * 4) / 11
+    assert counts["head_calls"] == 4 and counts["head_rows"] == 10  # no head where nobody exits
+    assert not [c for c in calls if c.kind == "select"]  # no batch shrinks
+
+
+def test_hashee_layers_run_on_the_most_active_tokens_of_a_row(tiny_model: Path) -> None:
+    method = new_method("hashee", tiny_model)
+    layers = method.num_layers
+    table = method.model.exit_layer_of_token
+    table.fill_(layers)
+    table[method.tokenizer.convert_tokens_to_ids("good")] = 1  # "good" leaves after layer 1
+    data = method.encode(["good good good", "good bad"])  # 5 and 4 tokens with [CLS], [SEP]
+    with counting() as calls, torch.no_grad():
+        list(method.predict_batches(data, 1, batch_size=2))
+    ran = sorted((c.tokens, c.flops) for c in calls.elements() if c.kind == "layer")
+    # layer 1: every real token (row 1 has 5); then [CLS] [SEP] in row 1, [CLS] bad [SEP] in row 2
+    expected = [(5, layer_flops(method, 2, 5, 5))] + [(5, layer_flops(method, 2, 5, 3))] * (
+        layers - 1
+    )
+    assert ran == sorted(expected)
+    assert work_counts(calls, 2)["head_rows"] == 2
+
+
+@pytest.mark.parametrize("name", ["bert", "fastbert", "deebert", "pabee", "hashee", "geep"])
+def test_executed_flops_are_what_a_flop_counter_sees(tiny_model: Path, name: str) -> None:
+    settings = ("mode=dynamic",) if name == "geep" else ()  # predict mode needs a trained table
+    method = new_method(name, tiny_model, *settings)
+    if name == "hashee":  # an untrained model has no hash: every token to the top but "plot"
+        method.model.exit_layer_of_token.fill_(method.num_layers)
+        method.model.exit_layer_of_token[method.tokenizer.convert_tokens_to_ids("plot")] = 2
+    texts, _ = toy(12)
+    data = method.encode(texts)
+    speed = {"bert": 0.0, "pabee": 1.0, "hashee": 1.0}.get(name, 0.6)
+    issued: list[Counter[Call]] = []
+
+    def run() -> None:
+        with counting() as calls, torch.no_grad():
+            list(method.predict_batches(data, speed, batch_size=5))
+        issued.append(calls)
+
+    measured = counted_flops(run)
+    assert sum(c.flops * n for c, n in issued[0].items()) == measured
+
+
+def test_calls_survive_a_run_file_round_trip() -> None:
+    calls = Counter({Call("layer", 4, 9, 100, 200): 6, Call("head", 4, 1, 7, 8): 1})
+    rows = calls_to_rows(calls)
+    assert rows[0][0] == "layer" and calls_from_rows(rows) == calls
+    assert np.isclose(work_counts(calls, 4)["flops_executed_full"], (600 + 7) / 4)
+
+
+def test_the_latency_model_sums_its_calls_and_recovers_known_parameters() -> None:
+    layer = Call("layer", 8, 16, 4_000_000, 1_000_000)
+    cpu = Device("toy cpu", 1e-5, 1e9, 1e8, overlap=False)
+    # 10 operators at 10 us, then max(4 ms of compute, 10 ms of memory traffic)
+    assert np.isclose(cpu.call_seconds(layer, 10), 1e-4 + 1e-2)
+    gpu = replace(cpu, overlap=True)
+    assert np.isclose(gpu.call_seconds(layer, 10), 1e-2)
+    assert np.isclose(gpu.seconds(Counter({layer: 3}), {"layer": 10}), 3e-2)
+    points = []  # runs of different shapes timed on the toy CPU: the fit finds its parameters
+    for rows, tokens in [(1, 8), (4, 16), (16, 32), (64, 64), (2, 64), (64, 4)]:
+        size = rows * tokens
+        calls = Counter(
+            {
+                Call("layer", rows, tokens, size * 10**6, 10**6 + size * 10**3): 6,
+                Call("head", rows, 1, rows * 10**4, 10**5): 1,
+            }
+        )
+        operators = {"layer": 14.0, "head": 10.0}
+        points.append(Measurement(calls, operators, cpu.seconds(calls, operators)))
+    fitted = fit_device(points, "fitted")
+    for p in points:
+        assert np.isclose(fitted.seconds(p.calls, p.operators), p.seconds, rtol=0.02)
+    assert np.isclose(fitted.flops_per_second, 1e9, rtol=0.05)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["bert", "fastbert", "hashee"])
+def test_a_gpu_run_issues_the_calls_of_the_cpu_run(tiny_model: Path, name: str) -> None:
+    method = new_method(name, tiny_model)
+    if name == "hashee":
+        method.model.exit_layer_of_token.fill_(method.num_layers)
+        method.model.exit_layer_of_token[method.tokenizer.convert_tokens_to_ids("plot")] = 2
+    data = method.encode(toy(12)[0])
+    issued = []
+    for device in ("cpu", "cuda"):
+        method.to(device)
+        with counting() as calls, torch.no_grad():
+            list(method.predict_batches(data, 0.0 if name != "hashee" else 1.0, batch_size=5))
+        issued.append(calls)
+    assert issued[0] == issued[1]
