@@ -4,10 +4,12 @@ lengths, on the device the profile's other benchmarks run on (:mod:`geep.latency
 The profile's encoder with ``bert``'s classifier (its weights do not change its time) runs
 windows of the profile's first dataset's dev split, sorted by length as every method batches
 them: for each batch size in ``SIZES`` and each length quantile in ``QUANTILES``, two batches
-of neighbouring lengths. Rounds go over every point in turn, so each point's median comes from
-the same minutes of a shared machine. The median run time of each point, its calls and the
-operators each kind of call dispatches go to ``<results>/latency-calibration.json``; ``geep
-report`` fits the model on these points alone and predicts every other method's measured time.
+of neighbouring lengths. Each of the ``ROUNDS`` benchmarks times every point once, and
+``benchmarks/conftest.py`` spreads the rounds evenly over the whole run, so a point's median
+describes the machine over the minutes the other units were timed in, not just the first one.
+After every round the medians so far, each point's calls and the operators each kind of call
+dispatches are written to ``<results>/latency-calibration.json``; ``geep report`` fits the model
+on these points alone and predicts every other unit's measured time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
+import pytest
 import torch
 
 from geep.encoding import Encoded
@@ -43,47 +46,66 @@ def windows(data: Encoded, sizes: tuple[int, ...]) -> list[tuple[int, Encoded]]:
     return out
 
 
-def test_latency_calibration(benchmark, profile: Profile, results_dir: Path) -> None:
-    dataset = profile.datasets[0]
-    config = profile.train_config("bert", dataset, profile.seeds[0])
-    labels = ["a", "b"]  # timing only: the classes do not matter
-    method: Method = get_method("bert").create(profile.model_for(dataset), labels, dataset, config)
-    if torch.cuda.is_available():
-        method.to("cuda")
-    points = windows(eval_split(method, dataset, profile.max_eval, split="dev"), SIZES)
-    seconds: list[list[float]] = [[] for _ in points]
+class Calibration:
+    """The model and the points, built once and timed round by round."""
 
-    def calibrate() -> None:
-        for size, data in points:  # untimed: first-call allocations
-            method.run(data, 0.0, size)
-        for _ in range(ROUNDS):
-            for i, (size, data) in enumerate(points):
-                seconds[i].append(sum(method.run(data, 0.0, size).batch_seconds))
+    def __init__(self, profile: Profile) -> None:
+        dataset = profile.datasets[0]
+        config = profile.train_config("bert", dataset, profile.seeds[0])
+        labels = ["a", "b"]  # timing only: the classes do not matter
+        model = profile.model_for(dataset)
+        self.method: Method = get_method("bert").create(model, labels, dataset, config)
+        if torch.cuda.is_available():
+            self.method.to("cuda")
+        dev = eval_split(self.method, dataset, profile.max_eval, split="dev")
+        self.points = windows(dev, SIZES)
+        self.seconds: list[list[float]] = [[] for _ in self.points]
+        self.calls, self.operators = [], []  # untimed: also the first-call allocations
+        for size, data in self.points:
+            self.calls.append(calls_to_rows(self.method.run(data, 0.0, size).calls))
+            self.operators.append(
+                operators_per_call(lambda d=data, s=size: self.method.run(d, 0.0, s))
+            )
+        self.header = {
+            "profile": profile.name,
+            "model": model,
+            "dataset": dataset,
+            "split": "dev",
+            "device": device_name(self.method.device),
+            "backend": self.method.device.type,
+        }
 
-    benchmark.pedantic(calibrate, rounds=1, iterations=1)
-    rows = []
-    for (size, data), times in zip(points, seconds, strict=True):
-        rows.append(
+    def time_round(self) -> None:
+        for i, (size, data) in enumerate(self.points):
+            self.seconds[i].append(sum(self.method.run(data, 0.0, size).batch_seconds))
+
+    def write(self, path: Path) -> None:
+        rows = [
             {
                 "batch_size": size,
                 "samples": len(data),
                 "mean_length": float(data.lengths.float().mean()),
                 "seconds": statistics.median(times),
-                "calls": calls_to_rows(method.run(data, 0.0, size).calls),
-                "operators": operators_per_call(lambda d=data, s=size: method.run(d, 0.0, s)),
+                "calls": calls,
+                "operators": operators,
             }
-        )
-    out = {
-        "profile": profile.name,
-        "model": profile.model_for(dataset),
-        "dataset": dataset,
-        "split": "dev",
-        "device": device_name(method.device),
-        "backend": method.device.type,
-        "rounds": ROUNDS,
-        "points": rows,
-    }
-    results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(results_dir / CALIBRATION_FILE, json.dumps(out, indent=1) + "\n")
-    benchmark.extra_info.update({k: v for k, v in out.items() if k != "points"})
-    assert len(rows) == len(SIZES) * len(QUANTILES)
+            for (size, data), times, calls, operators in zip(
+                self.points, self.seconds, self.calls, self.operators, strict=True
+            )
+        ]
+        out = {**self.header, "rounds": len(self.seconds[0]), "points": rows}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(out, indent=1) + "\n")
+
+
+_calibration: dict[str, Calibration] = {}
+
+
+@pytest.mark.parametrize("round_", range(1, ROUNDS + 1))
+def test_latency_calibration(benchmark, profile: Profile, results_dir: Path, round_: int) -> None:
+    if profile.name not in _calibration:
+        _calibration[profile.name] = Calibration(profile)
+    calibration = _calibration[profile.name]
+    benchmark.pedantic(calibration.time_round, rounds=1, iterations=1)
+    calibration.write(results_dir / CALIBRATION_FILE)
+    benchmark.extra_info.update({**calibration.header, "round": round_})

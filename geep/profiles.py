@@ -6,11 +6,13 @@ Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
 - ``smoke``: one offline dataset, a few hundred samples, three fixed speeds and two dev-chosen
   settings per method; a couple of minutes on 2 CPU cores, for tests and CI.
 - ``quick``: the embedded encoder on rotten-tomatoes (binary) and tweet-sentiment (3 classes),
-  1000 training samples for 2 epochs, every method over its fixed grid plus six settings chosen
-  on dev; the default of ``tox -e reproduce`` (about 20 minutes on 2 cores, installation
-  included). The Chinese datasets are left out: the embedded encoder is English.
-- ``compare``: the same datasets with 2000 training samples and three seeds, for comparing
-  methods (about an hour on 2 cores).
+  800 training samples for 2 epochs, every method over its fixed grid plus five settings chosen
+  on dev, and the latency calibration; the default of ``tox -e reproduce`` (under 20 minutes on
+  2 cores, installation included). The Chinese datasets are left out: the embedded encoder is
+  English.
+- ``compare``: the same datasets with 2000 training samples, three seeds and six dev-chosen
+  settings, plus GEEP's efficiency and the training-speed benchmarks, for comparing methods
+  (about an hour on 2 cores).
 - ``offline``: all six offline datasets at full size (hours on a CPU, minutes on a GPU).
 - ``paper``: the twelve paper datasets with bert-base-uncased / bert-base-chinese and the papers'
   recipe (lr 2e-5, batch 32, length 128, 3 epochs, plainly shuffled batches; HashEE lr 5e-5, 4
@@ -106,9 +108,10 @@ PROFILES = {
     "quick": Profile(
         name="quick",
         description="rotten-tomatoes + tweet-sentiment, embedded encoder, fixed and dev-chosen "
-        "sweeps, 1000 dev and test samples each (2-core CPU, about 20 minutes)",
+        "sweeps, 1000 dev and test samples each (2-core CPU, under 20 minutes)",
         datasets=("rotten-tomatoes", "tweet-sentiment"),
         train=TrainConfig(max_train=800, epochs=2, seq_len=64),
+        dev_settings=5,
         max_eval=1000,
         rounds=1,
         efficiency_settings=(),  # GEEP's efficiency and training speed: in ``compare``

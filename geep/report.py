@@ -188,17 +188,28 @@ def matched_table(frame: pd.DataFrame, dataset: str) -> str:
     At a target, each seed's slowest setting whose speedup (as printed, 2 decimals) reaches it
     is taken: chosen by FLOPs alone, never by test accuracy.
     """
-    rows = frame[frame["dataset"] == dataset]
     header = ["method", "full depth"] + [f">= {t:g}x" for t in TARGETS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, group in rows.groupby("method", sort=False):
-        seeds = [runs for _, runs in group.groupby("seed")]
-        cells = [f"`{method}`", _mean_cell(_slowest(seeds))]
-        for target in TARGETS:
-            reaching = [runs[runs["speedup_full"].round(2) >= target] for runs in seeds]
-            cells.append("-" if any(r.empty for r in reaching) else _mean_cell(_slowest(reaching)))
+    matched = [matched_settings(frame, dataset, target) for target in (0.0, *TARGETS)]
+    for method in matched[0]:
+        cells = [f"`{method}`"]
+        cells += ["-" if m[method] is None else _mean_cell(m[method]) for m in matched]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def matched_settings(
+    frame: pd.DataFrame, dataset: str, target: float
+) -> dict[str, pd.DataFrame | None]:
+    """Per method, each seed's slowest setting whose FLOPs speedup (as printed, 2 decimals)
+    reaches ``target`` (0: the slowest of all); None where a seed has none."""
+    rows = frame[frame["dataset"] == dataset]
+    out: dict[str, pd.DataFrame | None] = {}
+    for method, group in rows.groupby("method", sort=False):
+        seeds = [runs for _, runs in group.groupby("seed")]
+        reaching = [runs[runs["speedup_full"].round(2) >= target] for runs in seeds]
+        out[method] = None if any(r.empty for r in reaching) else _slowest(reaching)
+    return out
 
 
 def _slowest(seeds: list[pd.DataFrame]) -> pd.DataFrame:
@@ -243,11 +254,14 @@ def fastest_settings(frame: pd.DataFrame, dataset: str) -> dict[str, pd.DataFram
 
 
 def work_table(frame: pd.DataFrame, dataset: str) -> str:
-    """Markdown: at each method's fastest setting within :data:`WITHIN` of ``bert``, the work
-    it issues (geep.work) and its speedups, measured and modelled (seed means)."""
+    """Markdown: the work each method issues (geep.work) and its speedups, measured and
+    modelled (seed means), at its fastest setting within :data:`WITHIN` of ``bert``'s accuracy
+    and at the slowest setting reaching 2x FLOPs."""
     gpus = list(GPUS)
     header = [
         "method",
+        "setting",
+        "accuracy",
         "FLOPs speedup",
         "measured wall-clock speedup",
         "layer batches",
@@ -257,23 +271,36 @@ def work_table(frame: pd.DataFrame, dataset: str) -> str:
         *(f"modelled {g.upper()} speedup" for g in gpus),
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, chosen in fastest_settings(frame, dataset).items():
-        if chosen is None:
-            lines.append(f"| `{method}` |" + " - |" * (len(header) - 1))
-            continue
-        mean = chosen.mean(numeric_only=True)
-        cells = [
-            f"`{method}`",
-            f"{mean['speedup_full']:.2f}x",
-            f"{mean['wall_speedup']:.2f}x",
-            f"{mean['layer_batches']:.0f}",
-            f"{mean['mean_layer_batch_rows']:.1f}",
-            f"{mean['head_calls']:.0f}",
-            f"{mean['flops_executed_full'] / mean['flops_full']:.2f}",
-            *(f"{mean[f'modelled_{g}_speedup']:.2f}x" for g in gpus),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    picks = {
+        f"within {WITHIN * 100:g} point": fastest_settings(frame, dataset),
+        ">= 2x FLOPs": matched_settings(frame, dataset, 2.0),
+    }
+    for method in picks[next(iter(picks))]:
+        for pick, chosen in picks.items():
+            lines.append(_work_row(method, pick, chosen[method], gpus, len(header)))
     return "\n".join(lines)
+
+
+def _work_row(
+    method: str, pick: str, chosen: pd.DataFrame | None, gpus: list[str], columns: int
+) -> str:
+    if chosen is None:
+        return f"| `{method}` | {pick}: none |" + " - |" * (columns - 2)
+    mean = chosen.mean(numeric_only=True)
+    settings = ", ".join(str(s) for s in chosen["setting"])
+    cells = [
+        f"`{method}`",
+        f"{pick}: {settings}",
+        f"{mean['accuracy']:.3f}",
+        f"{mean['speedup_full']:.2f}x",
+        f"{mean['wall_speedup']:.2f}x",
+        f"{mean['layer_batches']:.0f}",
+        f"{mean['mean_layer_batch_rows']:.1f}",
+        f"{mean['head_calls']:.0f}",
+        f"{mean['flops_executed_full'] / mean['flops_full']:.2f}",
+        *(f"{mean[f'modelled_{g}_speedup']:.2f}x" for g in gpus),
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def model_section(frame: pd.DataFrame, device: Device) -> str:
@@ -295,8 +322,9 @@ def model_section(frame: pd.DataFrame, device: Device) -> str:
             f"other methods' {len(others)} runs: median error {error.median() * 100:.1f}%, "
             f"worst {error.max() * 100:.1f}% (per method, median: {methods}).",
             "",
-            f"GPU speedups are modelled, not measured ({gpus}; geep/latency.py). At each "
-            f"method's fastest setting within {WITHIN * 100:g} point of `bert`:",
+            f"GPU speedups are modelled, not measured ({gpus}; geep/latency.py). The work each "
+            f"method issues, at its fastest setting within {WITHIN * 100:g} point of `bert` "
+            "and at the slowest setting reaching 2x FLOPs:",
         ]
     )
 
