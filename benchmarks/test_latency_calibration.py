@@ -30,7 +30,7 @@ from geep.work import calls_to_rows, operators_per_call
 
 SIZES = (1, 2, 4, 8, 16, 32)
 QUANTILES = (0.1, 0.5, 0.9)  # where in the dev split's length order each window sits
-ROUNDS = 5
+ROUNDS = 3
 CALIBRATION_FILE = "latency-calibration.json"
 
 

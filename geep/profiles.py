@@ -6,7 +6,7 @@ Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
 - ``smoke``: one offline dataset, a few hundred samples, three fixed speeds and two dev-chosen
   settings per method; a couple of minutes on 2 CPU cores, for tests and CI.
 - ``quick``: the embedded encoder on rotten-tomatoes (binary) and tweet-sentiment (3 classes),
-  800 training samples for 2 epochs, every method over its fixed grid plus five settings chosen
+  600 training samples for 2 epochs, every method over its fixed grid plus four settings chosen
   on dev, and the latency calibration; the default of ``tox -e reproduce`` (under 20 minutes on
   2 cores, installation included). The Chinese datasets are left out: the embedded encoder is
   English.
@@ -110,8 +110,8 @@ PROFILES = {
         description="rotten-tomatoes + tweet-sentiment, embedded encoder, fixed and dev-chosen "
         "sweeps, 1000 dev and test samples each (2-core CPU, under 20 minutes)",
         datasets=("rotten-tomatoes", "tweet-sentiment"),
-        train=TrainConfig(max_train=800, epochs=2, seq_len=64),
-        dev_settings=5,
+        train=TrainConfig(max_train=600, epochs=2, seq_len=64),
+        dev_settings=4,
         max_eval=1000,
         rounds=1,
         efficiency_settings=(),  # GEEP's efficiency and training speed: in ``compare``
