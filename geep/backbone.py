@@ -147,8 +147,9 @@ class Backbone(nn.Module):
         input_ids, attention_mask, token_type_ids: [B, T]. Returns h_0 [B, T, H] and the mask.
         """
         rows, tokens = input_ids.shape
-        # three lookups summed and normalised: read three [B, T, H] float32 blocks, write one
-        work.record("embed", rows, tokens, 0, 4 * rows * tokens * self.hidden_size * 4)
+        # three lookups summed and normalised: read three [B, T, H] blocks, write one
+        itemsize = self.encoder.embeddings.word_embeddings.weight.element_size()
+        work.record("embed", rows, tokens, 0, 4 * rows * tokens * self.hidden_size * itemsize)
         hidden = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
@@ -180,13 +181,7 @@ class Backbone(nn.Module):
         rows, tokens, _ = hidden.shape
         executed = rows * flops.token_exit_layer(dims, tokens, active, "full")
         moved = work.parameter_bytes(layer) + work.layer_activation_bytes(
-            dims.hidden,
-            dims.intermediate,
-            dims.num_heads,
-            rows,
-            tokens,
-            active,
-            hidden.element_size(),
+            dims, rows, tokens, active, hidden.element_size()
         )
         work.record("layer", rows, tokens, executed, moved)
 

@@ -40,8 +40,7 @@ class FastBERTHead(nn.Module):
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, H], attention_mask [B, T] (1 = token) -> logits [B, C]."""
         b, t, _ = hidden.shape
-        if work.recording():
-            self.record(hidden)
+        self.record(hidden)
         x = torch.tanh(self.narrow(hidden))  # [B, T, W]
 
         def heads(proj: nn.Linear) -> torch.Tensor:  # [B, T, W] -> [B, heads, T, W / heads]
@@ -58,6 +57,8 @@ class FastBERTHead(nn.Module):
 
     def record(self, hidden: torch.Tensor) -> None:
         """Count this call on hidden [B, T, H] (:mod:`geep.work`)."""
+        if not work.recording():
+            return
         b, t, h = hidden.shape
         w, c, heads = self.narrow.out_features, self.final.out_features, self.num_heads
         shapes = [

@@ -155,11 +155,12 @@ def with_latency_model(frame: pd.DataFrame, results: Path) -> tuple[pd.DataFrame
         raise GeepError(f"{path} is not a calibration file ({what}): re-run it") from err
     device = fit_device(points, header["device"], overlap=header.get("backend") == "cuda")
     out = frame.copy()
+    calls = [calls_from_rows(c) if isinstance(c, list) else None for c in out["calls"]]
     models = {"modelled_seconds": device} | {f"modelled_{g}_seconds": d for g, d in GPUS.items()}
     for column, model in models.items():
         out[column] = [
-            model.seconds(calls_from_rows(c), ops) if isinstance(c, list) else np.nan
-            for c, ops in zip(out["calls"], out["operators"], strict=True)
+            np.nan if c is None else model.seconds(c, ops)
+            for c, ops in zip(calls, out["operators"], strict=True)
         ]
     out["model_error"] = out["modelled_seconds"] / out["round_seconds_median"] - 1
     keys = pd.MultiIndex.from_frame(out[["dataset", "seed"]])

@@ -25,11 +25,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any, Literal
 
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from geep.flops import EncoderDims
 
 Kind = Literal["embed", "layer", "head", "select", "exit_prediction"]
 KINDS: tuple[Kind, ...] = ("embed", "layer", "head", "select", "exit_prediction")
@@ -89,11 +91,12 @@ def matmul_bytes(shapes: Iterable[tuple[int, int, int, int]], itemsize: int) -> 
 
 
 def layer_activation_bytes(
-    hidden: int, intermediate: int, heads: int, rows: int, tokens: int, active: int, itemsize: int
+    dims: EncoderDims, rows: int, tokens: int, active: int, itemsize: int
 ) -> int:
     """Activation bytes of one encoder layer on ``rows`` x ``tokens`` of which ``active`` are
     updated (all of them except under HashEE): keys and values for every token; queries,
     attention, output projection and FFN for the active ones."""
+    hidden, heads = dims.hidden, dims.num_heads
     width = hidden // heads
     b = rows
     shapes = [
@@ -101,8 +104,8 @@ def layer_activation_bytes(
         (2 * b, active, hidden, hidden),  # queries, output projection
         (b * heads, active, width, tokens),  # scores Q K^T
         (b * heads, active, tokens, width),  # context A V
-        (b, active, hidden, intermediate),  # FFN in
-        (b, active, intermediate, hidden),  # FFN out
+        (b, active, hidden, dims.intermediate),  # FFN in
+        (b, active, dims.intermediate, hidden),  # FFN out
     ]
     # the attention matmuls also read K and V, one [tokens, width] block per (row, head)
     operands = 2 * b * heads * tokens * width * itemsize
@@ -126,17 +129,13 @@ def work_counts(calls: Counter[Call], samples: int) -> dict[str, float]:
 def calls_to_rows(calls: Counter[Call]) -> list[list[int | str]]:
     """The calls as JSON rows [kind, rows, tokens, flops, bytes, count], in a fixed order."""
     rank = {kind: i for i, kind in enumerate(KINDS)}
-    ordered = sorted(calls.items(), key=lambda item: (rank[item[0].kind], *_shape(item[0])))
+    ordered = sorted(calls.items(), key=lambda item: (rank[item[0].kind], *astuple(item[0])[1:]))
     return [[c.kind, c.rows, c.tokens, c.flops, c.bytes, n] for c, n in ordered]
 
 
 def calls_from_rows(rows: Iterable[list[int | str]]) -> Counter[Call]:
     """Inverse of :func:`calls_to_rows` (a run file's ``calls``)."""
     return Counter({Call(k, int(r), int(t), int(f), int(b)): int(n) for k, r, t, f, b, n in rows})
-
-
-def _shape(call: Call) -> tuple[int, int, int, int]:
-    return call.rows, call.tokens, call.flops, call.bytes
 
 
 class _OperatorCounter(TorchDispatchMode):
