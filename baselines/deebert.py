@@ -48,9 +48,9 @@ class HighwayModel(nn.Module):
         self.backbone = backbone
         hidden, layers = backbone.hidden_size, backbone.num_layers
         self.highways = nn.ModuleList(
-            PoolerClassifier(hidden, num_labels) for _ in range(layers - 1)
+            PoolerClassifier(hidden, num_labels, backbone.dropout) for _ in range(layers - 1)
         )
-        self.classifier = PoolerClassifier(hidden, num_labels)
+        self.classifier = PoolerClassifier(hidden, num_labels, backbone.dropout)
         for head in [*self.highways, self.classifier]:
             head.init_from_pooler(backbone.pretrained_pooler)
 
@@ -111,6 +111,12 @@ class DeeBERT(DynamicExitMethod):
         self.model.backbone.load_state_dict(fine_tuned.model.backbone.state_dict())
         self.model.classifier.load_state_dict(fine_tuned.model.classifier.state_dict())
         self.fit_highways(train)
+
+    @classmethod
+    def training_passes(cls, num_layers: int, options: Any) -> float:
+        """Stage 1 fine-tunes (1 pass); stage 2 trains the highways on the frozen backbone,
+        which runs forward only (1/3)."""
+        return 1.0 + 1.0 / 3
 
     def fit_highways(self, train: Encoded) -> None:
         """Stage 2: the highways' summed cross-entropy; backbone and classifier frozen."""

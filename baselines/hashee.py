@@ -157,9 +157,10 @@ class HashEE(Bert):
 
     def fit(self, train: Encoded) -> None:
         """Count the training tokens, then fine-tune with the hash at ``train_speed`` applied."""
+        whole = train.padded()
         self.extras[COUNTS] = token_counts(
-            train.input_ids,
-            train.attention_mask,
+            whole.input_ids,
+            whole.attention_mask,
             self.tokenizer.all_special_ids,
             self.backbone.config.vocab_size,
         )
@@ -218,9 +219,10 @@ class HashEE(Bert):
     def diagnostics(self, data: Encoded, speed: float, out: Predictions) -> dict[str, float]:
         """The trained hash's speed, and the shares of real tokens that run to the top layer
         because they are special ([CLS], [SEP], [UNK], ...) or unseen in training."""
-        real = data.attention_mask.bool()
-        special = torch.isin(data.input_ids, torch.tensor(self.tokenizer.all_special_ids)) & real
-        unseen = (self.extras[COUNTS][data.input_ids] == 0) & real & ~special
+        whole = data.padded()
+        real = whole.attention_mask.bool()
+        special = torch.isin(whole.input_ids, torch.tensor(self.tokenizer.all_special_ids)) & real
+        unseen = (self.extras[COUNTS][whole.input_ids] == 0) & real & ~special
         tokens = real.sum()
         return {
             "train_speed": float(self.train_speed),

@@ -44,7 +44,9 @@ class PatienceModel(nn.Module):
     def __init__(self, backbone: Backbone, num_labels: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.exits = SharedPoolerClassifiers(backbone.hidden_size, num_labels, backbone.num_layers)
+        self.exits = SharedPoolerClassifiers(
+            backbone.hidden_size, num_labels, backbone.num_layers, backbone.dropout
+        )
         if backbone.pretrained_pooler is not None:
             self.exits.pooler.load_state_dict(backbone.pretrained_pooler)
 

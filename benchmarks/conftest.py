@@ -2,7 +2,15 @@
 (else ``$GEEP_RESULTS``, else ``results/<profile>``) and ``--resume`` (else ``$GEEP_RESUME=1``):
 skip the units whose rows the run files already hold, so an interrupted run goes on where it
 stopped. The latency calibration's rounds are spread evenly over the run (first and last
-included), so the model is fitted on the machine as the other units found it."""
+included), so the model is fitted on the machine as the other units found it.
+
+With pytest-xdist (``pytest benchmarks/ -n 2 --dist loadgroup``) the units are spread over
+workers: one (dataset, method, seed) stays on one worker (its model is loaded once), the
+calibration's rounds run on one worker, each worker gets a GPU of its own or an equal share of
+the CPU cores, and the run files are written under a lock (:func:`geep.reproduce.record`).
+pytest-benchmark switches itself off under xdist, so the units time themselves (their rows
+are the same either way) and the benchmarks that only report to ``--benchmark-json`` (GEEP's
+efficiency, the training speed) are skipped: run those in one process (docs/distributed.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from geep.profiles import PROFILES, Profile, get_profile
 
@@ -41,8 +50,40 @@ def results_dir(request: pytest.FixtureRequest, profile: Profile) -> Path:
     return Path(chosen or Path("results") / profile.name)
 
 
+def worker() -> tuple[int, int] | None:
+    """(index, count) of this pytest-xdist worker; None in a run without workers."""
+    name = os.environ.get("PYTEST_XDIST_WORKER")
+    if name is None:
+        return None
+    return int(name.removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give each xdist worker its own device: a GPU of its own, or its share of the CPU."""
+    place = worker()
+    if place is None:
+        return
+    index, count = place
+    if torch.cuda.is_available():
+        torch.cuda.set_device(index % torch.cuda.device_count())
+    else:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // count))
+
+
+ONE_PROCESS_ONLY = ("test_geep_efficiency.py", "test_training_speed.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Put the latency calibration's rounds at even intervals among the other benchmarks."""
+    """Group the units for xdist (see the module docstring) and put the latency calibration's
+    rounds at even intervals among the other benchmarks."""
+    for item in items:
+        if item.originalname == "test_latency_calibration":
+            item.add_marker(pytest.mark.xdist_group("latency-calibration"))
+        elif item.originalname == "test_unit":
+            dataset, method, seed, _ = item.callspec.params["unit"]
+            item.add_marker(pytest.mark.xdist_group(f"{dataset}-{method}-seed{seed}"))
+        elif worker() is not None and item.path.name in ONE_PROCESS_ONLY:
+            item.add_marker(pytest.mark.skip(reason="pytest-benchmark is off under xdist"))
     calibration = [i for i in items if i.originalname == "test_latency_calibration"]
     others = [i for i in items if i.originalname != "test_latency_calibration"]
     if len(calibration) < 2 or not others:

@@ -139,6 +139,12 @@ class Backbone(nn.Module):
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
+    @property
+    def dropout(self) -> float:
+        """The heads' dropout: the encoder's ``hidden_dropout_prob`` (0.1 for BERT and MiniLM), as
+        transformers' BertForSequenceClassification uses when ``classifier_dropout`` is unset."""
+        return self.config.hidden_dropout_prob
+
     def embed(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

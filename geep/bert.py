@@ -33,7 +33,7 @@ class FullDepthClassifier(nn.Module):
     def __init__(self, backbone: Backbone, num_labels: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.classifier = PoolerClassifier(backbone.hidden_size, num_labels)
+        self.classifier = PoolerClassifier(backbone.hidden_size, num_labels, backbone.dropout)
         self.classifier.init_from_pooler(backbone.pretrained_pooler)
 
     def logits(self, batch: Batch) -> torch.Tensor:

@@ -70,6 +70,10 @@ EXAMPLES = {
   geep flops --config bert-base --seq-len 128 --convention fastbert
   geep flops --config minilm-l6 --seq-len 64 --convention full --num-labels 4 --json
   geep flops --config path/to/config.json --seq-len 128 --convention full""",
+    "plan": """examples:
+  geep plan --profile paper                # before a run: FLOPs and device-hours, estimated
+  geep plan --profile quick --device a100
+  geep plan --profile compare --json""",
     "report": """examples:
   GEEP_PROFILE=smoke pytest benchmarks/ --benchmark-json out.json && geep report results/smoke
   geep report results/quick   # writes results.csv, tables.md and PNG plots there""",
@@ -195,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=_positive_int, default=2, help="classes of the head (2)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    p = command("plan", "estimated FLOPs and device-hours of a profile, before it runs", cmd_plan)
+    p.add_argument("--profile", required=True, help="smoke, quick, compare, offline or paper")
+    p.add_argument("--device", default="h100", help="h100 or a100: its sustained compute (h100)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     p = command("report", "tables and plots from a profile's benchmark runs", cmd_report)
     p.add_argument("results", type=Path, help="a profile's results folder, e.g. results/quick")
     return parser
@@ -260,7 +269,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from geep.training import train_method
+    from geep.training import is_main_process, train_method
 
     config = train_config(args)
     method = train_method(
@@ -272,10 +281,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.option,
         save_every_s=args.save_every,
     )
-    print(
-        f"saved {method.name} checkpoint to {args.out} "
-        f"(dev accuracy {method.info.dev_accuracy:.4f} at full depth)"
-    )
+    if is_main_process():  # one line under `accelerate launch`, not one per process
+        print(
+            f"saved {method.name} checkpoint to {args.out} "
+            f"(dev accuracy {method.info.dev_accuracy:.4f} at full depth)"
+        )
     return 0
 
 
@@ -354,6 +364,63 @@ def cmd_flops(args: argparse.Namespace) -> int:
             ["component", "FLOPs", "GFLOPs"],
         )
     )
+    return 0
+
+
+def _sig3(value: float) -> str:
+    """``value`` to 3 significant figures, without an exponent (1,230 / 4.56 / 0.00789)."""
+    if value == 0:
+        return "0"
+    return f"{value:,.{max(0, 2 - math.floor(math.log10(abs(value))))}f}"
+
+
+def _hours(value: float) -> str:
+    return "<0.01" if 0 < value < 0.005 else f"{value:.2f}"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from geep.plan import plan
+    from geep.profiles import get_profile
+
+    cost = plan(get_profile(args.profile), args.device)
+    if args.json:
+        print(json.dumps(cost.to_dict(), indent=2))
+        return 0
+    seeds = f"{cost.seeds} seed{'s' if cost.seeds > 1 else ''}"
+    print(
+        f"profile {cost.profile} on {args.device}, {seeds} (estimated; samples and settings "
+        "per seed, FLOPs and hours over all seeds)"
+    )
+    rows = []
+    for r in cost.rows:
+        known = r.train_flops is not None and r.eval_flops is not None
+        figures = (
+            [
+                f"{r.train_samples:,}",
+                _sig3(r.train_flops / 1e15),
+                _sig3(r.eval_flops / 1e15),
+                _hours(cost.hours(r.train_flops)),
+                _hours(cost.hours(r.eval_flops)),
+            ]
+            if known
+            else ["unknown"] * 5
+        )
+        head = [r.dataset, r.method, r.epochs, f"{r.passes:.2f}", r.settings]
+        rows.append([*head, *figures])
+    total = [cost.train_flops, cost.eval_flops]
+    rows.append(
+        ["total", "", "", "", "", "", *(_sig3(f / 1e15) for f in total)]
+        + [_hours(cost.hours(f)) for f in total]
+    )
+    header = ["dataset", "method", "epochs", "passes", "settings", "train samples"]
+    header += ["train PFLOPs", "eval PFLOPs", "train h", "eval h"]
+    print(_table(rows, header))
+    for line in cost.assumptions():
+        print(f"- {line}")
+    if cost.unknown:
+        print(f"- left out of the total, split sizes unknown: {', '.join(cost.unknown)}")
+    hours = cost.hours(cost.train_flops + cost.eval_flops)
+    print(f"total: {_hours(hours)} estimated device-hours on {args.device}")
     return 0
 
 

@@ -126,7 +126,7 @@ def report_json(ev: Evaluation) -> dict:
             "split": ev.split,
             "batch_size": ev.batch_size,
             "order": ev.order,
-            "seq_len": ev.data.input_ids.shape[1],
+            "seq_len": ev.data.seq_len,
             "device": str(ev.method.device),
             "torch_threads": torch.get_num_threads(),
             "versions": {

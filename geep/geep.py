@@ -117,7 +117,7 @@ class Geep(StudentTeacherMethod):
         else:
             self.fit_two_steps(train, "geep")
         self.extras = {
-            "train_input_ids": train.input_ids.int(),
+            "train_input_ids": torch.from_numpy(train.token_ids.astype(np.int32)),
             "train_lengths": train.lengths.int(),
             "train_uncertainty": self.exit_statistics(train),
         }
@@ -131,7 +131,8 @@ class Geep(StudentTeacherMethod):
     def keys(self, data: Encoded) -> torch.Tensor:
         """Each sample's table keys [N, K] (its non-special token ids; bigrams with ngram=2)."""
         special = self.tokenizer.all_special_ids
-        return sample_keys(data.input_ids, data.attention_mask, special, self.options.ngram)
+        whole = data.padded()
+        return sample_keys(whole.input_ids, whole.attention_mask, special, self.options.ngram)
 
     def train_keys(self) -> torch.Tensor:
         """The training samples' keys [N, K], from the token ids kept in the checkpoint."""
@@ -141,7 +142,7 @@ class Geep(StudentTeacherMethod):
         lengths = self.extras["train_lengths"].long()
         attention = (torch.arange(ids.shape[1]) < lengths.unsqueeze(1)).long()
         return self.keys(
-            Encoded(ids, attention, torch.zeros_like(ids), torch.full_like(lengths, -1), lengths)
+            Encoded.from_padded(ids, attention, torch.zeros_like(ids), torch.full_like(lengths, -1))
         )
 
     def exit_labels(self, speed: float) -> torch.Tensor:

@@ -18,13 +18,13 @@ from geep.flops import FASTBERT_HEAD_HEADS, FASTBERT_HEAD_WIDTH
 
 class FastBERTHead(nn.Module):
     """Linear(H -> 128) + tanh, 2-head self-attention at width 128 over all tokens, take [CLS],
-    Linear(128 -> 128) + tanh, Linear(128 -> C). Dropout 0.1.
+    Linear(128 -> 128) + tanh, Linear(128 -> C). Dropout 0.1 (the encoder's).
 
     Padding is masked in the attention, as in FastBERT's reference code (autoliuweijie/FastBERT);
     EasyNLP's GEEP head (alibaba/EasyNLP) attends to padding, which the suite does not copy.
     """
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1) -> None:
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float) -> None:
         super().__init__()
         width = FASTBERT_HEAD_WIDTH
         self.num_heads = FASTBERT_HEAD_HEADS
@@ -81,7 +81,7 @@ class PoolerClassifier(nn.Module):
     (``Backbone.sentence_vector``: [CLS], or the token mean for mean-pooling encoders).
     """
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1) -> None:
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float) -> None:
         super().__init__()
         self.pooler = nn.Linear(hidden_size, hidden_size)
         self.dropout = nn.Dropout(dropout)
@@ -103,7 +103,7 @@ class SharedPoolerClassifiers(nn.Module):
     """PABEE's exits: one pooler (Linear(H, H) + tanh) shared by all layers, then dropout and a
     Linear(H, C) per layer, on the backbone's sentence vector."""
 
-    def __init__(self, hidden_size: int, num_labels: int, num_layers: int, dropout: float = 0.1):
+    def __init__(self, hidden_size: int, num_labels: int, num_layers: int, dropout: float):
         super().__init__()
         self.pooler = nn.Linear(hidden_size, hidden_size)
         self.dropout = nn.Dropout(dropout)

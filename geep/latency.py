@@ -92,6 +92,14 @@ GPUS = {
 }
 
 
+FLOAT32_PEAK = {  # the same datasheets: plain FP32 (torch keeps TF32 matmuls off by default)
+    "h100": 67e12,
+    "a100": 19.5e12,
+}
+"""The float32 peak of each GPU of :data:`GPUS`, in FLOP/s: what the suite's own runs compute in
+(no autocast), for :mod:`geep.plan`."""
+
+
 @dataclass(frozen=True)
 class Measurement:
     """One calibration point: a run's calls, its operators per call and its measured time."""

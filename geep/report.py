@@ -32,6 +32,7 @@ from geep.storage import atomic_write_bytes, atomic_write_text
 from geep.work import calls_from_rows
 
 CALIBRATION_FILE = "latency-calibration.json"  # benchmarks/test_latency_calibration.py
+ENCODING_FILE = "encoding-memory.json"  # benchmarks/test_encoding_memory.py
 TARGETS = (1.5, 2.0, 3.0)  # FLOPs speedups the tables match methods at
 WITHIN = 0.01  # the accuracy a "fastest setting" may lose against bert
 COLUMNS = [
@@ -330,7 +331,51 @@ def model_section(frame: pd.DataFrame, device: Device) -> str:
     )
 
 
-def tables_markdown(frame: pd.DataFrame, device: Device | None = None) -> str:
+def encoding_section(results: Path) -> str | None:
+    """Markdown: the large-split encoding benchmark's figures, when the profile ran it."""
+    path = results / ENCODING_FILE
+    if not path.is_file():
+        return None
+    e = json.loads(path.read_text())
+    rows = [
+        (
+            "tokenizing",
+            f"{e['encode_rows_per_s']:,} samples/s ({e['encode_seconds']:g} s, "
+            f"{e['encode_cpu_per_wall']:g} cores busy)",
+            e["encode_peak_rss_mib"],
+            e["libraries_rss_mib"],
+        ),
+        (
+            "loading from the cache",
+            f"{e['cached_load_seconds']:g} s",
+            e["cached_peak_rss_mib"],
+            e["cached_libraries_rss_mib"],
+        ),
+    ]
+    lines = [
+        "## Encoding a large split",
+        "",
+        f"{e['rows']:,} generated samples at length {e['seq_len']} "
+        f"(benchmarks/test_encoding_memory.py) on {e['device']}, commit {e['git_commit']}. "
+        f"The cache entry takes {e['cache_mib']:g} MiB on disk (the texts {e['text_mib']:g} MiB; "
+        f"three int64 tensors would take {e['int64_tensors_mib']:,.0f} MiB). Peak resident "
+        f"memory above the libraries and tokenizer must stay under "
+        f"{e['bound_above_libraries_mib']:,} MiB; random batches of 32 from the cache: "
+        f"{e['batches_per_s']:,} a second.",
+        "",
+        "| step | speed | peak resident MiB | of which libraries and tokenizer |",
+        "|---|---|---|---|",
+        *(
+            f"| {step} | {speed} | {peak:,} | {libraries:,} |"
+            for step, speed, peak, libraries in rows
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def tables_markdown(
+    frame: pd.DataFrame, device: Device | None = None, encoding: str | None = None
+) -> str:
     """All datasets' tables, with how they were made."""
     first = frame.iloc[0]
     seeds = sorted(frame["seed"].unique())
@@ -364,6 +409,8 @@ def tables_markdown(frame: pd.DataFrame, device: Device | None = None) -> str:
         parts += ["", model_section(frame, device)]
         for dataset in frame["dataset"].unique():
             parts += ["", f"### {dataset}", "", work_table(frame, dataset)]
+    if encoding is not None:
+        parts += ["", encoding]
     return "\n".join(parts) + "\n"
 
 
@@ -460,7 +507,7 @@ def write_report(results: str | Path) -> list[Path]:
     written = [results / "results.csv", results / "tables.md"]
     columns = [c for c in COLUMNS if c in frame.columns]
     atomic_write_text(written[0], frame[columns].to_csv(index=False))
-    atomic_write_text(written[1], tables_markdown(frame, device))
+    atomic_write_text(written[1], tables_markdown(frame, device, encoding_section(results)))
     datasets = frame["dataset"].unique()
     figures = {f"speed-accuracy-{d}.png": plot_speed_accuracy(frame, d) for d in datasets}
     figures["realised-speedup.png"] = plot_realised_speedup(frame)

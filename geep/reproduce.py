@@ -34,7 +34,7 @@ from geep.flops import dims_for
 from geep.monitor import UtilisationMonitor
 from geep.profiles import Profile
 from geep.runner import Method, Predictions, get_method, load_checkpoint
-from geep.storage import atomic_write_text, cache_root
+from geep.storage import atomic_write_text, cache_root, exclusive
 from geep.sweeps import even_flops_speeds
 from geep.training import train_method
 from geep.work import calls_to_rows, operators_per_call
@@ -94,10 +94,11 @@ def checkpoint(profile: Profile, method: str, dataset: str, seed: int) -> Path:
     }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_root() / "checkpoints" / f"{method}-{dataset}-{key}"
-    if not (path / "config.json").is_file():
-        train_method(
-            method, dataset, path, model, config, start_from=start, max_dev=recipe["max_dev"]
-        )
+    with exclusive(path.with_name(f".{path.name}.lock")):  # one worker trains, the others wait
+        if not (path / "config.json").is_file():
+            train_method(
+                method, dataset, path, model, config, start_from=start, max_dev=recipe["max_dev"]
+            )
     return path
 
 
@@ -261,25 +262,29 @@ def record(
     atomically; ``sweep`` is the dev sweep's record (:func:`dev_sweep`).
 
     A run file made under a different profile configuration is replaced, not mixed with.
+    Benchmark workers may record rows of one run file at once: the folder's lock makes each
+    read-modify-write whole, so no row is lost.
     """
     meta = provenance(profile, method, data)
     path = run_file(results, dataset, method.name, meta["seed"])
-    rows: list[dict] = []
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old["provenance"]["config_hash"] == meta["config_hash"]:
-            rows = [r for r in old["rows"] if r["setting"] != row["setting"]]
-    rows = sorted([*rows, row], key=lambda r: (r["speed_source"] == "dev", r["speed"]))
     if sweep:
         meta["dev_sweep"] = sweep
-    document = {
-        "dataset": dataset,
-        "method": method.name,
-        "num_layers": method.num_layers,
-        "rows": rows,
-        "provenance": {**meta, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-    }
-    atomic_write_text(path, json.dumps(_finite(document), indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(path.parent):
+        rows: list[dict] = []
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if old["provenance"]["config_hash"] == meta["config_hash"]:
+                rows = [r for r in old["rows"] if r["setting"] != row["setting"]]
+        rows = sorted([*rows, row], key=lambda r: (r["speed_source"] == "dev", r["speed"]))
+        document = {
+            "dataset": dataset,
+            "method": method.name,
+            "num_layers": method.num_layers,
+            "rows": rows,
+            "provenance": {**meta, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        }
+        atomic_write_text(path, json.dumps(_finite(document), indent=2) + "\n")
     return path
 
 

@@ -226,6 +226,16 @@ class Method(ABC):
         method whose first stage is ordinary fine-tuning reuses it); most methods cannot."""
         raise GeepError(f"{self.name} cannot start from a fine-tuned model: train it from scratch")
 
+    @classmethod
+    def training_passes(cls, num_layers: int, options: Any) -> float:
+        """What :meth:`fit` costs per training sample and epoch, in forward + backward passes
+        of the full-depth encoder (geep.plan, ``geep plan``): ordinary fine-tuning is 1 (the
+        default); a forward-only pass over frozen layers counts 1/3 (a backward costs about two
+        forwards); heads are not counted. It includes the stages of ``starts_from``, which the
+        planner takes off when the profile trains that method. ``options``: an
+        ``options_class`` instance."""
+        return 1.0
+
     # --- shared behaviour ----------------------------------------------------------------
 
     def default_speeds(self) -> list[float]:

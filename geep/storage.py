@@ -2,12 +2,14 @@
 
 Every write goes to a hidden temporary beside its target (``.NAME.PID.XXXX.tmp``), is fsynced,
 and is renamed over the target. A process killed mid-write leaves only that temporary; the next
-write of the same target deletes it.
+write of the same target deletes it. A read-modify-write that several processes may do at once
+(benchmark workers adding rows to one run file) holds :func:`exclusive` around it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import os
 import shutil
@@ -53,6 +55,22 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (a folder, or a file created empty if missing) for the
+    block; another process asking for it waits until the block ends. The lock is the kernel's
+    (``flock``): a killed holder releases it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_RDONLY if path.is_dir() else os.O_RDONLY | os.O_CREAT
+    fd = os.open(path, flags, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

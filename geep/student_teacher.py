@@ -4,12 +4,13 @@
   student after each of layers 1..L-1 and as the teacher after layer L, with the loss terms of
   both methods (docs/methods.md).
 - :class:`StudentTeacherMethod`: what the two methods share on the runner interface: FastBERT's
-  two training steps, its exit rule and heads for dynamic exit, and the speed grid.
+  two training steps, its exit rule and heads for dynamic exit, the speed grid, and GEEP's
+  training cost for ``geep plan`` (which FastBERT overrides).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -34,9 +35,10 @@ class StudentTeacherModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.students = nn.ModuleList(
-            FastBERTHead(backbone.hidden_size, num_labels) for _ in range(backbone.num_layers - 1)
+            FastBERTHead(backbone.hidden_size, num_labels, backbone.dropout)
+            for _ in range(backbone.num_layers - 1)
         )
-        self.teacher = FastBERTHead(backbone.hidden_size, num_labels)
+        self.teacher = FastBERTHead(backbone.hidden_size, num_labels, backbone.dropout)
         self.teacher_inputs = teacher_inputs
 
     def exit_logits(
@@ -116,6 +118,22 @@ class StudentTeacherMethod(DynamicExitMethod):
             desc=f"{name}: step 2 (self-distillation)",
             terms="students",
         )
+
+    @classmethod
+    def training_passes(cls, num_layers: int, options: Any) -> float:
+        """GEEP's recipe (:meth:`geep.geep.Geep.fit`; FastBERT overrides it with its two steps).
+
+        The loss of backbone and teacher is one fine-tuning pass; with
+        ``teacher_inputs="diverse"`` layer L also runs forward and backward once more on each of
+        the L-2 shorter prefixes ((L-2)/L of a pass). ``training="two-step"`` then trains the
+        students on the frozen backbone, forward only (1/3). Last, the training split runs
+        forward once through layers 1..L-1 for the exit statistics ((L-1)/(3L)).
+        """
+        diverse = options.teacher_inputs == "diverse" and num_layers > 2
+        passes = 1.0 + ((num_layers - 2) / num_layers if diverse else 0.0)
+        if options.training == "two-step":
+            passes += 1.0 / 3
+        return passes + (num_layers - 1) / (3 * num_layers)
 
     def exit_head(
         self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor

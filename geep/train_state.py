@@ -14,6 +14,11 @@ the same batches and dropout masks: the checkpoint equals an uninterrupted run's
 kernels need not be bit-reproducible). A save of a different run is discarded. The folder is
 deleted once the checkpoint is written. Saves are read with ``weights_only=True`` and
 safetensors: nothing is unpickled.
+
+Under ``accelerate launch`` every process keeps a TrainState, but only the main process deletes
+and writes files; a save holds every process's random generators (their dropout masks differ),
+so a run resumes exactly with the same number of processes (``train_method`` records it in the
+run, and a save of another process count is discarded).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -40,6 +47,12 @@ from geep.storage import atomic_directory, atomic_write_text
 RUN_FILE = "run.json"
 SAVE_DIR = "latest"
 PROGRESS_KEYS = {"call", "desc", "steps", "total", "done", "losses"}
+
+
+def this_process() -> PartialState:
+    """Which of the processes of ``accelerate launch`` (or ``torchrun``) this one is; one process
+    outside them. On a machine without CUDA the processes talk over gloo."""
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def state_folder(out: Path) -> Path:
@@ -60,23 +73,34 @@ class TrainState:
         self.every_s = every_s
         self.calls = 0
         self._last_save = time.monotonic()
-        run_file = self.folder / RUN_FILE
-        if self.folder.exists() and _read_json(run_file) != run:
-            print(
-                f"geep: discarding the saved state of a different run in {folder}", file=sys.stderr
+        self._process = this_process()
+        with self._process.main_process_first():  # the main process cleans up, then all read
+            if self._process.is_main_process:
+                self._discard_other_runs(run)
+            self._saved: dict[str, Any] | None = _read_json(
+                self.folder / SAVE_DIR / "progress.json"
             )
-            shutil.rmtree(self.folder)
-        self._saved: dict[str, Any] | None = _read_json(self.folder / SAVE_DIR / "progress.json")
-        if self._saved is not None and not set(self._saved) >= PROGRESS_KEYS:
-            print(f"geep: discarding the unreadable saved state in {folder}", file=sys.stderr)
-            shutil.rmtree(self.folder / SAVE_DIR)
-            self._saved = None
-        if self._saved is not None:
+        if self._saved is not None and self._process.is_main_process:
             print(
                 f"geep: resuming from the state saved in {folder} "
                 f"({self._saved['desc']}, step {self._saved['steps']} of {self._saved['total']})",
                 file=sys.stderr,
             )
+
+    def _discard_other_runs(self, run: dict[str, Any]) -> None:
+        """Delete a save of a different run, or one whose progress record is incomplete, and
+        record ``run`` as the folder's."""
+        run_file = self.folder / RUN_FILE
+        if self.folder.exists() and _read_json(run_file) != run:
+            print(
+                f"geep: discarding the saved state of a different run in {self.folder}",
+                file=sys.stderr,
+            )
+            shutil.rmtree(self.folder)
+        saved = _read_json(self.folder / SAVE_DIR / "progress.json")
+        if saved is not None and not set(saved) >= PROGRESS_KEYS:
+            print(f"geep: discarding the unreadable saved state in {self.folder}", file=sys.stderr)
+            shutil.rmtree(self.folder / SAVE_DIR)
         atomic_write_text(run_file, json.dumps(run, indent=2, sort_keys=True) + "\n")
 
     def start_call(self) -> int:
@@ -109,17 +133,19 @@ class TrainState:
         epoch_generator: torch.Tensor | None = None,
     ) -> None:
         """Save the state after a step of call ``call`` (``progress``: desc, epoch, step_in_epoch,
-        steps, total, done). ``optimizer`` and ``scheduler`` are left out once the call is done."""
+        steps, total, done). ``optimizer`` and ``scheduler`` are left out once the call is done.
+        Every process calls it at the same step; the main process writes."""
         earlier = self._saved["losses"][:call] if self._saved else []
-        state: dict[str, Any] = {"rng": _rng_state()}
+        state: dict[str, Any] = {"rng": gather_object([_rng_state()])}  # one per process
         if optimizer is not None:
             state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
             state["epoch_generator"] = epoch_generator
         saved = {**progress, "call": call, "losses": [*earlier, losses]}
-        with atomic_directory(self.folder / SAVE_DIR) as tmp:
-            save_model(model, str(tmp / "model.safetensors"))
-            torch.save(state, tmp / "state.pt")
-            (tmp / "progress.json").write_text(json.dumps(saved) + "\n")
+        if self._process.is_main_process:
+            with atomic_directory(self.folder / SAVE_DIR) as tmp:
+                save_model(model, str(tmp / "model.safetensors"))
+                torch.save(state, tmp / "state.pt")
+                (tmp / "progress.json").write_text(json.dumps(saved) + "\n")
         self._saved = saved
         self._last_save = time.monotonic()
 
@@ -140,7 +166,7 @@ class TrainState:
                 f"the training state saved in {self.folder} is unreadable ({type(e).__name__}); "
                 "delete that folder and run again"
             ) from None
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"][self._process.process_index])
         if optimizer is None:
             return None
         optimizer.load_state_dict(state["optimizer"])
@@ -148,7 +174,8 @@ class TrainState:
         return state["epoch_generator"]
 
     def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self._process.is_main_process:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 _active: ContextVar[TrainState | None] = ContextVar("geep_train_state", default=None)

@@ -1,8 +1,12 @@
 """The one training loop every method uses: AdamW, linear warm-up and decay, Accelerate.
 
-Accelerate places the model and batches on the available device; ``accelerate launch`` runs the
-same loop on many GPUs or nodes. A method supplies the loss and the parameters to train, so
-multi-step recipes (FastBERT's self-distillation, DeeBERT's two stages) call it once per step.
+Accelerate places the model and batches on the available device. Under ``accelerate launch``
+(or ``torchrun``) with N processes the loop trains with data parallelism: every process draws
+the same global batches, takes its share of each (:class:`EpochBatches`), and DDP averages the
+gradients, so N processes follow the one-process run at the same ``--batch-size``
+(docs/distributed.md). Only the main process writes the saves, the checkpoint and the progress
+bars. A method supplies the loss and the parameters to train, so multi-step recipes (FastBERT's
+self-distillation, DeeBERT's two stages) call it once per step.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -26,7 +30,7 @@ from geep.encoding import Encoded, encode_split
 from geep.errors import GeepError
 from geep.metrics import accuracy
 from geep.runner import Method, get_method, load_checkpoint
-from geep.train_state import TrainState, active_state, saving_into, state_folder
+from geep.train_state import TrainState, active_state, saving_into, state_folder, this_process
 
 BUCKET_BATCHES = 50
 """Batches per chunk that length-bucketed batching sorts by length (see :class:`EpochBatches`)."""
@@ -40,13 +44,26 @@ class EpochBatches(Sampler[list[int]]):
     chunk is sorted by length and cut into batches, and the batches are shuffled. Every batch
     then holds samples of similar length, so little of it is padding (rotten-tomatoes at length
     64: 5% instead of 44%), while which samples meet in a batch and the batch order stay random.
+
+    With ``processes`` > 1 every process draws the same global batches (same generator state)
+    and yields the ``rank``-th of ``processes`` near-equal contiguous parts of each; a process
+    whose part is empty (a last batch smaller than ``processes``) gets the batch's first sample,
+    weighed 0. ``shares`` holds the loss weight of each batch of the epoch being drawn (1.0 for
+    one process).
     """
 
     def __init__(
-        self, lengths: torch.Tensor, batch_size: int, batching: str, generator: torch.Generator
+        self,
+        lengths: torch.Tensor,
+        batch_size: int,
+        batching: str,
+        generator: torch.Generator,
+        rank: int = 0,
+        processes: int = 1,
     ) -> None:
         self.lengths, self.batch_size, self.batching = lengths, batch_size, batching
         self.generator = generator
+        self.rank, self.processes = rank, processes
 
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
@@ -60,7 +77,23 @@ class EpochBatches(Sampler[list[int]]):
         if self.batching == "length":
             shuffle = torch.randperm(len(batches), generator=self.generator)
             batches = [batches[i] for i in shuffle]
+        self.shares = [1.0] * len(batches)
+        if self.processes > 1:
+            batches, self.shares = zip(*(self.part(batch) for batch in batches), strict=True)
         return iter([batch.tolist() for batch in batches])
+
+    def part(self, batch: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This process's part of a global batch and the weight of its mean loss.
+
+        DDP averages the processes' gradients; weighing each part's mean loss by
+        ``len(part) * processes / len(batch)`` makes that average the gradient of the global
+        batch's mean loss, as one process computes it. It assumes a method's loss is a mean
+        over the batch's samples, as every method's is.
+        """
+        mine = batch.tensor_split(self.processes)[self.rank]
+        if len(mine) == 0:
+            return batch[:1], 0.0
+        return mine, len(mine) * self.processes / len(batch)
 
 
 def adamw(
@@ -89,8 +122,8 @@ def train_loop(
 ) -> list[float]:
     """Minimise ``model(batch, **forward_kwargs)`` (a scalar loss) over ``data``.
 
-    Returns the loss of every step. Only ``params`` are updated (a method's later steps freeze
-    the rest).
+    Returns the loss of every step (of the global batch, under several processes). Only
+    ``params`` are updated (a method's later steps freeze the rest).
     ``lr`` overrides ``config.lr`` (FastBERT's step 2 uses 10x). Batches are drawn with
     ``config.seed`` as ``config.batching`` says (:class:`EpochBatches`); the schedule decays to 0
     exactly at the last step (not earlier, unlike the FastBERT reference code).
@@ -107,42 +140,59 @@ def train_loop(
             state.restore(model)
         return saved["losses"]
     set_seed(config.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
     params = [p for p in params if p.requires_grad]
     optimizer = adamw(params, lr or config.lr, config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)  # draws each epoch's batch order
-    loader = DataLoader(
+    sampler = EpochBatches(
+        data.lengths,
+        config.batch_size,
+        config.batching,
+        generator,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
+    loader = DataLoader(  # not prepared: EpochBatches shards it, so every loss weight is known
         range(len(data)),
-        batch_sampler=EpochBatches(data.lengths, config.batch_size, config.batching, generator),
+        batch_sampler=sampler,
         collate_fn=lambda index: data.batch(torch.tensor(index)),
         generator=generator,  # the loader draws a seed per epoch: from here, not dropout's RNG
     )
     total = len(loader) * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total), total)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model, optimizer = accelerator.prepare(model, optimizer)
     losses: list[float] = []
     first_epoch, skip = 0, 0
     if saved is not None:  # the call the kill interrupted: go on after its last saved step
-        generator.set_state(state.restore(model, optimizer, scheduler))
+        generator.set_state(state.restore(accelerator.unwrap_model(model), optimizer, scheduler))
         losses = saved["losses"]
         first_epoch, skip = saved["epoch"], saved["step_in_epoch"]
     model.train()
-    with tqdm(total=total, initial=len(losses), desc=desc, unit="step", dynamic_ncols=True) as bar:
+    main = accelerator.is_main_process
+    bar = tqdm(total=total, initial=len(losses), desc=desc, unit="step", disable=not main)
+    with bar:
         for epoch in range(first_epoch, config.epochs):
             epoch_generator = generator.get_state()
             for step, batch in enumerate(loader):
                 if step < skip:  # replay the batch order up to the saved step
                     continue
-                loss = model(batch.to(accelerator.device), **forward_kwargs)
+                loss = model(batch.to(accelerator.device), **forward_kwargs) * sampler.shares[step]
                 accelerator.backward(loss)
                 accelerator.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-                losses.append(loss.item())
+                due = state is not None and state.due() and len(losses) + 1 < total
+                # one all-reduce: the global batch's loss, and whether any process's save is due
+                flags = torch.tensor([loss.item(), float(due)], device=loss.device)
+                summed = accelerator.reduce(flags, "sum")
+                losses.append(summed[0].item() / accelerator.num_processes)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 bar.update()
-                if state is not None and state.due() and len(losses) < total:
+                if summed[1] > 0:
                     progress = {
                         "desc": desc,
                         "epoch": epoch,
@@ -190,19 +240,23 @@ def train_method(
 
     The training state is saved every ``save_every_s`` seconds (0: after every step) beside
     ``out``; a re-run of a killed run resumes from it (:mod:`geep.train_state`).
+
+    Under ``accelerate launch`` every process runs this function on its own device; the main
+    process alone fetches the data first, writes the checkpoint and removes the saved state.
     """
     cls = get_method(method_name)
     cls.options_class().with_settings(settings)  # reject bad options before any work
+    process = this_process()
     set_seed(config.seed)  # before the heads are initialised, so a seed fixes the whole run
-    data = load_dataset(dataset)
+    with process.main_process_first():  # one download or archive extraction, then all read
+        data = load_dataset(dataset)
     train = data["train"]
     if config.max_train is not None and config.max_train < len(train):
         train = train.shuffle(seed=config.seed).select(range(config.max_train))
     task = "pair" if "text_pair" in train.column_names else "single"
     labels = train.features["label"].names
     method = cls.create(model, labels, dataset, config, task=task, settings=settings)
-    if torch.cuda.is_available():
-        method.to("cuda")
+    method.to(process.device)
     encoded = encode_split(method.tokenizer, train, config.seq_len)
     run = {
         "method": method_name,
@@ -212,6 +266,7 @@ def train_method(
         "settings": list(settings),
         "start_from": None if start_from is None else str(start_from),
         "data_sha256": encoded.sha256(),
+        "processes": process.num_processes,  # a save resumes with as many (geep.train_state)
     }
     state = TrainState(state_folder(Path(out)), run, save_every_s)
     try:
@@ -232,6 +287,13 @@ def train_method(
     speed = method.default_speeds()[0]
     method.info.dev_accuracy = accuracy(dev.labels.numpy(), method.run(dev, speed, 64).labels)
     method.info.dev_samples = len(dev)
-    method.save(out)
-    state.remove()
+    if process.is_main_process:
+        method.save(out)
+        state.remove()
+    process.wait_for_everyone()  # no process ends before the checkpoint is whole
     return method
+
+
+def is_main_process() -> bool:
+    """Whether this is the process that reports (always, outside ``accelerate launch``)."""
+    return this_process().is_main_process

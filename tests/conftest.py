@@ -16,8 +16,9 @@ WORDS = (
 ).split()
 
 
-def make_tiny_model(folder: Path, layers: int = 4, seed: int = 0) -> Path:
-    """Save a random 4-layer, hidden-32 BERT and a word-level vocab to ``folder``."""
+def make_tiny_model(folder: Path, layers: int = 4, seed: int = 0, dropout: float = 0.1) -> Path:
+    """Save a random 4-layer, hidden-32 BERT (``dropout`` in the encoder and the heads) and a
+    word-level vocab to ``folder``."""
     import torch
 
     torch.manual_seed(seed)
@@ -31,6 +32,8 @@ def make_tiny_model(folder: Path, layers: int = 4, seed: int = 0) -> Path:
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -51,6 +51,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """``GEEP_PROFILE=smoke pytest benchmarks/ --benchmark-json out.json`` into a temp folder."""
     out = tmp_path_factory.mktemp("smoke")
     env = {**os.environ, "GEEP_PROFILE": "smoke", "GEEP_RESULTS": str(out / "results")}
+    env["GEEP_ENCODING_ROWS"] = "2000"  # the large-split benchmark, small
     command = [sys.executable, "-m", "pytest", "benchmarks/", "-q", "-p", "no:cacheprovider"]
     done = subprocess.run(
         [*command, "--benchmark-json", str(out / "out.json")],
@@ -84,6 +85,7 @@ def test_report_and_notebook_draw_the_runs(smoke, capsys, monkeypatch) -> None:
     assert "speed-accuracy-rotten-tomatoes.png" in names
     assert "modelled-speedup-rotten-tomatoes.png" in names  # the smoke run calibrates the model
     assert "## Latency model" in (results / "tables.md").read_text()
+    assert "| tokenizing | " in (results / "tables.md").read_text()  # the encoding benchmark
     tables = (results / "tables.md").read_text()
     assert all(f"`{m}`" in tables for m in method_names())
     notebook = nbformat.read(ROOT / "notebooks" / "figures.ipynb", as_version=4)
@@ -97,3 +99,56 @@ def test_report_and_notebook_draw_the_runs(smoke, capsys, monkeypatch) -> None:
         if "image/png" in o.get("data", {})
     ]
     assert len(images) == 3  # speed-accuracy and modelled speedup (one dataset), realised speedup
+
+
+# --- the units spread over pytest-xdist workers -------------------------------------------------
+
+TIMING = {  # what a unit measures about the machine, not the model: differs run to run
+    "throughput",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "gpu_util_percent",
+    "gpu_memory_mib",
+    "torch_peak_memory_mib",
+    "cpu_util_percent",
+    "utilisation_samples",
+    "round_seconds_median",
+}
+
+
+def smoke_units(results: Path, *workers: str) -> subprocess.CompletedProcess:
+    """The smoke profile's units and latency calibration, one thread per process."""
+    env = {**os.environ, "GEEP_PROFILE": "smoke", "GEEP_RESULTS": str(results)}
+    env["OMP_NUM_THREADS"] = "1"  # as each of two workers gets on 2 cores: the same kernels
+    command = [sys.executable, "-m", "pytest", "benchmarks/test_methods.py"]
+    command += ["benchmarks/test_latency_calibration.py", "-p", "no:cacheprovider", *workers]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def recorded_rows(results: Path) -> dict[str, list[dict]]:
+    """Every run file's rows without their timings, and the calibration's points' shapes."""
+    rows = {
+        str(path.relative_to(results)): [
+            {k: v for k, v in row.items() if k not in TIMING}
+            for row in json.loads(path.read_text())["rows"]
+        ]
+        for path in sorted((results / "runs").rglob("*.json"))
+    }
+    calibration = json.loads((results / "latency-calibration.json").read_text())
+    rows["calibration"] = [
+        {k: v for k, v in point.items() if k != "seconds"} for point in calibration["points"]
+    ]
+    return rows
+
+
+def test_two_workers_record_the_rows_of_one(tmp_path: Path) -> None:
+    smoke_units(tmp_path / "one", "-q")
+    done = smoke_units(tmp_path / "two", "-n", "2", "--dist", "loadgroup", "-v")
+    assert "[gw0]" in done.stdout and "[gw1]" in done.stdout  # both workers ran units
+    one, two = recorded_rows(tmp_path / "one"), recorded_rows(tmp_path / "two")
+    assert len(one) == len(method_names()) + 1
+    assert sum(len(rows) for rows in one.values()) > 20
+    assert one == two
+    assert not list((tmp_path / "two").rglob(".*.tmp")), "a temporary was left behind"

@@ -19,11 +19,11 @@ def test_embedded_model_loads_pretrained_weights() -> None:
     assert backbone.num_layers == 6 and backbone.hidden_size == 384
     assert backbone.pooling == "mean"  # from the model's own 1_Pooling/config.json
     texts = ["a cat sits on the mat", "a kitten is sitting on a rug", "stock markets fell sharply"]
-    enc = encode_texts(tokenizer, texts, seq_len=32)
+    batch = encode_texts(tokenizer, texts, seq_len=32).padded()
     with torch.no_grad():
-        hidden, mask = backbone.embed(enc.input_ids, enc.attention_mask, enc.token_type_ids)
+        hidden, mask = backbone.embed(**batch.inputs())
         hidden = backbone.run_layers(hidden, mask, 0, 6)
-    emb = F.normalize(backbone.sentence_vector(hidden, enc.attention_mask), dim=-1)
+    emb = F.normalize(backbone.sentence_vector(hidden, batch.attention_mask), dim=-1)
     # Pretrained sentence embeddings know a kitten from the stock market; random weights do not.
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.3
 

@@ -51,7 +51,7 @@ def test_dynamic_exit_shrinks_the_batch_and_keeps_each_samples_own_exit() -> Non
     lengths = torch.tensor([2, 5, 3, 9, 4])  # a sample of length n exits at layer n - 1
     mask = (torch.arange(9) < lengths[:, None]).long()  # [5, 9]
     ids = torch.randint(5, 90, (5, 9)) * mask
-    data = Encoded(ids, mask, torch.zeros_like(ids), torch.zeros(5).long(), lengths)
+    data = Encoded.from_padded(ids, mask, torch.zeros_like(ids), torch.zeros(5).long())
 
     rows: list[tuple[int, int]] = []  # (layer, batch rows) of every layer call
     for i, layer in enumerate(backbone.encoder.encoder.layer, start=1):

@@ -28,7 +28,7 @@ def forward_with_head(dims: EncoderDims, n: int, num_labels: int) -> tuple[nn.Mo
         intermediate_size=dims.intermediate,
     )
     backbone = Backbone.from_config(config).eval()
-    head = FastBERTHead(dims.hidden, num_labels).eval()
+    head = FastBERTHead(dims.hidden, num_labels, dropout=0.1).eval()
     ids = torch.randint(1000, 2000, (1, n))
     mask = torch.ones_like(ids)
 

