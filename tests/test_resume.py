@@ -165,7 +165,9 @@ def test_killed_training_resumes_to_the_uninterrupted_checkpoint(
     assert f"resuming from the state saved in {state_folder(out)}" in err
     weights = load_file(out / "model.safetensors")
     assert weights.keys() == uninterrupted.keys()
-    assert all(torch.equal(weights[k], uninterrupted[k]) for k in weights)
+    differ = {k: float((weights[k] - uninterrupted[k]).abs().max()) for k in weights}
+    differ = {k: d for k, d in differ.items() if d > 0}
+    assert not differ, f"{len(differ)} tensors differ, by up to {max(differ.values()):.3g}"
     assert not state_folder(out).exists()  # removed once the checkpoint is written
     assert not list(tmp_path.glob(".*.tmp")), "a temporary was left behind"
 
