@@ -36,7 +36,7 @@ from geep.encoding import Batch, Encoded
 from geep.errors import GeepError
 from geep.exits import DynamicExitMethod, entropy
 from geep.heads import PoolerClassifier
-from geep.runner import Method, register
+from geep.runner import FORWARD_ONLY, Method, register
 from geep.training import train_loop
 
 
@@ -115,8 +115,8 @@ class DeeBERT(DynamicExitMethod):
     @classmethod
     def training_passes(cls, num_layers: int, options: Any) -> float:
         """Stage 1 fine-tunes (1 pass); stage 2 trains the highways on the frozen backbone,
-        which runs forward only (1/3)."""
-        return 1.0 + 1.0 / 3
+        which runs forward only."""
+        return 1.0 + FORWARD_ONLY
 
     def fit_highways(self, train: Encoded) -> None:
         """Stage 2: the highways' summed cross-entropy; backbone and classifier frozen."""

@@ -45,9 +45,3 @@ class FastBERT(StudentTeacherMethod):
 
     def fit(self, train: Encoded) -> None:
         self.fit_two_steps(train, "fastbert")
-
-    @classmethod
-    def training_passes(cls, num_layers: int, options: Any) -> float:
-        """Step 1 fine-tunes backbone and teacher (1 pass); step 2, self-distillation, trains
-        the students on the frozen backbone, which runs forward only (1/3)."""
-        return 1.0 + 1.0 / 3

@@ -54,7 +54,7 @@ from geep.errors import GeepError
 from geep.exit_prediction import exit_quality, predict_exit_layers
 from geep.exit_table import ExitTable, sample_keys
 from geep.exits import first_exit_layer
-from geep.runner import BatchResult, Predictions, register
+from geep.runner import FORWARD_ONLY, BatchResult, Predictions, register
 from geep.student_teacher import ExitHead, StudentTeacherMethod, StudentTeacherModel
 from geep.sweeps import Calibration, gap_midpoints
 from geep.training import train_loop
@@ -121,6 +121,21 @@ class Geep(StudentTeacherMethod):
             "train_lengths": train.lengths.int(),
             "train_uncertainty": self.exit_statistics(train),
         }
+
+    @classmethod
+    def training_passes(cls, num_layers: int, options: GeepOptions) -> float:
+        """One step: the loss of backbone, teacher and students is one fine-tuning pass (the
+        two-step recipe: :class:`StudentTeacherMethod`'s); with ``teacher_inputs="diverse"``
+        layer L also runs forward and backward once more on each of the L-2 shorter prefixes
+        ((L-2)/L of a pass). Last, the training split runs forward once through layers 1..L-1
+        for the exit statistics."""
+        diverse = options.teacher_inputs == "diverse" and num_layers > 2
+        passes = (num_layers - 2) / num_layers if diverse else 0.0
+        if options.training == "two-step":
+            passes += super().training_passes(num_layers, options)
+        else:
+            passes += 1.0
+        return passes + FORWARD_ONLY * (num_layers - 1) / num_layers
 
     # --- exit prediction --------------------------------------------------------------------
 

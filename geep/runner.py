@@ -159,6 +159,11 @@ def _import_methods() -> tuple[str, ...]:
     return tuple(modules)
 
 
+FORWARD_ONLY = 1 / 3
+"""A forward through frozen layers, in training passes (a backward costs about two forwards):
+for :meth:`Method.training_passes`."""
+
+
 class Method(ABC):
     """A trained (or trainable) early-exit method: a model with heads plus its exit rule."""
 
@@ -230,8 +235,8 @@ class Method(ABC):
     def training_passes(cls, num_layers: int, options: Any) -> float:
         """What :meth:`fit` costs per training sample and epoch, in forward + backward passes
         of the full-depth encoder (geep.plan, ``geep plan``): ordinary fine-tuning is 1 (the
-        default); a forward-only pass over frozen layers counts 1/3 (a backward costs about two
-        forwards); heads are not counted. It includes the stages of ``starts_from``, which the
+        default); a forward-only pass over frozen layers counts :data:`FORWARD_ONLY`; heads are
+        not counted. It includes the stages of ``starts_from``, which the
         planner takes off when the profile trains that method. ``options``: an
         ``options_class`` instance."""
         return 1.0

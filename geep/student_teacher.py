@@ -4,8 +4,8 @@
   student after each of layers 1..L-1 and as the teacher after layer L, with the loss terms of
   both methods (docs/methods.md).
 - :class:`StudentTeacherMethod`: what the two methods share on the runner interface: FastBERT's
-  two training steps, its exit rule and heads for dynamic exit, the speed grid, and GEEP's
-  training cost for ``geep plan`` (which FastBERT overrides).
+  two training steps (and their cost for ``geep plan``), its exit rule and heads for dynamic
+  exit, and the speed grid.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from geep.config import TrainConfig
 from geep.encoding import Batch, Encoded
 from geep.exits import DynamicExitMethod, normalized_entropy
 from geep.heads import FastBERTHead
+from geep.runner import FORWARD_ONLY
 from geep.training import train_loop
 
 ExitHead = Literal["student", "shared"]
@@ -121,19 +122,9 @@ class StudentTeacherMethod(DynamicExitMethod):
 
     @classmethod
     def training_passes(cls, num_layers: int, options: Any) -> float:
-        """GEEP's recipe (:meth:`geep.geep.Geep.fit`; FastBERT overrides it with its two steps).
-
-        The loss of backbone and teacher is one fine-tuning pass; with
-        ``teacher_inputs="diverse"`` layer L also runs forward and backward once more on each of
-        the L-2 shorter prefixes ((L-2)/L of a pass). ``training="two-step"`` then trains the
-        students on the frozen backbone, forward only (1/3). Last, the training split runs
-        forward once through layers 1..L-1 for the exit statistics ((L-1)/(3L)).
-        """
-        diverse = options.teacher_inputs == "diverse" and num_layers > 2
-        passes = 1.0 + ((num_layers - 2) / num_layers if diverse else 0.0)
-        if options.training == "two-step":
-            passes += 1.0 / 3
-        return passes + (num_layers - 1) / (3 * num_layers)
+        """:meth:`fit_two_steps`: step 1 fine-tunes backbone and teacher (1 pass); step 2,
+        self-distillation, trains the students on the frozen backbone, forward only."""
+        return 1.0 + FORWARD_ONLY
 
     def exit_head(
         self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor

@@ -242,7 +242,8 @@ def train_method(
     ``out``; a re-run of a killed run resumes from it (:mod:`geep.train_state`).
 
     Under ``accelerate launch`` every process runs this function on its own device; the main
-    process alone fetches the data first, writes the checkpoint and removes the saved state.
+    process alone fetches the data first, evaluates the dev split, writes the checkpoint and
+    removes the saved state.
     """
     cls = get_method(method_name)
     cls.options_class().with_settings(settings)  # reject bad options before any work
@@ -280,14 +281,15 @@ def train_method(
             f"out of GPU memory training {method_name} at batch size {config.batch_size}, "
             f"--seq-len {config.seq_len}; lower one of them"
         ) from None
-    rows = data["dev"]
-    if max_dev is not None:
-        rows = rows.select(range(min(max_dev, len(rows))))
-    dev = encode_split(method.tokenizer, rows, config.seq_len)
-    speed = method.default_speeds()[0]
-    method.info.dev_accuracy = accuracy(dev.labels.numpy(), method.run(dev, speed, 64).labels)
-    method.info.dev_samples = len(dev)
-    if process.is_main_process:
+    if process.is_main_process:  # the processes hold the same weights: one evaluates and saves
+        rows = data["dev"]
+        if max_dev is not None:
+            rows = rows.select(range(min(max_dev, len(rows))))
+        dev = encode_split(method.tokenizer, rows, config.seq_len)
+        speed = method.default_speeds()[0]
+        labels = method.run(dev, speed, 64).labels
+        method.info.dev_accuracy = accuracy(dev.labels.numpy(), labels)
+        method.info.dev_samples = len(dev)
         method.save(out)
         state.remove()
     process.wait_for_everyone()  # no process ends before the checkpoint is whole
