@@ -1,7 +1,8 @@
 """Benchmark options: ``--profile`` (else ``$GEEP_PROFILE``, else ``quick``), ``--results``
 (else ``$GEEP_RESULTS``, else ``results/<profile>``) and ``--resume`` (else ``$GEEP_RESUME=1``):
 skip the units whose rows the run files already hold, so an interrupted run goes on where it
-stopped. The latency calibration's rounds are spread evenly over the run (first and last
+stopped. A damaged run file is set aside first, with a line saying so, and its units run
+again. The latency calibration's rounds are spread evenly over the run (first and last
 included), so the model is fitted on the machine as the other units found it.
 
 With pytest-xdist (``pytest benchmarks/ -n 2 --dist loadgroup``) the units are spread over
@@ -15,12 +16,16 @@ efficiency, the training speed) are skipped: run those in one process (docs/dist
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from geep.errors import GeepError
 from geep.profiles import PROFILES, Profile, get_profile
+from geep.reproduce import recover_run_files
+from geep.storage import check_folder
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,10 +49,29 @@ def resume(request: pytest.FixtureRequest) -> bool:
     return request.config.getoption("--resume") or os.environ.get("GEEP_RESUME") == "1"
 
 
+def results_of(config: pytest.Config) -> Path:
+    chosen = config.getoption("--results") or os.environ.get("GEEP_RESULTS")
+    return Path(chosen or Path("results") / profile_of(config).name)
+
+
 @pytest.fixture(scope="session")
-def results_dir(request: pytest.FixtureRequest, profile: Profile) -> Path:
-    chosen = request.config.getoption("--results") or os.environ.get("GEEP_RESULTS")
-    return Path(chosen or Path("results") / profile.name)
+def results_dir(request: pytest.FixtureRequest) -> Path:
+    return results_of(request.config)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Check the results folder, and set aside the profile's damaged run files before any unit
+    runs, one line each: their units are then measured again (with ``--resume`` too) and their
+    files rewritten whole."""
+    config = session.config
+    results = results_of(config)
+    try:
+        check_folder(results, "the results folder", "give --results a folder you can write to")
+    except GeepError as err:
+        raise pytest.UsageError(str(err)) from None
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    for line in recover_run_files(results, profile_of(config)):
+        reporter.write_line(line) if reporter else print(line, file=sys.stderr)
 
 
 def worker() -> tuple[int, int] | None:

@@ -42,7 +42,7 @@ from geep.encoding import encode_split
 from geep.profiles import Profile
 from geep.report import ENCODING_FILE
 from geep.reproduce import device_name, git_commit
-from geep.storage import atomic_write_text
+from geep.storage import atomic_write_text, check_target, json_ownership
 
 ROWS = 1_000_000
 PROFILES = ("compare", "offline", "paper")  # the profiles that run it at ROWS samples
@@ -185,7 +185,9 @@ def test_encoding_memory(benchmark, profile: Profile, results_dir: Path, tmp_pat
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     benchmark.extra_info.update(info)
-    atomic_write_text(results_dir / ENCODING_FILE, json.dumps(info, indent=1) + "\n")
+    path = results_dir / ENCODING_FILE
+    check_target(path, "the encoding benchmark's file", "file", json_ownership("encode_rows_per_s"))
+    atomic_write_text(path, json.dumps(info, indent=1) + "\n")
     for figures in (encoded, cached):
         assert figures["peak_rss_mib"] - figures["rss_before_mib"] < bound, info
 

@@ -23,15 +23,15 @@ import torch
 
 from geep.encoding import Encoded
 from geep.profiles import Profile
+from geep.report import CALIBRATION_FILE
 from geep.reproduce import device_name, eval_split
 from geep.runner import Method, get_method
-from geep.storage import atomic_write_text
+from geep.storage import atomic_write_text, check_target, json_ownership
 from geep.work import calls_to_rows, operators_per_call
 
 SIZES = (1, 2, 4, 8, 16, 32)
 QUANTILES = (0.1, 0.5, 0.9)  # where in the dev split's length order each window sits
 ROUNDS = 3
-CALIBRATION_FILE = "latency-calibration.json"
 
 
 def windows(data: Encoded, sizes: tuple[int, ...]) -> list[tuple[int, Encoded]]:
@@ -94,7 +94,7 @@ class Calibration:
             )
         ]
         out = {**self.header, "rounds": len(self.seconds[0]), "points": rows}
-        path.parent.mkdir(parents=True, exist_ok=True)
+        check_target(path, "the calibration file", "file", json_ownership("points"))
         atomic_write_text(path, json.dumps(out, indent=1) + "\n")
 
 

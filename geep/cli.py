@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geep.errors import GeepError
+from geep.storage import describe_os_error
 
 if TYPE_CHECKING:
     from geep.config import TrainConfig
@@ -290,8 +291,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from geep.evaluation import evaluate_checkpoint, report_json, write_predictions
+    from geep.evaluation import (
+        check_predictions_target,
+        evaluate_checkpoint,
+        report_json,
+        write_predictions,
+    )
 
+    if args.predictions:
+        check_predictions_target(args.predictions)  # before the work, not after it
     ev = evaluate_checkpoint(
         args.checkpoint,
         args.dataset,
@@ -448,6 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except GeepError as err:
         print(f"geep: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the operating system's faults: permissions, a full disk, ...
+        print(f"geep: error: {describe_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

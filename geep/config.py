@@ -86,6 +86,10 @@ class MethodOptions:
                 f"unknown option {', '.join(sorted(unknown))}: "
                 f"{'; '.join(cls.describe()) or 'none exist'}"
             )
+        hints = get_type_hints(cls)
+        for key, value in data.items():
+            if not _has_type(value, hints[key]):
+                raise GeepError(f"option {key}={value!r} is not {_type_name(hints[key])}")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,6 +131,18 @@ def _type_name(kind: Any) -> str:
     if get_origin(kind) is Literal:
         return "|".join(str(choice) for choice in get_args(kind))
     return kind.__name__
+
+
+def _has_type(value: Any, kind: Any) -> bool:
+    """Whether ``value`` (read from JSON) is a ``kind``: a Literal's choice, a bool, an int, or
+    a finite float (an int will do)."""
+    if get_origin(kind) is Literal:
+        return any(value == choice and type(value) is type(choice) for choice in get_args(kind))
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and math.isfinite(value)
+    return isinstance(value, kind)
 
 
 def _parse_value(key: str, text: str, kind: Any) -> Any:

@@ -18,8 +18,8 @@ from geep.data import REGISTRY, load_dataset
 from geep.encoding import Encoded
 from geep.errors import GeepError
 from geep.metrics import accuracy, bootstrap_interval, latency_ms, macro_f1
-from geep.runner import Method, Order, Predictions, load_checkpoint
-from geep.storage import atomic_write_text
+from geep.runner import Method, Order, Predictions, check_seq_len, load_checkpoint
+from geep.storage import atomic_write_text, cache_root, check_target
 from geep.work import work_counts
 
 
@@ -139,10 +139,31 @@ def report_json(ev: Evaluation) -> dict:
     }
 
 
+PREDICTION_KEYS = ("index", "text", "label", "pred", "exit_layer", "speed")
+
+
+def check_predictions_target(path: Path) -> Path:
+    """GeepError unless ``path`` can take a predictions file (checked before the evaluation,
+    so a bad path does not cost the run): an existing file is replaced only when it is one."""
+    return check_target(path, "--predictions", "file", _predictions_ownership)
+
+
+def _predictions_ownership(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        first = None
+    if isinstance(first, dict) and tuple(first) == PREDICTION_KEYS:
+        return None
+    return "it is not a predictions file of `geep evaluate`"
+
+
 def write_predictions(
     path: Path, texts: list[str], labels: np.ndarray, speeds: list[float], runs: list[Predictions]
 ) -> None:
     """One JSON line per sample and speed: index, text, label, pred, exit_layer, speed."""
+    path = check_predictions_target(path)
     lines = [
         json.dumps(
             {
@@ -212,19 +233,23 @@ def evaluate_checkpoint(
 
     ``dataset`` defaults to the one the checkpoint was trained on. ``split`` is train, dev, test
     or all (the three together); by default test, and all for a single local file, which is
-    evaluated whole. Labels are matched to the checkpoint's classes (:func:`label_mapping`).
-    ``max_eval`` keeps the split's first N samples. ``settings`` (``KEY=VALUE``) change the
-    method's inference options. ``order``: how samples are batched (:meth:`Method.run`).
+    evaluated whole, in its order, however small. Labels are matched to the checkpoint's
+    classes (:func:`label_mapping`). ``max_eval`` keeps the split's first N samples.
+    ``settings`` (``KEY=VALUE``) change the method's inference options. ``order``: how
+    samples are batched (:meth:`Method.run`).
     """
     if max_eval is not None and max_eval < 1:
         raise GeepError(f"--max-eval must be at least 1, got {max_eval}")
+    cache_root()  # checked before the work
     method = load_checkpoint(checkpoint)
     method.configure(settings)
+    if seq_len is not None:
+        check_seq_len(seq_len, method.backbone)
     dataset = dataset or method.info.dataset
-    data = load_dataset(dataset)
     split = split or ("all" if Path(dataset).is_file() and dataset not in REGISTRY else "test")
+    data = load_dataset(dataset, carve=split != "all")  # all: every sample, none set aside
     if split == "all":
-        rows = concatenate_datasets([data[name] for name in ("train", "dev", "test")])
+        rows = concatenate_datasets(list(data.values()))
     elif split in data:
         rows = data[split]
     else:

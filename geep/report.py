@@ -27,8 +27,9 @@ from matplotlib.figure import Figure
 
 from geep.errors import GeepError
 from geep.latency import GPUS, Device, fit_device, load_calibration
+from geep.run_files import DamagedRunFile, read_run_file
 from geep.runner import method_names
-from geep.storage import atomic_write_bytes, atomic_write_text
+from geep.storage import atomic_write_files, check_target
 from geep.work import calls_from_rows
 
 CALIBRATION_FILE = "latency-calibration.json"  # benchmarks/test_latency_calibration.py
@@ -79,8 +80,10 @@ COLUMNS = [
 def load_runs(results: str | Path) -> pd.DataFrame:
     """Every measured row under ``results/runs/``, one per (dataset, method, seed, setting).
 
-    All run files must come from one profile configuration (the same config hash): rows made
-    with different settings are never put side by side.
+    Every run file is checked (:func:`geep.run_files.read_run_file`): a damaged one, or one
+    filed elsewhere than its dataset and name say, is a GeepError. All run files must come from
+    one profile configuration (the same config hash): rows made with different settings are
+    never put side by side.
     """
     files = sorted(Path(results).glob("runs/*/*.json"))
     if not files:
@@ -88,23 +91,23 @@ def load_runs(results: str | Path) -> pd.DataFrame:
     records = []
     for path in files:
         try:
-            run = json.loads(path.read_text())
-            meta = run["provenance"]
-            for row in run["rows"]:
-                records.append(
-                    {
-                        **row,
-                        "dataset": run["dataset"],
-                        "method": run["method"],
-                        "seed": meta["seed"],
-                        "profile": meta["profile"],
-                        "config_hash": meta["config_hash"],
-                        "device": meta["device"],
-                        "git_commit": meta["git_commit"],
-                    }
-                )
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
-            raise GeepError(f"{path} is not a run file ({type(err).__name__}): re-run it") from err
+            run = read_run_file(path)
+        except DamagedRunFile as damage:
+            raise GeepError(f"{damage}; nothing was written") from None
+        meta = run["provenance"]
+        for row in run["rows"]:
+            records.append(
+                {
+                    **row,
+                    "dataset": run["dataset"],
+                    "method": run["method"],
+                    "seed": meta["seed"],
+                    "profile": meta["profile"],
+                    "config_hash": meta["config_hash"],
+                    "device": meta["device"],
+                    "git_commit": meta.get("git_commit"),
+                }
+            )
     frame = pd.DataFrame.from_records(records)
     hashes = sorted(frame["config_hash"].unique())
     if len(hashes) > 1:
@@ -336,7 +339,10 @@ def encoding_section(results: Path) -> str | None:
     path = results / ENCODING_FILE
     if not path.is_file():
         return None
-    e = json.loads(path.read_text())
+    try:
+        e = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise GeepError(f"{path} is unreadable ({type(err).__name__}): re-run it") from None
     rows = [
         (
             "tokenizing",
@@ -501,26 +507,56 @@ def plot_modelled_speedup(frame: pd.DataFrame, dataset: str) -> Figure:
 
 
 def write_report(results: str | Path) -> list[Path]:
-    """Write the CSV, the tables and the plots next to the run files; returns the paths."""
+    """Write the CSV, the tables and the plots next to the run files; returns the paths.
+
+    Every input is read and every output checked (an existing one is replaced only when
+    ``geep report`` wrote it) before the work; the outputs are then written as one
+    (:func:`geep.storage.atomic_write_files`): all of them, or, on a failure, none.
+    """
     results = Path(results)
     frame, device = with_latency_model(with_realised_speedup(load_runs(results)), results)
-    written = [results / "results.csv", results / "tables.md"]
-    columns = [c for c in COLUMNS if c in frame.columns]
-    atomic_write_text(written[0], frame[columns].to_csv(index=False))
-    atomic_write_text(written[1], tables_markdown(frame, device, encoding_section(results)))
+    encoding = encoding_section(results)
     datasets = frame["dataset"].unique()
-    figures = {f"speed-accuracy-{d}.png": plot_speed_accuracy(frame, d) for d in datasets}
-    figures["realised-speedup.png"] = plot_realised_speedup(frame)
+    plots = [(f"speed-accuracy-{d}.png", plot_speed_accuracy, (frame, d)) for d in datasets]
+    plots.append(("realised-speedup.png", plot_realised_speedup, (frame,)))
     if device is not None:
-        figures |= {f"modelled-speedup-{d}.png": plot_modelled_speedup(frame, d) for d in datasets}
-    for name, fig in figures.items():
-        atomic_write_bytes(results / name, figure_png(fig))
-        written.append(results / name)
-    return written
+        plots += [
+            (f"modelled-speedup-{d}.png", plot_modelled_speedup, (frame, d)) for d in datasets
+        ]
+    names = ["results.csv", "tables.md", *(name for name, _, _ in plots)]
+    for name in names:
+        check_target(results / name, "geep report's output", "file", _report_ownership)
+    columns = [c for c in COLUMNS if c in frame.columns]
+    outputs = {
+        results / "results.csv": frame[columns].to_csv(index=False).encode(),
+        results / "tables.md": tables_markdown(frame, device, encoding).encode(),
+    }
+    outputs |= {results / name: figure_png(plot(*args)) for name, plot, args in plots}
+    atomic_write_files(outputs)
+    return list(outputs)
+
+
+SOFTWARE = "geep report"  # the PNGs' Software text: how a later report knows they are its own
+SIGNATURES = {
+    ".csv": ",".join(COLUMNS[:4]).encode(),
+    ".md": b"# Results: profile",
+    ".png": b"tEXtSoftware\0" + SOFTWARE.encode(),
+}
+
+
+def _report_ownership(path: Path) -> str | None:
+    """None when ``path`` begins as ``geep report``'s outputs do (:data:`SIGNATURES`)."""
+    signature = SIGNATURES.get(path.suffix)
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if signature is not None and signature in head:
+        return None
+    return "it is not an output of `geep report`"
 
 
 def figure_png(fig: Figure) -> bytes:
-    """The figure as PNG bytes (no timestamp in the metadata, so re-runs are comparable)."""
+    """The figure as PNG bytes (no timestamp or version in the metadata, so re-runs are
+    comparable; :data:`SOFTWARE` marks it as the report's)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, metadata={"Software": None})
+    fig.savefig(buffer, format="png", dpi=120, metadata={"Software": SOFTWARE})
     return buffer.getvalue()

@@ -14,6 +14,7 @@ import platform
 import statistics
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from geep.evaluation import summarize
 from geep.flops import dims_for
 from geep.monitor import UtilisationMonitor
 from geep.profiles import Profile
+from geep.run_files import DamagedRunFile, read_run_file, run_file, set_aside
 from geep.runner import Method, Predictions, get_method, load_checkpoint
 from geep.storage import atomic_write_text, cache_root, exclusive
 from geep.sweeps import even_flops_speeds
@@ -231,19 +233,34 @@ def provenance(profile: Profile, method: Method, data: Encoded) -> dict[str, Any
     }
 
 
-def run_file(results: Path, dataset: str, method: str, seed: int) -> Path:
-    return results / "runs" / dataset / f"{method}-seed{seed}.json"
+def recover_run_files(results: Path, profile: Profile) -> list[str]:
+    """Set aside every damaged run file of ``profile``'s units under ``results`` (a resumed
+    run then measures their units again); one line per file set aside."""
+    lines = []
+    for dataset, method, seed in dict.fromkeys((d, m, s) for d, m, s, _ in units(profile)):
+        path = run_file(results, dataset, method, seed)
+        if not path.is_file():
+            continue
+        with exclusive(path.parent):
+            try:
+                read_run_file(path)
+            except DamagedRunFile as damage:
+                lines.append(set_aside(path, str(damage)))
+    return lines
 
 
 def recorded(
     results: Path, profile: Profile, dataset: str, method: str, seed: int, setting: str
 ) -> bool:
     """Whether the run file of (dataset, method, seed) already holds ``setting`` under this
-    profile's configuration (a resumed run skips it)."""
+    profile's configuration (a resumed run skips it; a damaged file holds nothing)."""
     path = run_file(results, dataset, method, seed)
     if not path.is_file():
         return False
-    run = json.loads(path.read_text())
+    try:
+        run = read_run_file(path)
+    except DamagedRunFile:
+        return False
     if run["provenance"]["config_hash"] != profile.config_hash():
         return False
     return any(row["setting"] == setting for row in run["rows"])
@@ -261,7 +278,8 @@ def record(
     """Add (or replace) ``row``'s setting in the run file of (dataset, method, seed),
     atomically; ``sweep`` is the dev sweep's record (:func:`dev_sweep`).
 
-    A run file made under a different profile configuration is replaced, not mixed with.
+    A run file made under a different profile configuration is replaced, not mixed with; a
+    damaged one is set aside (:func:`set_aside`, with a warning) and a new one begun.
     Benchmark workers may record rows of one run file at once: the folder's lock makes each
     read-modify-write whole, so no row is lost.
     """
@@ -272,10 +290,13 @@ def record(
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(path.parent):
         rows: list[dict] = []
-        if path.is_file():
-            old = json.loads(path.read_text())
-            if old["provenance"]["config_hash"] == meta["config_hash"]:
-                rows = [r for r in old["rows"] if r["setting"] != row["setting"]]
+        try:
+            old = read_run_file(path) if path.is_file() else None
+        except DamagedRunFile as damage:
+            warnings.warn(set_aside(path, str(damage)), stacklevel=2)
+            old = None
+        if old is not None and old["provenance"]["config_hash"] == meta["config_hash"]:
+            rows = [r for r in old["rows"] if r["setting"] != row["setting"]]
         rows = sorted([*rows, row], key=lambda r: (r["speed_source"] == "dev", r["speed"]))
         document = {
             "dataset": dataset,

@@ -27,13 +27,14 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
@@ -46,7 +47,8 @@ from geep.config import MethodOptions, TrainConfig
 from geep.encoding import Encoded, encode_texts
 from geep.errors import GeepError
 from geep.flops import CONVENTIONS, EncoderDims
-from geep.storage import atomic_directory
+from geep.schema import choice, document, first_problem, listing, maybe, number, text, whole
+from geep.storage import atomic_directory, safetensors_os_error
 from geep.work import Call, counting
 
 if TYPE_CHECKING:
@@ -73,6 +75,7 @@ class CheckpointInfo:
     dev_accuracy: float | None = None
     dev_samples: int | None = None  # how many dev samples dev_accuracy was measured on
     geep_version: str = geep.__version__
+    files: list[str] = field(default_factory=list)  # what the save wrote (checkpoint_ownership)
 
     @property
     def num_labels(self) -> int:
@@ -81,6 +84,45 @@ class CheckpointInfo:
     @property
     def seq_len(self) -> int:
         return int(self.train["seq_len"])
+
+
+_TRAIN_FIELDS = {
+    "epochs": whole(1),
+    "batch_size": whole(1),
+    "lr": number(0),
+    "warmup": number(0, 1),
+    "weight_decay": number(0),
+    "seq_len": whole(1),
+    "seed": whole(0),
+    "max_train": maybe(whole(1)),
+    "batching": text(),
+}
+_BACKBONE_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+)
+CHECKPOINT_SCHEMA = document(
+    {
+        "method": text(),
+        "model": text(),
+        "dataset": text(),
+        "label_names": listing(text(), at_least=1),
+        "task": choice("single", "pair"),
+        "train": document(_TRAIN_FIELDS),
+        "backbone": document({"model_type": text()} | {k: whole(1) for k in _BACKBONE_SIZES}),
+        "pooling": choice("cls", "mean"),
+        "options": document({}),
+        "dev_accuracy": maybe(number(0, 1)),
+        "dev_samples": maybe(whole(0)),
+        "geep_version": maybe(text()),
+        "files": maybe(listing(text())),
+    }
+)
+"""What a checkpoint's config.json must hold (:class:`CheckpointInfo`; geep.schema)."""
 
 
 @dataclass
@@ -289,11 +331,7 @@ class Method(ABC):
         """A new, untrained method on the pretrained encoder ``model``; ``settings``: KEY=VALUE."""
         options = cls.options_class().with_settings(settings)
         backbone, tokenizer = load_pretrained(model)
-        if config.seq_len > backbone.config.max_position_embeddings:
-            raise GeepError(
-                f"--seq-len {config.seq_len} exceeds the model's "
-                f"{backbone.config.max_position_embeddings} positions"
-            )
+        check_seq_len(config.seq_len, backbone)
         info = CheckpointInfo(
             method=cls.name,
             model=model,
@@ -435,17 +473,86 @@ class Method(ABC):
             torch.cuda.synchronize(self.device)
 
     def save(self, path: str | Path) -> Path:
-        """Write the checkpoint atomically: a reader never sees a half-written folder."""
+        """Write the checkpoint atomically: a reader never sees a half-written folder, and a
+        failed write (a full disk) leaves the previous one as it was. Its config.json, written
+        last, lists every file, so a later save knows the folder is a checkpoint it may replace
+        (:func:`checkpoint_ownership`)."""
         path = Path(path)
         with atomic_directory(path) as tmp:
-            save_model(self.model, str(tmp / WEIGHTS_FILE))
-            if self.extras:
-                save_file(
-                    {k: v.contiguous().cpu() for k, v in self.extras.items()}, tmp / EXTRAS_FILE
-                )
-            (tmp / INFO_FILE).write_text(json.dumps(asdict(self.info), indent=2) + "\n")
+            try:
+                save_model(self.model, str(tmp / WEIGHTS_FILE))
+                if self.extras:
+                    extras = {k: v.contiguous().cpu() for k, v in self.extras.items()}
+                    save_file(extras, tmp / EXTRAS_FILE)
+            except SafetensorError as err:
+                raise safetensors_os_error(err, path) or err from None
             self.tokenizer.save_pretrained(tmp)
+            files = [f.relative_to(tmp).as_posix() for f in tmp.rglob("*") if f.is_file()]
+            self.info.files = sorted([*files, INFO_FILE])
+            (tmp / INFO_FILE).write_text(json.dumps(asdict(self.info), indent=2) + "\n")
         return path
+
+
+def check_seq_len(seq_len: int, backbone: Backbone) -> None:
+    """GeepError unless ``seq_len`` fits the encoder's position embeddings (and the suite's
+    lower bound of 8 tokens, as for training)."""
+    positions = backbone.config.max_position_embeddings
+    if not 8 <= seq_len <= positions:
+        raise GeepError(f"--seq-len {seq_len} must lie in 8..{positions}, the model's positions")
+
+
+def checkpoint_ownership(path: Path) -> str | None:
+    """Why the folder ``path`` is not a checkpoint that :meth:`Method.save` wrote (so replacing
+    it could destroy someone's files); None when it is one: its config.json lists every file in
+    it (geep.storage.check_target)."""
+    try:
+        info = json.loads((path / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        info = None
+    listed = info.get("files") if isinstance(info, dict) and "method" in info else None
+    if not isinstance(listed, list):
+        return f"no {INFO_FILE} of a geep checkpoint listing its files"
+    for f in sorted(path.rglob("*")):
+        name = f.relative_to(path).as_posix()
+        if not f.is_dir() and name not in listed:
+            return f"it holds {name}"
+    return None
+
+
+def _backbone_problem(backbone: dict[str, Any]) -> str | None:
+    """The first field of a stored encoder config whose JSON type is not that of its default in
+    transformers' config of the same model type (fields whose default is null may hold any);
+    None when every field has its type."""
+    try:
+        defaults = AutoConfig.for_model(backbone["model_type"]).to_dict()
+    except ValueError:
+        return f"backbone.model_type {backbone['model_type']!r} is not a model transformers knows"
+    for key, value in backbone.items():
+        default = defaults.get(key)
+        if default is not None and _json_kind(value) != _json_kind(default):
+            return f"backbone.{key} must be {_json_kind(default)}, got {value!r:.40}"
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), "null")
+
+
+CHECKPOINT_FAULTS = (
+    SafetensorError,
+    StrictDataclassError,  # transformers' check of a config's field types
+    RuntimeError,
+    OSError,
+    KeyError,
+    ValueError,
+    TypeError,
+    AttributeError,
+)
+"""What building a method from a damaged or incomplete checkpoint raises."""
 
 
 def load_checkpoint(path: str | Path) -> Method:
@@ -455,25 +562,34 @@ def load_checkpoint(path: str | Path) -> Method:
         raise GeepError(
             f"checkpoint {path} does not exist: train one with `geep train --out {path}`"
         )
+    where = f"checkpoint {path / INFO_FILE}"
     try:
         raw = json.loads((path / INFO_FILE).read_text())
-        info = CheckpointInfo(**raw)
     except FileNotFoundError as err:
         raise GeepError(f"{path} is not a checkpoint (no {INFO_FILE}): retrain it") from err
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
-        raise GeepError(f"checkpoint {path}/{INFO_FILE} is corrupted: retrain it") from err
-    cls = get_method(info.method)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise GeepError(f"{where} is corrupted (not JSON): retrain it") from err
+    if problem := first_problem(raw, CHECKPOINT_SCHEMA):
+        raise GeepError(f"{where} is damaged: {problem}; retrain it")
+    if problem := _backbone_problem(raw["backbone"]):
+        raise GeepError(f"{where} is damaged: {problem}; retrain it")
+    fields_ = {f.name for f in fields(CheckpointInfo)}
+    info = CheckpointInfo(**{k: v for k, v in raw.items() if k in fields_})
+    try:
+        cls = get_method(info.method)
+        TrainConfig.from_dict(info.train)
+        options = cls.options_class.from_dict(info.options)
+    except GeepError as err:
+        raise GeepError(f"{where} is damaged: {err}; retrain it") from None
     backbone_config = dict(info.backbone)
     try:
         config = AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config)
         backbone = Backbone.from_config(config, info.pooling)
-        model = cls.build_model(
-            backbone, info.num_labels, cls.options_class.from_dict(info.options)
-        )
+        model = cls.build_model(backbone, info.num_labels, options)
         load_model(model, str(path / WEIGHTS_FILE), strict=True)
         extras = load_file(path / EXTRAS_FILE) if (path / EXTRAS_FILE).exists() else {}
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (FileNotFoundError, SafetensorError, RuntimeError, OSError, KeyError, ValueError) as err:
+    except CHECKPOINT_FAULTS as err:
         raise GeepError(
             f"checkpoint {path} is incomplete or corrupted ({type(err).__name__}): retrain it"
         ) from err

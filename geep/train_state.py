@@ -24,6 +24,7 @@ run, and a save of another process count is discarded).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import shutil
 import sys
@@ -42,7 +43,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from geep.errors import GeepError
-from geep.storage import atomic_directory, atomic_write_text
+from geep.storage import atomic_directory, atomic_write_text, safetensors_os_error
 
 RUN_FILE = "run.json"
 SAVE_DIR = "latest"
@@ -143,8 +144,14 @@ class TrainState:
         saved = {**progress, "call": call, "losses": [*earlier, losses]}
         if self._process.is_main_process:
             with atomic_directory(self.folder / SAVE_DIR) as tmp:
-                save_model(model, str(tmp / "model.safetensors"))
-                torch.save(state, tmp / "state.pt")
+                try:
+                    save_model(model, str(tmp / "model.safetensors"))
+                except SafetensorError as err:
+                    raise safetensors_os_error(err, self.folder) or err from None
+                # through Python's own write, so a full disk is an OSError like any other
+                buffer = io.BytesIO()
+                torch.save(state, buffer)
+                (tmp / "state.pt").write_bytes(buffer.getbuffer())
                 (tmp / "progress.json").write_text(json.dumps(saved) + "\n")
         self._saved = saved
         self._last_save = time.monotonic()

@@ -61,3 +61,23 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point $GEEP_CACHE at an empty folder for one test."""
     monkeypatch.setenv("GEEP_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def results(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A profile's results folder, reported: run files of bert (one setting) and geep (two) on
+    the toy task, as the benchmark harness records them."""
+    from geep.cli import main
+    from geep.profiles import get_profile
+    from geep.reproduce import record
+    from tests.helpers import new_method, run_row, toy_test_split, trained_on_toy
+
+    folder = tmp_path_factory.mktemp("results")
+    measured = {"bert": [("0", 0.9, 1.0)], "geep": [("0", 0.9, 1.0), ("0.5", 0.8, 2.0)]}
+    for name, settings in measured.items():
+        method = trained_on_toy(new_method(name, tiny_model))
+        data = toy_test_split(method)
+        for setting in settings:
+            record(folder, get_profile("smoke"), method, "toy", data, run_row(*setting))
+    assert main(["report", str(folder)]) == 0
+    return folder

@@ -15,8 +15,11 @@ checkpoint round trips), and integer quantities (exit tables, FLOPs).
 
 from __future__ import annotations
 
+import os
 import random
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -273,7 +276,65 @@ EXPECTED_DATASETS = {  # one row per registered dataset, in the registry's order
 }
 
 
+# --- files ---------------------------------------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones too) by relative path, with its bytes."""
+    return {
+        f.relative_to(folder).as_posix(): f.read_bytes()
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+    }
+
+
+def run_row(setting: str, accuracy: float, speedup: float, seed: int = 42, **extra) -> dict:
+    """A measured row as :func:`geep.reproduce.measure` makes it (the fields a run file must
+    hold), for a setting of ``accuracy`` at FLOPs ``speedup``; ``extra`` adds or replaces."""
+    speed = float(setting) if not setting.startswith("dev") else 0.5
+    return {
+        "setting": setting,
+        "speed": speed,
+        "speed_source": "dev" if setting.startswith("dev") else "grid",
+        "seed": seed,
+        "accuracy": accuracy,
+        "accuracy_low": accuracy - 0.02,
+        "accuracy_high": accuracy + 0.02,
+        "macro_f1": accuracy,
+        "avg_exit_layer": 4 / speedup,
+        "flops_fastbert": 1e6 / speedup,
+        "flops_full": 1.2e6 / speedup,
+        "speedup": speedup,
+        "speedup_full": speedup,
+        "throughput": 100 * speedup,
+        "latency_ms_p50": 10 / speedup,
+        "latency_ms_p95": 12 / speedup,
+        "n": 10,
+        "batch_size": 32,
+        "exit_histogram": [0, 0, 0, 10],
+        **extra,
+    }
+
+
 # --- the command line ----------------------------------------------------------------------------
+
+
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess:
+    """Run the real entry point in a subprocess, as a user would (``prefix``: a command to run
+    it under, such as setpriv)."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "geep.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
 
 
 def assert_one_error_line(stderr: str, message: str) -> None:

@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from geep.cli import main
 from geep.runner import method_names
-from tests.helpers import EXPECTED_DATASETS, assert_one_error_line, train_args
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the real entry point in a subprocess, as a user would."""
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "geep.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
+from tests.helpers import EXPECTED_DATASETS, assert_one_error_line, run_cli, train_args
 
 
 @pytest.fixture(scope="module")

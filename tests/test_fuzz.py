@@ -1,21 +1,27 @@
-"""Fuzzing the inputs a user controls: local data files and the CLI's numeric options.
+"""Fuzzing the inputs a user controls: local data files, the CLI's numeric options, and the
+JSON files the suite reads back (a checkpoint's metadata, run files).
 
-Every input must either load (a train/dev/test DatasetDict with text and labels) or give one
-GeepError line; no other exception, no traceback. Bounded: a fixed number of examples each.
+Every input must either load (a train/dev/test DatasetDict with text and labels; a checkpoint
+that evaluates; run files that report) or give one GeepError line; no other exception, no
+traceback. Bounded: a fixed number of examples each.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geep.cli import build_parser, train_config
+from geep.cli import build_parser, main, train_config
 from geep.data import load_dataset
 from geep.errors import GeepError
+from tests.helpers import snapshot, train_args
 
 FUZZ = settings(
     max_examples=100,
@@ -134,3 +140,102 @@ def test_fuzzed_speeds(value: str, capsys) -> None:
 def test_non_finite_or_negative_speeds_are_refused(value: str) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["evaluate", "--checkpoint", "c", "--speed", value])
+
+
+# --- the JSON files the suite reads back ---------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 100)  # sizes stay small: a damaged size builds a model before it is refused
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=4,
+)
+DELETE = object()  # a mutation that removes the field
+
+
+def paths(document: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every field of a JSON document, as key paths (list items by index)."""
+    found = [prefix] if prefix else []
+    if isinstance(document, dict | list):
+        items = document.items() if isinstance(document, dict) else enumerate(document)
+        for key, value in items:
+            found += paths(value, (*prefix, key))
+    return found
+
+
+@st.composite
+def mutation(draw: st.DrawFn, document: Any) -> tuple[tuple, Any]:
+    """A field of ``document`` and what it becomes: another JSON value, or deleted."""
+    path = draw(st.sampled_from(paths(document)))
+    return path, draw(st.one_of(JSON_VALUES, st.just(DELETE)))
+
+
+def mutated(document: Any, path: tuple, value: Any) -> Any:
+    copy = json.loads(json.dumps(document))
+    *parents, last = path
+    target = copy
+    for key in parents:
+        target = target[key]
+    if value is DELETE:
+        del target[last]
+    else:
+        target[last] = value
+    return copy
+
+
+def fails_in_one_line(status: int, err: str) -> None:
+    assert status in (0, 2), err
+    if status == 2:
+        lines = err.strip().splitlines()
+        assert lines[-1].startswith("geep: error: ") and "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
+def geep_checkpoint(tiny_model: Path, toy_dir: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fuzz") / "geep-toy"
+    options = ["--method", "geep", "--epochs", "1", "--seq-len", "16", "--batch-size", "8"]
+    assert main(train_args(toy_dir, tiny_model, out, *options)) == 0
+    return out
+
+
+CHECKPOINT_FIELDS = 150
+
+
+@settings(FUZZ, max_examples=CHECKPOINT_FIELDS)
+@given(data=st.data())
+def test_fuzzed_checkpoint_metadata(data: st.DataObject, geep_checkpoint: Path, capsys) -> None:
+    """A field of a GEEP checkpoint's config.json changed to any JSON value, or deleted:
+    `geep evaluate` evaluates it or says in one line what is wrong."""
+    info = json.loads((geep_checkpoint / "config.json").read_text())
+    path, value = data.draw(mutation(info))
+    with tempfile.TemporaryDirectory() as folder:
+        damaged = Path(folder) / "ck"
+        shutil.copytree(geep_checkpoint, damaged)
+        (damaged / "config.json").write_text(json.dumps(mutated(info, path, value)))
+        status = main(["evaluate", "--checkpoint", str(damaged), "--speed", "0", "--max-eval", "4"])
+    fails_in_one_line(status, capsys.readouterr().err)
+
+
+RUN_FILE_FIELDS = 60
+
+
+@settings(FUZZ, max_examples=RUN_FILE_FIELDS)
+@given(data=st.data())
+def test_fuzzed_run_files(data: st.DataObject, results: Path, capsys) -> None:
+    """A field of a run file changed to any JSON value, or deleted: `geep report` writes every
+    output, or says in one line what is wrong and writes none."""
+    target = data.draw(st.sampled_from(sorted(results.glob("runs/*/*.json"))))
+    run = json.loads(target.read_text())
+    path, value = data.draw(mutation(run))
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "results"
+        shutil.copytree(results, copy)
+        (copy / target.relative_to(results)).write_text(json.dumps(mutated(run, path, value)))
+        before = snapshot(copy)
+        status = main(["report", str(copy)])
+        fails_in_one_line(status, capsys.readouterr().err)
+        if status == 2:
+            assert snapshot(copy) == before

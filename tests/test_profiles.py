@@ -14,7 +14,7 @@ from geep.errors import GeepError
 from geep.profiles import PROFILES, get_profile
 from geep.report import fastest_table, load_runs, matched_table, with_realised_speedup
 from geep.reproduce import record, recorded, run_file, settings_for, speeds_for
-from tests.helpers import new_method, toy_test_split, trained_on_toy
+from tests.helpers import new_method, run_row, toy_test_split, trained_on_toy
 
 
 def test_profile_selection(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,30 +67,14 @@ def test_config_hash_follows_the_settings() -> None:
     assert len({p.config_hash() for p in PROFILES.values()}) == len(PROFILES)
 
 
-def _row(setting: str, accuracy: float, speedup: float, seed: int = 42, **extra) -> dict:
-    speed = float(setting) if not setting.startswith("dev") else 0.5
-    return {
-        "setting": setting,
-        "speed": speed,
-        "speed_source": "dev" if setting.startswith("dev") else "grid",
-        "seed": seed,
-        "accuracy": accuracy,
-        "accuracy_low": accuracy - 0.02,
-        "accuracy_high": accuracy + 0.02,
-        "speedup_full": speedup,
-        "n": 10,
-        **extra,
-    }
-
-
 def test_run_files_replace_a_setting_and_never_mix_configurations(tiny_model, tmp_path) -> None:
     method = trained_on_toy(new_method("bert", tiny_model))
     data = toy_test_split(method)
     smoke = PROFILES["smoke"]
-    record(tmp_path, smoke, method, "toy", data, _row("0", 0.5, 1.0))
-    record(tmp_path, smoke, method, "toy", data, _row("0", 0.7, 1.0))  # re-measured
+    record(tmp_path, smoke, method, "toy", data, run_row("0", 0.5, 1.0))
+    record(tmp_path, smoke, method, "toy", data, run_row("0", 0.7, 1.0))  # re-measured
     sweep = {"split": "dev", "speeds": [0.5]}
-    record(tmp_path, smoke, method, "toy", data, _row("dev1", 0.6, 2.0), sweep)
+    record(tmp_path, smoke, method, "toy", data, run_row("dev1", 0.6, 2.0), sweep)
     run = json.loads(run_file(tmp_path, "toy", "bert", 42).read_text())
     assert [(r["setting"], r["accuracy"]) for r in run["rows"]] == [("0", 0.7), ("dev1", 0.6)]
     meta = run["provenance"]
@@ -102,11 +86,11 @@ def test_run_files_replace_a_setting_and_never_mix_configurations(tiny_model, tm
     # a run under another configuration replaces the file instead of joining it
     other = replace(smoke, max_eval=64)
     assert not recorded(tmp_path, other, "toy", "bert", 42, "dev1")
-    record(tmp_path, other, method, "toy", data, _row("0.5", 0.6, 2.0))
+    record(tmp_path, other, method, "toy", data, run_row("0.5", 0.6, 2.0))
     run = json.loads(run_file(tmp_path, "toy", "bert", 42).read_text())
     assert [r["setting"] for r in run["rows"]] == ["0.5"]
     # the report refuses two configurations side by side
-    record(tmp_path, smoke, method, "toy2", data, _row("0", 0.7, 1.0))
+    record(tmp_path, smoke, method, "toy2", data, run_row("0", 0.7, 1.0))
     with pytest.raises(GeepError, match="mixes runs of different configurations"):
         load_runs(tmp_path)
 
@@ -125,11 +109,11 @@ def _frame(*rows: tuple[str, dict]) -> pd.DataFrame:
 def test_matched_table_takes_the_slowest_setting_reaching_each_speedup() -> None:
     """Chosen by FLOPs alone: the most accurate setting (0.79 at 2.1x) is not preferred."""
     frame = _frame(
-        ("geep", _row("0", 0.80, 1.0)),
-        ("geep", _row("dev1", 0.78, 1.6)),
-        ("geep", _row("dev2", 0.79, 2.1)),
-        ("geep", _row("dev3", 0.70, 3.5)),
-        ("bert", _row("0", 0.82, 1.0)),
+        ("geep", run_row("0", 0.80, 1.0)),
+        ("geep", run_row("dev1", 0.78, 1.6)),
+        ("geep", run_row("dev2", 0.79, 2.1)),
+        ("geep", run_row("dev3", 0.70, 3.5)),
+        ("bert", run_row("0", 0.82, 1.0)),
     )
     lines = matched_table(frame, "d").splitlines()
     assert lines[2] == (
@@ -141,14 +125,14 @@ def test_matched_table_takes_the_slowest_setting_reaching_each_speedup() -> None
 
 def test_tables_average_seeds_and_give_their_spread() -> None:
     frame = _frame(
-        ("bert", _row("0", 0.80, 1.0, seed=1)),
-        ("bert", _row("0", 0.84, 1.0, seed=2)),
-        ("pabee", _row("0", 0.80, 1.0, seed=1)),
-        ("pabee", _row("2", 0.796, 2.0, seed=1)),  # within 1 point of bert (0.80)
-        ("pabee", _row("1", 0.70, 3.0, seed=1)),
-        ("pabee", _row("0", 0.84, 1.0, seed=2)),
-        ("pabee", _row("2", 0.826, 2.2, seed=2)),  # 1.4 points below bert (0.84)
-        ("pabee", _row("1", 0.70, 3.0, seed=2)),
+        ("bert", run_row("0", 0.80, 1.0, seed=1)),
+        ("bert", run_row("0", 0.84, 1.0, seed=2)),
+        ("pabee", run_row("0", 0.80, 1.0, seed=1)),
+        ("pabee", run_row("2", 0.796, 2.0, seed=1)),  # within 1 point of bert (0.80)
+        ("pabee", run_row("1", 0.70, 3.0, seed=1)),
+        ("pabee", run_row("0", 0.84, 1.0, seed=2)),
+        ("pabee", run_row("2", 0.826, 2.2, seed=2)),  # 1.4 points below bert (0.84)
+        ("pabee", run_row("1", 0.70, 3.0, seed=2)),
     )
     matched = matched_table(frame, "d").splitlines()
     assert matched[3] == (

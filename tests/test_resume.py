@@ -105,6 +105,27 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(
     assert not list((tmp_path / RUN_FILE).parent.glob(".*.tmp")), "a temporary was left behind"
 
 
+def test_a_damaged_run_file_is_set_aside_and_its_units_run_again(
+    uninterrupted_sweep: list[dict], tmp_path: Path
+) -> None:
+    damaged = (tmp_path / RUN_FILE).parent
+    damaged.mkdir(parents=True)
+    truncated = json.dumps({"rows": uninterrupted_sweep}).encode()[:300]  # cut mid-JSON
+    (tmp_path / RUN_FILE).write_bytes(truncated)
+    process = sweep(tmp_path, "--resume")
+    out, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, out[-3000:]
+    said = [line for line in out.splitlines() if "moved it to" in line]
+    assert said == [
+        f"geep: run file {tmp_path / RUN_FILE} is unreadable (JSONDecodeError); moved it to "
+        f"{RUN_FILE.name}.damaged, and its units run again"
+    ]
+    assert (damaged / f"{RUN_FILE.name}.damaged").read_bytes() == truncated  # kept aside
+    result = rows(tmp_path)  # rewritten whole: every unit measured again
+    expected = uninterrupted_sweep
+    assert [{k: r[k] for k in SAME} for r in result] == [{k: r[k] for k in SAME} for r in expected]
+
+
 def geep_train(out: Path, dataset: Path, model: Path) -> subprocess.Popen:
     """`geep train` of FastBERT (two training steps, two epochs each), saving after every step."""
     argv = ["train", "--method", "fastbert", "--dataset", str(dataset), "--model", str(model)]

@@ -11,7 +11,7 @@ import pytest
 
 from geep.profiles import get_profile
 from geep.reproduce import record, run_file
-from tests.helpers import new_method, toy_test_split
+from tests.helpers import new_method, run_row, toy_test_split
 
 WRITERS, ROWS = 4, 25
 
@@ -20,7 +20,7 @@ def write_rows(args: tuple[Path, int, object, object]) -> None:
     results, writer, method, data = args
     profile = get_profile("smoke")
     for i in range(ROWS):
-        row = {"setting": f"{writer}-{i}", "speed": float(i), "speed_source": "grid"}
+        row = run_row("0", 0.5, 1.0) | {"setting": f"{writer}-{i}", "speed": float(i)}
         record(results, profile, method, "toy", data, row)
 
 

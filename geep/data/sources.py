@@ -73,17 +73,19 @@ _INDEX = re.compile(r"[0-9]+")
 # --- entry point -----------------------------------------------------------------------------
 
 
-def load_dataset(name_or_path: str) -> DatasetDict:
+def load_dataset(name_or_path: str, carve: bool = True) -> DatasetDict:
     """Load a registered dataset by name, or local files by path, as train/dev/test splits.
 
     Columns: ``text``, ``text_pair`` (pair tasks only) and ``label``, a ClassLabel whose names are
     the label names. A registered name wins over a same-named path (write ``./weibo`` for the
-    folder). Every problem with the input is a GeepError naming it and the fix.
+    folder). Every problem with the input is a GeepError naming it and the fix. ``carve=False``
+    leaves local files' missing splits uncarved: a single file is then one ``train`` split, in
+    its own order (to evaluate it whole).
     """
     path = Path(name_or_path).expanduser()
     if name_or_path not in REGISTRY:
         if path.exists():
-            return prepare(_read_local(path), None)
+            return prepare(_read_local(path), None, carve)
         if "/" in name_or_path or os.sep in name_or_path or path.suffix.lower() in FORMATS:
             raise GeepError(f"no such file or directory: {name_or_path}; check the path")
     return _load_registered(get_spec(name_or_path))
@@ -142,8 +144,9 @@ def _quiet() -> Iterator[None]:
 # --- normalisation ---------------------------------------------------------------------------
 
 
-def prepare(raw: RawData, spec: DatasetSpec | None) -> DatasetDict:
-    """Clean, deduplicate, encode labels and carve missing splits (module docstring, steps 1-4)."""
+def prepare(raw: RawData, spec: DatasetSpec | None, carve: bool = True) -> DatasetDict:
+    """Clean, deduplicate, encode labels and carve missing splits (module docstring, steps 1-4;
+    ``carve=False``: only steps 1-3, the splits there are)."""
     splits = {name: deduplicate(clean(split)) for name, split in raw.splits.items()}
     for name, split in splits.items():
         if not split.text:
@@ -156,13 +159,13 @@ def prepare(raw: RawData, spec: DatasetSpec | None) -> DatasetDict:
         )
     names, ids = _encode_labels(raw, splits, spec)
     pool = len(splits["train"].text)
-    missing = {name: HOLDOUT for name in ("dev", "test") if name not in splits}
+    missing = {name: HOLDOUT for name in ("dev", "test") if name not in splits and carve}
     if missing:
         parts = stratified_split(splits["train"].keys(), ids["train"], missing)
         train, train_ids = splits["train"], ids["train"]
         splits = splits | {name: train.take(idx) for name, idx in parts.items()}
         ids = ids | {name: [train_ids[i] for i in idx] for name, idx in parts.items()}
-    for name in ("train", "dev", "test"):
+    for name in ("train", "dev", "test") if carve else ():
         if not splits[name].text:
             raise GeepError(
                 f"{raw.where}: too few examples ({pool}) to carve a {name} split; "
@@ -177,6 +180,7 @@ def prepare(raw: RawData, spec: DatasetSpec | None) -> DatasetDict:
         {
             name: Dataset.from_dict(_columns(splits[name], ids[name]), features=features)
             for name in ("train", "dev", "test")
+            if name in splits
         }
     )
 
