@@ -37,7 +37,8 @@ import torch
 from datasets import ClassLabel, Dataset, Features, Value, concatenate_datasets
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from geep.backbone import DEFAULT_MODEL, resolve_model_dir
+from geep.backbone import resolve_model_dir
+from geep.config import DEFAULT_MODEL
 from geep.encoding import encode_split
 from geep.profiles import Profile
 from geep.report import ENCODING_FILE

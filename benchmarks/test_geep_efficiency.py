@@ -35,11 +35,11 @@ import torch
 from benchmarks.conftest import profile_of
 from geep.encoding import Encoded
 from geep.errors import GeepError
+from geep.evaluation import prepare_checkpoint
 from geep.exit_table import ExitTable
 from geep.geep import Geep
 from geep.profiles import Profile
 from geep.reproduce import Trained, checkpoint, device_name, load_unit
-from geep.runner import load_checkpoint
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -57,9 +57,9 @@ def median_seconds(fn: Callable[[], object], rounds: int) -> float:
 
 
 def load(profile: Profile, *settings: str) -> Geep:
-    geep = load_checkpoint(checkpoint(profile, "geep", profile.datasets[0], profile.seeds[0]))
-    geep.configure(settings)
-    return geep.to("cuda") if torch.cuda.is_available() else geep
+    return prepare_checkpoint(
+        checkpoint(profile, "geep", profile.datasets[0], profile.seeds[0]), settings
+    )
 
 
 @pytest.fixture(scope="module")

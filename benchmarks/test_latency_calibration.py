@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from geep.data import load_dataset
 from geep.encoding import Encoded
+from geep.evaluation import load_split
 from geep.profiles import Profile
 from geep.report import CALIBRATION_FILE
-from geep.reproduce import device_name, eval_split
+from geep.reproduce import device_name
 from geep.runner import Method, get_method
 from geep.storage import atomic_write_text, check_target, json_ownership
 from geep.work import calls_to_rows, operators_per_call
@@ -52,12 +54,12 @@ class Calibration:
     def __init__(self, profile: Profile) -> None:
         dataset = profile.datasets[0]
         config = profile.train_config("bert", dataset, profile.seeds[0])
-        labels = ["a", "b"]  # timing only: the classes do not matter
+        labels = load_dataset(dataset)["dev"].features["label"].names  # untrained: timing only
         model = profile.model_for(dataset)
         self.method: Method = get_method("bert").create(model, labels, dataset, config)
         if torch.cuda.is_available():
             self.method.to("cuda")
-        dev = eval_split(self.method, dataset, profile.max_eval, split="dev")
+        dev = load_split(self.method, dataset, "dev", profile.max_eval).data
         self.points = windows(dev, SIZES)
         self.seconds: list[list[float]] = [[] for _ in self.points]
         self.calls, self.operators = [], []  # untimed: also the first-call allocations

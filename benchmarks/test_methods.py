@@ -22,6 +22,7 @@ from benchmarks.conftest import profile_of
 from geep.errors import GeepError
 from geep.profiles import Profile
 from geep.reproduce import Trained, load_unit, measure, record, recorded, units
+from geep.run_files import read_run_file
 
 _loaded: dict[tuple[str, str, int], Trained] = {}
 
@@ -60,9 +61,11 @@ def test_unit(benchmark, profile: Profile, results_dir: Path, resume: bool, unit
         loaded.method, loaded.test, fields["speed"], profile.batch_size, profile.rounds, timed_by
     )
     row.update(fields)
-    record(results_dir, profile, loaded.method, dataset, loaded.test, row, loaded.sweep)
+    path = record(results_dir, profile, loaded.method, dataset, loaded.test, row, loaded.sweep)
     info = {k: v for k, v in row.items() if k != "calls"}  # the run file keeps the calls
     benchmark.extra_info.update(
         {"method": name, "dataset": dataset, "seed": seed, "profile": profile.name, **info}
     )
-    assert row["n"] == len(loaded.test) and 0.0 <= row["accuracy"] <= 1.0
+    # the row as `geep report` will read it: the file checks, and holds the setting once
+    settings = [r["setting"] for r in read_run_file(path)["rows"]]
+    assert settings.count(setting) == 1

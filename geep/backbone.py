@@ -16,15 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, PreTrainedTokenizerBase
-from transformers.masking_utils import create_bidirectional_mask
 
 from geep import flops, work
+from geep.config import DEFAULT_MODEL
 from geep.data.archives import PinnedArchive, extract_tree, fetch_archive
 from geep.errors import GeepError
 from geep.hub import hub_unavailable_reason
 from geep.storage import cache_root
-
-DEFAULT_MODEL = "minilm-l6"
 
 Pooling = Literal["cls", "mean"]
 
@@ -157,6 +155,9 @@ class Backbone(nn.Module):
         itemsize = self.encoder.embeddings.word_embeddings.weight.element_size()
         work.record("embed", rows, tokens, 0, 4 * rows * tokens * self.hidden_size * itemsize)
         hidden = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        # imported here, not with the module: it loads torch._dynamo (0.9 s), which only a run needs
+        from transformers.masking_utils import create_bidirectional_mask
+
         mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
         )

@@ -16,6 +16,7 @@ from geep.storage import describe_os_error
 
 if TYPE_CHECKING:
     from geep.config import TrainConfig
+    from geep.evaluation import Evaluation
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +66,7 @@ EXAMPLES = {
   geep evaluate --checkpoint runs/bert-rt --max-eval 500 --json
   geep evaluate --checkpoint runs/bert-rt --dataset my_reviews.tsv   # the whole file
   geep evaluate --checkpoint runs/geep-rt --speed 0.1 --speed 0.5 --predictions preds.jsonl
+  geep evaluate --checkpoint runs/fastbert-rt --sweep grid   # the papers' thresholds
   geep evaluate --checkpoint runs/geep-rt --option exit_head=shared --option exit_quantile=0.8
   geep evaluate --checkpoint runs/geep-rt --option mode=dynamic""",
     "flops": """examples:
@@ -82,8 +84,7 @@ EXAMPLES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from geep.backbone import DEFAULT_MODEL
-    from geep.config import TrainConfig
+    from geep.config import DEFAULT_MODEL, TrainConfig
 
     parser = _Parser(
         prog="geep",
@@ -164,7 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed",
         type=_speed,
         action="append",
-        help="speed setting; repeat for several (default: the method's sweep grid)",
+        help="speed setting; repeat for several (default: the --sweep's settings)",
+    )
+    p.add_argument(
+        "--sweep",
+        choices=["dev", "grid"],
+        help="without --speed: full depth and settings chosen on the training data's dev split "
+        "in even steps of FLOPs (dev, the default for threshold methods), or the papers' fixed "
+        "grid (grid, the default for the others)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=32, help="inference batch size (32)")
     p.add_argument("--seq-len", type=_positive_int, help="max tokens (default: the training one)")
@@ -269,9 +277,20 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def _quiet_libraries() -> None:
+    """Silence the libraries' own progress bars: ours cover the long work. Only the commands
+    that load data and models import them, so `geep --help` answers at once."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from geep.training import is_main_process, train_method
 
+    _quiet_libraries()
     config = train_config(args)
     method = train_method(
         args.method,
@@ -298,6 +317,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_predictions,
     )
 
+    _quiet_libraries()
     if args.predictions:
         check_predictions_target(args.predictions)  # before the work, not after it
     ev = evaluate_checkpoint(
@@ -311,17 +331,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=True,
         settings=args.option,
         order="input" if args.input_order else "length",
+        speed_source=args.sweep,
     )
     if args.predictions:
-        write_predictions(args.predictions, ev.texts, ev.data.labels.numpy(), ev.speeds, ev.runs)
+        labels = ev.split.data.labels.numpy()
+        write_predictions(args.predictions, ev.split.texts, labels, ev.speeds, ev.runs)
     if args.json:
         print(json.dumps(report_json(ev), indent=2))
         return 0
     options = ", ".join(f"{k}={v}" for k, v in ev.method.info.options.items())
     print(
-        f"{ev.method.name} on {ev.dataset} ({ev.split}, n={len(ev.texts)}, "
+        f"{ev.method.name} on {ev.split.dataset} ({ev.split.name}, n={len(ev.split.texts)}, "
         f"{ev.method.num_layers} layers, batch {ev.batch_size})"
         + (f"\noptions: {options}" if options else "")
+        + (f"\n{_sweep_line(ev)}" if ev.method.dev_sweep and ev.speed_source != "given" else "")
     )
     extra = list(dict.fromkeys(k for r in ev.results for k in r.extra))  # e.g. GEEP's exit_mae
     rows = [
@@ -340,6 +363,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     header = ["speed", "accuracy", "avg exit", "MFLOPs", "speedup", "samples/s", "p50 ms"]
     print(_table(rows, header + extra))
     return 0
+
+
+def _sweep_line(ev: Evaluation) -> str:
+    """Which settings the evaluation swept, when they were not given with --speed."""
+    if ev.speed_source == "grid":
+        return "sweep: the method's fixed grid (--sweep grid)"
+    return (
+        f"sweep: full depth and {len(ev.speeds) - 1} settings chosen on "
+        f"{ev.dev_sweep['samples']} dev samples of {ev.method.info.dataset} in even steps of "
+        "FLOPs (--sweep dev)"
+    )
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
@@ -448,11 +482,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # clean up as on Ctrl-C
     try:
-        import datasets
-        import transformers
-
-        datasets.disable_progress_bars()  # our own bars cover the long work
-        transformers.utils.logging.disable_progress_bar()
         return args.func(args)
     except GeepError as err:
         print(f"geep: error: {err}", file=sys.stderr)

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from typing import Self  # Python 3.11+; only for type checkers
 
 
+DEFAULT_MODEL = "minilm-l6"
+"""The encoder a run uses unless told otherwise: all-MiniLM-L6-v2, embedded (geep.backbone)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Fine-tuning settings; ``max_train`` keeps a seeded random subset of the training split.

@@ -23,18 +23,21 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tokenizers
 import torch
 import transformers
-from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from geep.errors import GeepError
 from geep.resources import require_memory
 from geep.storage import atomic_directory, cache_root, exclusive
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 CHUNK = 2048
 """Texts per tokenizer call, and rows per write to the cache: the tokenizer's output for 2048

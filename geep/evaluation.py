@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import platform
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, Literal
 
 import datasets
 import numpy as np
@@ -15,11 +17,12 @@ from datasets import concatenate_datasets
 
 import geep
 from geep.data import REGISTRY, load_dataset
-from geep.encoding import Encoded
+from geep.encoding import Encoded, encode_split
 from geep.errors import GeepError
 from geep.metrics import accuracy, bootstrap_interval, latency_ms, macro_f1
 from geep.runner import Method, Order, Predictions, check_seq_len, load_checkpoint
 from geep.storage import atomic_write_text, cache_root, check_target
+from geep.sweeps import DEV_SETTINGS, dev_sweep
 from geep.work import work_counts
 
 
@@ -109,12 +112,23 @@ def sweep(
     return results, runs, batch_size
 
 
+def library_versions() -> dict[str, str]:
+    """The versions a result depends on, for its provenance."""
+    return {
+        "geep": geep.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+    }
+
+
 def report_json(ev: Evaluation) -> dict:
     """The `geep evaluate --json` document, with how it was made under "provenance"."""
     info = ev.method.info
     return {
         "method": ev.method.name,
-        "dataset": ev.dataset,
+        "dataset": ev.split.dataset,
         "num_layers": ev.method.num_layers,
         "results": [asdict(r) for r in ev.results],
         "provenance": {
@@ -123,18 +137,15 @@ def report_json(ev: Evaluation) -> dict:
             "train": info.train,
             "dev_accuracy": info.dev_accuracy,
             "options": info.options,
-            "split": ev.split,
+            "split": ev.split.name,
+            "speed_source": ev.speed_source,
+            "dev_sweep": ev.dev_sweep,
             "batch_size": ev.batch_size,
             "order": ev.order,
-            "seq_len": ev.data.seq_len,
+            "seq_len": ev.split.data.seq_len,
             "device": str(ev.method.device),
             "torch_threads": torch.get_num_threads(),
-            "versions": {
-                "geep": geep.__version__,
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "datasets": datasets.__version__,
-            },
+            "versions": library_versions(),
         },
     }
 
@@ -201,17 +212,96 @@ def label_mapping(names: Sequence[str], trained: Sequence[str], dataset: str) ->
     )
 
 
+def prepare_checkpoint(checkpoint: str | Path, settings: Sequence[str] = ()) -> Method:
+    """A checkpoint ready to evaluate: loaded, its inference options changed by ``settings``
+    (``KEY=VALUE``), on the GPU when there is one. `geep evaluate` and the benchmark units both
+    start here."""
+    cache_root()  # checked before the work
+    method = load_checkpoint(checkpoint)
+    method.configure(settings)
+    if torch.cuda.is_available():
+        method.to("cuda")
+    return method
+
+
+@dataclass
+class Split:
+    """A split as a checkpoint evaluates it: its texts and their encoding (labels as the
+    checkpoint's class indices)."""
+
+    dataset: str
+    name: str  # train, dev, test or all
+    texts: list[str]
+    data: Encoded
+
+
+def load_split(
+    method: Method,
+    dataset: str,
+    split: str,
+    max_eval: int | None = None,
+    seq_len: int | None = None,
+) -> Split:
+    """``split`` of ``dataset`` (all: every sample of it, none set aside), its first
+    ``max_eval`` samples, encoded with the checkpoint's tokenizer at ``seq_len`` (default: the
+    training length; checked against the encoder's positions before any data is read), labels
+    matched to the checkpoint's classes (:func:`label_mapping`)."""
+    if max_eval is not None and max_eval < 1:
+        raise GeepError(f"--max-eval must be at least 1, got {max_eval}")
+    if seq_len is not None:
+        check_seq_len(seq_len, method.backbone)
+    data = load_dataset(dataset, carve=split != "all")
+    if split == "all":
+        rows = concatenate_datasets(list(data.values()))
+    elif split in data:
+        rows = data[split]
+    else:
+        raise GeepError(f"no split '{split}' in {dataset}: choose one of {', '.join(data)}, all")
+    to_trained = label_mapping(rows.features["label"].names, method.info.label_names, dataset)
+    if max_eval is not None:
+        rows = rows.select(range(min(max_eval, len(rows))))
+    encoded = encode_split(method.tokenizer, rows, seq_len or method.info.seq_len)
+    if to_trained != list(range(len(to_trained))):
+        encoded = replace(encoded, labels=torch.tensor(to_trained)[encoded.labels])
+    return Split(dataset, split, list(rows["text"]), encoded)
+
+
+SpeedSource = Literal["grid", "dev", "given"]  # where a sweep's speeds come from
+
+
+def choose_speeds(
+    method: Method, source: SpeedSource, max_dev: int | None = None
+) -> tuple[list[float], dict[str, Any]]:
+    """The speeds of a sweep and the record of how they were chosen. ``grid``: the method's
+    fixed grid. ``dev``: full depth, then :data:`geep.sweeps.DEV_SETTINGS` speeds chosen on the
+    dev split of the data the checkpoint was trained on (its first ``max_dev`` samples), never
+    on the split it is evaluated on (:func:`geep.sweeps.dev_sweep`)."""
+    full_depth = method.default_speeds()[0]
+    if source == "grid":
+        return method.default_speeds(), {}
+    if not method.dev_sweep:
+        raise GeepError(f"{method.name} has no threshold to choose on dev: use --sweep grid")
+    try:
+        dev = load_split(method, method.info.dataset, "dev", max_dev)
+    except GeepError as err:
+        raise GeepError(
+            f"the dev-chosen sweep needs the dev split of {method.info.dataset}, the data the "
+            f"checkpoint was trained on ({err}); give --sweep grid or --speed"
+        ) from None
+    record = dev_sweep(method, dev.data, DEV_SETTINGS)
+    return [full_depth, *(s for s in record["speeds"] if s != full_depth)], record
+
+
 @dataclass
 class Evaluation:
     """A checkpoint evaluated on one split over a sweep of speeds."""
 
     method: Method
-    dataset: str
-    split: str
+    split: Split
     batch_size: int
-    texts: list[str]
-    data: Encoded
     speeds: list[float]
+    speed_source: SpeedSource
+    dev_sweep: dict[str, Any]  # how the dev-chosen speeds were chosen; {} otherwise
     results: list[SpeedResult]
     runs: list[Predictions]
     order: Order
@@ -228,43 +318,30 @@ def evaluate_checkpoint(
     progress: bool = True,
     settings: Sequence[str] = (),
     order: Order = "length",
+    speed_source: SpeedSource | None = None,
 ) -> Evaluation:
-    """Load ``checkpoint`` and sweep ``speeds`` (default: the method's grid) on a split.
+    """Load ``checkpoint`` and sweep it on a split.
 
     ``dataset`` defaults to the one the checkpoint was trained on. ``split`` is train, dev, test
     or all (the three together); by default test, and all for a single local file, which is
-    evaluated whole, in its order, however small. Labels are matched to the checkpoint's
-    classes (:func:`label_mapping`). ``max_eval`` keeps the split's first N samples.
-    ``settings`` (``KEY=VALUE``) change the method's inference options. ``order``: how
-    samples are batched (:meth:`Method.run`).
+    evaluated whole, in its order, however small (:func:`load_split`). ``max_eval`` keeps the
+    split's first N samples. The speeds are ``speeds`` when given, else chosen by
+    ``speed_source`` (:func:`choose_speeds`; by default ``dev`` for a threshold method, whose
+    papers' fixed grid can leave every setting at full depth, else ``grid``). ``settings``
+    (``KEY=VALUE``) change the method's inference options. ``order``: how samples are batched
+    (:meth:`Method.run`).
     """
-    if max_eval is not None and max_eval < 1:
-        raise GeepError(f"--max-eval must be at least 1, got {max_eval}")
-    cache_root()  # checked before the work
-    method = load_checkpoint(checkpoint)
-    method.configure(settings)
-    if seq_len is not None:
-        check_seq_len(seq_len, method.backbone)
+    method = prepare_checkpoint(checkpoint, settings)
     dataset = dataset or method.info.dataset
     split = split or ("all" if Path(dataset).is_file() and dataset not in REGISTRY else "test")
-    data = load_dataset(dataset, carve=split != "all")  # all: every sample, none set aside
-    if split == "all":
-        rows = concatenate_datasets(list(data.values()))
-    elif split in data:
-        rows = data[split]
+    evaluated = load_split(method, dataset, split, max_eval, seq_len)
+    record: dict[str, Any] = {}
+    if speeds:
+        speed_source = "given"
     else:
-        raise GeepError(f"no split '{split}' in {dataset}: choose one of {', '.join(data)}, all")
-    to_trained = label_mapping(rows.features["label"].names, method.info.label_names, dataset)
-    if max_eval is not None:
-        rows = rows.select(range(min(max_eval, len(rows))))
-    if torch.cuda.is_available():
-        method.to("cuda")
-    pairs = rows["text_pair"] if "text_pair" in rows.column_names else None
-    labels = [to_trained[label] for label in rows["label"]]
-    encoded = method.encode(rows["text"], pairs, seq_len, labels)
-    speeds = speeds if speeds else method.default_speeds()
-    results, runs, batch_size = sweep(method, encoded, speeds, batch_size, progress, order)
-    texts = list(rows["text"])
+        speed_source = speed_source or ("dev" if method.dev_sweep else "grid")
+        speeds, record = choose_speeds(method, speed_source, max_eval)
+    results, runs, batch_size = sweep(method, evaluated.data, speeds, batch_size, progress, order)
     return Evaluation(
-        method, dataset, split, batch_size, texts, encoded, speeds, results, runs, order
+        method, evaluated, batch_size, speeds, speed_source, record, results, runs, order
     )

@@ -33,9 +33,7 @@ from geep.flops import dims_for, encoder_layer
 from geep.latency import FLOAT32_PEAK, GPUS, SUSTAINED_COMPUTE
 from geep.profiles import Profile
 from geep.reproduce import units
-from geep.runner import get_method
-
-BACKWARD = 2  # forwards a backward pass costs
+from geep.runner import BACKWARD, get_method
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 
-from geep.backbone import DEFAULT_MODEL
-from geep.config import TrainConfig
-from geep.data.registry import REGISTRY, get_spec
+from geep.config import DEFAULT_MODEL, TrainConfig
+from geep.data.registry import OFFLINE_TIER, REGISTRY, get_spec
 from geep.errors import GeepError
 from geep.runner import method_names
+from geep.sweeps import DEV_SETTINGS
 
-OFFLINE = tuple(name for name, spec in REGISTRY.items() if spec.offline)
 PAPER = tuple(name for name, spec in REGISTRY.items() if spec.paper)
 
 
@@ -52,7 +51,7 @@ class Profile:
     method_train: dict[str, dict[str, float | int]] = field(default_factory=dict)
     methods: tuple[str, ...] = ()  # empty: every registered method (geep.runner)
     speeds: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    dev_settings: int = 6  # settings chosen on dev per threshold method (geep.sweeps)
+    dev_settings: int = DEV_SETTINGS  # settings chosen on dev per threshold method
     seeds: tuple[int, ...] = (42,)  # one trained model per seed and (dataset, method)
     max_eval: int | None = None  # the first N dev and test samples; None: all
     batch_size: int = 32
@@ -130,7 +129,7 @@ PROFILES = {
     "offline": Profile(
         name="offline",
         description="all six offline datasets at full size, embedded encoder",
-        datasets=OFFLINE,
+        datasets=OFFLINE_TIER,
         train=TrainConfig(epochs=2, seq_len=128),
     ),
     "paper": Profile(

@@ -20,24 +20,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
 import torch
-import transformers
 
-import geep
-from geep.data import load_dataset
 from geep.data.registry import get_spec
-from geep.encoding import Encoded, encode_split
+from geep.encoding import Encoded
 from geep.errors import GeepError
-from geep.evaluation import summarize
+from geep.evaluation import library_versions, load_split, prepare_checkpoint, summarize
 from geep.flops import dims_for
 from geep.monitor import UtilisationMonitor
 from geep.profiles import Profile
 from geep.run_files import DamagedRunFile, read_run_file, run_file, set_aside
-from geep.runner import Method, Predictions, get_method, load_checkpoint
+from geep.runner import Method, Predictions, get_method
 from geep.storage import atomic_write_text, cache_root, exclusive
-from geep.sweeps import even_flops_speeds
+from geep.sweeps import dev_sweep
 from geep.training import train_method
 from geep.work import calls_to_rows, operators_per_call
 
@@ -102,35 +98,6 @@ def checkpoint(profile: Profile, method: str, dataset: str, seed: int) -> Path:
                 method, dataset, path, model, config, start_from=start, max_dev=recipe["max_dev"]
             )
     return path
-
-
-def eval_split(method: Method, dataset: str, max_eval: int | None, split: str = "test") -> Encoded:
-    """The first ``max_eval`` samples of ``split`` (all when None), encoded at the training
-    length."""
-    rows = load_dataset(dataset)[split]
-    if max_eval is not None:
-        rows = rows.select(range(min(max_eval, len(rows))))
-    return encode_split(method.tokenizer, rows, method.info.seq_len)
-
-
-def dev_sweep(method: Method, dev: Encoded, count: int) -> dict[str, Any]:
-    """``count`` speeds chosen on the dev split (:func:`geep.sweeps.even_flops_speeds`) and how:
-    the run files' record of them. Empty for methods without a threshold rule."""
-    calibration = method.calibrate(dev) if count else None
-    if calibration is None:
-        return {}
-    chosen = even_flops_speeds(calibration, count)
-    full = float(method.full_depth_flops(dev.lengths.numpy(), "full").mean())
-    return {
-        "split": "dev",
-        "samples": len(dev),
-        "settings": count,
-        "rule": "even steps of mean FLOPs per dev sample (full convention) from full depth to "
-        "the fastest setting; speeds at midpoints between neighbouring values of the exit "
-        "statistic (geep.sweeps)",
-        "speeds": [speed for speed, _ in chosen],
-        "dev_speedup_full": [full / flops for _, flops in chosen],
-    }
 
 
 def measure(
@@ -223,13 +190,7 @@ def provenance(profile: Profile, method: Method, data: Encoded) -> dict[str, Any
         "test_samples": len(data),
         "inference_order": "length",  # Method.run's default, the same for every method
         "device": device_name(method.device),
-        "versions": {
-            "geep": geep.__version__,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "datasets": datasets.__version__,
-        },
+        "versions": library_versions(),
     }
 
 
@@ -347,12 +308,11 @@ class Trained:
 
 
 def load_unit(profile: Profile, method: str, dataset: str, seed: int) -> Trained:
-    """The trained method (on the GPU when there is one), its test split and its dev sweep."""
-    trained = load_checkpoint(checkpoint(profile, method, dataset, seed))
-    if torch.cuda.is_available():
-        trained.to("cuda")
+    """The trained method (:func:`geep.evaluation.prepare_checkpoint`), its test split and its
+    dev sweep, both capped at the profile's ``max_eval`` samples (:func:`load_split`)."""
+    trained = prepare_checkpoint(checkpoint(profile, method, dataset, seed))
     sweep = {}
     if trained.dev_sweep and profile.dev_settings:
-        dev = eval_split(trained, dataset, profile.max_eval, split="dev")
-        sweep = dev_sweep(trained, dev, profile.dev_settings)
-    return Trained(trained, eval_split(trained, dataset, profile.max_eval), sweep)
+        dev = load_split(trained, dataset, "dev", profile.max_eval)
+        sweep = dev_sweep(trained, dev.data, profile.dev_settings)
+    return Trained(trained, load_split(trained, dataset, "test", profile.max_eval).data, sweep)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import importlib
 import json
-import pkgutil
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -151,7 +150,16 @@ class Predictions:
 Order = Literal["length", "input"]  # how Method.run orders samples into batches
 
 METHODS: dict[str, type[Method]] = {}
-METHOD_PACKAGES = ("geep", "baselines")  # every module of these is imported to find methods
+METHOD_MODULES = (
+    "geep.bert",
+    "geep.geep",
+    "geep.baselines.deebert",
+    "geep.baselines.fastbert",
+    "geep.baselines.hashee",
+    "geep.baselines.pabee",
+)
+"""The suite's methods, one module each: the one list of them, in the order every list of
+methods takes (profiles, tables, plots). A new method of the suite is a module and a line here."""
 ENTRY_POINT_GROUP = "geep.methods"  # other packages' methods: module paths under this group
 
 
@@ -175,35 +183,33 @@ def get_method(name: str) -> type[Method]:
 
 
 def method_names() -> list[str]:
-    """Every registered method, in one order whatever was imported first: the suite's modules by
-    name (``geep.bert`` first), then other packages' entry points."""
+    """Every registered method, in one order whatever was imported first: the suite's
+    :data:`METHOD_MODULES`, then other packages' entry points."""
     rank = {module: i for i, module in enumerate(_import_methods())}
     return sorted(METHODS, key=lambda name: rank.get(METHODS[name].__module__, len(rank)))
 
 
 @functools.cache
 def _import_methods() -> tuple[str, ...]:
-    """Find the methods: a method is a module that defines a registered class (``@register``).
+    """Import the methods: a method is a module that defines a registered class (``@register``).
 
-    Every module of :data:`METHOD_PACKAGES` is imported, in name order, so a new method of the
-    suite is one new module. Other installed packages add theirs as entry points of the
-    :data:`ENTRY_POINT_GROUP` group (``[project.entry-points."geep.methods"]`` in their
+    The suite's are :data:`METHOD_MODULES`; other installed packages add theirs as entry points
+    of the :data:`ENTRY_POINT_GROUP` group (``[project.entry-points."geep.methods"]`` in their
     pyproject.toml: ``name = "their_package.module"``). Returns the modules in that order.
     """
-    modules = []
-    for package_name in METHOD_PACKAGES:
-        package = importlib.import_module(package_name)
-        for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-            modules.append(importlib.import_module(f"{package_name}.{module.name}").__name__)
+    modules = [importlib.import_module(name).__name__ for name in METHOD_MODULES]
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         entry_point.load()
         modules.append(entry_point.module)
     return tuple(modules)
 
 
-FORWARD_ONLY = 1 / 3
-"""A forward through frozen layers, in training passes (a backward costs about two forwards):
-for :meth:`Method.training_passes`."""
+BACKWARD = 2
+"""Forwards a backward pass costs (the usual estimate: it computes gradients of both the
+activations and the weights)."""
+
+FORWARD_ONLY = 1 / (1 + BACKWARD)
+"""A forward through frozen layers, in training passes: for :meth:`Method.training_passes`."""
 
 
 class Method(ABC):

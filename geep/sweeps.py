@@ -18,9 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from geep.encoding import Encoded
+    from geep.runner import Method
+
+DEV_SETTINGS = 6
+"""How many settings are chosen on dev per threshold method, unless a profile says otherwise."""
 
 
 @dataclass
@@ -90,3 +98,24 @@ def even_flops_speeds(calibration: Calibration, count: int) -> list[tuple[float,
         if not chosen or speed != chosen[-1][0]:
             chosen.append((speed, flops(high)))
     return chosen
+
+
+def dev_sweep(method: Method, dev: Encoded, count: int) -> dict[str, Any]:
+    """``count`` speeds chosen on the dev split (:func:`even_flops_speeds`) and how: the record
+    that run files and `geep evaluate --json` keep. Empty for methods without a threshold rule
+    (or when ``count`` is 0)."""
+    calibration = method.calibrate(dev) if count else None
+    if calibration is None:
+        return {}
+    chosen = even_flops_speeds(calibration, count)
+    full = float(method.full_depth_flops(dev.lengths.numpy(), "full").mean())
+    return {
+        "split": "dev",
+        "samples": len(dev),
+        "settings": count,
+        "rule": "even steps of mean FLOPs per dev sample (full convention) from full depth to "
+        "the fastest setting; speeds at midpoints between neighbouring values of the exit "
+        "statistic (geep.sweeps)",
+        "speeds": [speed for speed, _ in chosen],
+        "dev_speedup_full": [full / flops for _, flops in chosen],
+    }

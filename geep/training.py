@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from geep.config import TrainConfig
-from geep.data import load_dataset
 from geep.encoding import Encoded, encode_split
 from geep.errors import GeepError
 from geep.metrics import accuracy
@@ -263,6 +262,8 @@ def train_method(
         exclusive(lock, busy, remove=True) if process.is_main_process else contextlib.nullcontext()
     ):
         set_seed(config.seed)  # before the heads are initialised, so a seed fixes the whole run
+        from geep.data import load_dataset  # the datasets library: only training needs it here
+
         with process.main_process_first():  # one download or archive extraction, then all read
             data = load_dataset(dataset)
         train = data["train"]

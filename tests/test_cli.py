@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from geep.cli import main
-from geep.runner import method_names
+from geep.data import load_dataset
+from geep.evaluation import load_split
+from geep.runner import load_checkpoint, method_names
+from geep.sweeps import DEV_SETTINGS, dev_sweep
 from tests.helpers import EXPECTED_DATASETS, assert_one_error_line, run_cli, train_args
 
 
@@ -189,3 +195,73 @@ def test_malformed_files_give_one_line(name, tiny_model, tmp_path, capsys) -> No
     assert_one_error_line(err, message)
     assert name in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_sweeps_settings_chosen_on_dev(tmp_path, capsys) -> None:
+    """A FastBERT trained on 300 samples for one epoch, evaluated without --speed: full depth
+    and settings chosen on the training data's dev split spread over its FLOPs (the papers'
+    grid leaves such a model at full depth); the settings do not depend on the evaluated
+    split, whose labels are flipped here."""
+    out = tmp_path / "fastbert"
+    recipe = "--max-train 300 --epochs 1 --seq-len 48 --batch-size 8 --lr 2e-4".split()
+    argv = ["train", "--method", "fastbert", "--dataset", "rotten-tomatoes", "--out", str(out)]
+    assert main([*argv, *recipe]) == 0
+    evaluate = ["evaluate", "--checkpoint", str(out), "--max-eval", "600", "--json"]
+    capsys.readouterr()
+    assert main([*evaluate, "--sweep", "dev"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    speedups = [r["speedup_full"] for r in doc["results"]]
+    assert doc["provenance"]["speed_source"] == "dev" and len(speedups) >= 5
+    assert max(speedups) >= 2.5 * min(speedups)
+    # chosen on the first 600 samples of the training data's dev split, as a profile chooses
+    method = load_checkpoint(out)
+    dev = load_split(method, "rotten-tomatoes", "dev", 600).data
+    assert doc["provenance"]["dev_sweep"] == dev_sweep(method, dev, DEV_SETTINGS)
+
+    flipped = tmp_path / "flipped.tsv"
+    rows = load_dataset("rotten-tomatoes")["test"].select(range(600))
+    names = rows.features["label"].names
+    lines = [f"{names[1 - y]}\t{t}" for t, y in zip(rows["text"], rows["label"], strict=True)]
+    flipped.write_text("label\ttext_a\n" + "\n".join(lines) + "\n")
+    assert main([*evaluate, "--dataset", str(flipped)]) == 0  # dev is the default sweep
+    other = json.loads(capsys.readouterr().out)
+    assert [r["speed"] for r in other["results"]] == [r["speed"] for r in doc["results"]]
+    assert other["provenance"]["dev_sweep"] == doc["provenance"]["dev_sweep"]
+    for row, flipped_row in zip(doc["results"], other["results"], strict=True):
+        assert row["accuracy"] + flipped_row["accuracy"] == pytest.approx(1.0)  # they flipped
+    assert main([*evaluate, "--split", "train"]) == 0  # other texts: still the same settings
+    on_train = json.loads(capsys.readouterr().out)
+    assert [r["speed"] for r in on_train["results"]] == [r["speed"] for r in doc["results"]]
+
+
+HEAVY = ("torch", "transformers", "datasets", "matplotlib", "pandas", "pynvml")
+
+
+def imported_after(argv: list[str], modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh process has imported once `geep ARGV` returns."""
+    code = "\n".join(
+        [
+            "import sys",
+            "from geep.cli import main",
+            "try:",
+            f"    main({argv!r})",
+            "except SystemExit:",
+            "    pass",
+            f"print(sorted(m for m in {modules!r} if m in sys.modules))",
+        ]
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--seq-len", "0"]])
+def test_help_and_argument_errors_import_no_heavy_library(argv) -> None:
+    """`geep --help` and a bad argument answer at once: no torch, no transformers, no pandas."""
+    assert imported_after(argv, HEAVY) == []
+
+
+def test_finding_the_methods_imports_neither_report_nor_monitor() -> None:
+    light = ("matplotlib", "pandas", "datasets", "geep.report", "geep.monitor", "geep.reproduce")
+    assert imported_after(["methods"], light) == []

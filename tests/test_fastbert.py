@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from geep.baselines.fastbert import FastBERT
 
-from baselines.fastbert import FastBERT
 from geep import student_teacher
 from geep.encoding import Encoded
 from geep.exits import first_exit_layer

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from geep import evaluation, training
-from geep.backbone import DEFAULT_MODEL, EMBEDDED_MODELS
+from geep import evaluation
+from geep.backbone import EMBEDDED_MODELS
 from geep.cli import main
+from geep.config import DEFAULT_MODEL
+from geep.data import sources
 from geep.data.archives import fetch_archive
 from geep.run_files import run_file
 from geep.runner import load_checkpoint
@@ -45,7 +47,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     def work_started(*args, **kwargs):
         raise AssertionError("the work started before the check")
 
-    monkeypatch.setattr(training, "load_dataset", work_started)
+    monkeypatch.setattr(sources, "load_dataset", work_started)  # geep train imports it from here
     monkeypatch.setattr(evaluation, "load_dataset", work_started)
 
 

@@ -72,28 +72,24 @@ def test_conventions_differ_by_attention_matmuls_only() -> None:
     ] == 12 * 2 * 128 * (4 * 768**2 + 2 * 768 * 3072)
 
 
-def test_flops_cli_json_and_config_path(tmp_path, capsys) -> None:
-    assert (
-        main(
-            ["flops", "--config", "minilm-l6", "--seq-len", "64", "--convention", "full", "--json"]
-        )
-        == 0
-    )
+def test_flops_cli_counts_what_a_real_forward_runs(tmp_path, capsys) -> None:
+    """`geep flops` by name and by config file: its totals are the FLOP counter's and the
+    linear hooks' on a random model of those dimensions with a head of --num-labels classes."""
+    argv = ["flops", "--config", "minilm-l6", "--seq-len", "64", "--convention", "full"]
+    assert main([*argv, "--num-labels", "3", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert (
-        doc["components"]["total"]
-        == flops.breakdown(flops.NAMED_DIMS["minilm-l6"], 64, 2, "full")["total"]
-    )
+    _, run = forward_with_head(flops.NAMED_DIMS["minilm-l6"], 64, num_labels=3)
+    assert doc["components"]["total"] == counted_flops(run)
     config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            BertConfig(
-                num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128
-            ).to_dict()
-        )
+    small = BertConfig(
+        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128
     )
-    assert main(["flops", "--config", str(config), "--seq-len", "10"]) == 0
-    assert "2 layers, hidden 64" in capsys.readouterr().out
+    config.write_text(json.dumps(small.to_dict()))
+    assert main(["flops", "--config", str(config), "--seq-len", "10", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    model, run = forward_with_head(flops.dims_for(str(config)), 10, num_labels=2)
+    assert doc["dims"]["num_layers"] == 2 and doc["dims"]["hidden"] == 64
+    assert doc["components"]["total"] == linear_only_flops(model, run)  # fastbert: linears
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from geep.baselines.hashee import HashEE, frequency_hash, token_counts
 
-from baselines.hashee import HashEE, frequency_hash, token_counts
 from geep.encoding import Encoded
 from geep.errors import GeepError
 from geep.runner import load_checkpoint

@@ -71,7 +71,7 @@ def test_the_method_order_does_not_depend_on_what_was_imported_first(plugin) -> 
     in every process: the suite's modules by name, then the entry points."""
     code = "import {}; from geep.runner import method_names; print(method_names())"
     found = set()
-    for first in ("geep.runner", "geep.geep", "baselines.pabee", "toy_geep_method"):
+    for first in ("geep.runner", "geep.geep", "geep.baselines.pabee", "toy_geep_method"):
         done = subprocess.run(
             [sys.executable, "-c", code.format(first)],
             cwd=ROOT,

@@ -4,16 +4,23 @@ is tests/test_benchmarks.py)."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import math
+import os
+import subprocess
+import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from geep.data.registry import get_spec
 from geep.errors import GeepError
+from geep.flops import dims_for
 from geep.profiles import PROFILES, get_profile
 from geep.report import fastest_table, load_runs, matched_table, with_realised_speedup
 from geep.reproduce import record, recorded, run_file, settings_for, speeds_for
+from geep.runner import get_method
 from tests.helpers import new_method, run_row, toy_test_split, trained_on_toy
 
 
@@ -27,42 +34,71 @@ def test_profile_selection(monkeypatch: pytest.MonkeyPatch) -> None:
         get_profile("nope")
 
 
-def test_recipes_per_method_and_dataset() -> None:
-    quick, paper, compare = PROFILES["quick"], PROFILES["paper"], PROFILES["compare"]
-    assert quick.train_config("geep", "tweet-sentiment").seq_len == 64
-    assert quick.train_config("geep", "rotten-tomatoes", seed=7).seed == 7
-    assert compare.seeds == (1, 2, 3) and compare.train.max_train > quick.train.max_train
-    assert paper.train.batching == "random" and quick.train.batching == "length"
-    hashee = paper.train_config("hashee", "ag-news")
-    assert (hashee.lr, hashee.epochs) == (5e-5, 4)
-    assert paper.train_config("geep", "ag-news").lr == 2e-5
-    assert paper.model_for("weibo") == "bert-base-chinese"
-    assert paper.model_for("ag-news") == "bert-base-uncased"
+# every profile, and one with every kind of change: per-dataset length, per-method recipe
+CHANGED = replace(
+    PROFILES["smoke"],
+    name="changed",
+    seq_len={"rotten-tomatoes": 40},
+    method_train={"geep": {"lr": 1e-3, "epochs": 2}},
+    speeds={"fastbert": (0.0, 0.7)},
+)
+UNITS = [
+    (profile, method, dataset)
+    for profile in (*PROFILES.values(), CHANGED)
+    for method in profile.method_names()
+    for dataset in profile.datasets
+]
 
 
-def test_sweeps_come_from_the_profile_or_the_default_grid() -> None:
-    quick, smoke, paper = PROFILES["quick"], PROFILES["smoke"], PROFILES["paper"]
-    assert speeds_for(quick, "pabee", "rotten-tomatoes") == [0.0, 4.0, 3.0, 2.0, 1.0]
-    assert speeds_for(quick, "hashee", "rotten-tomatoes") == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
-    assert speeds_for(paper, "pabee", "ag-news")[:2] == [0.0, 10.0]  # 12 layers
-    assert speeds_for(quick, "deebert", "tweet-sentiment")[1] == pytest.approx(0.1099, abs=1e-4)
-    assert speeds_for(smoke, "geep", "rotten-tomatoes") == [0.0, 0.5, 0.8]
-    # threshold methods add the dev-chosen settings; counts (patience, hash depth) do not
-    assert settings_for(smoke, "geep", "rotten-tomatoes") == ["0", "0.5", "0.8", "dev1", "dev2"]
-    assert settings_for(smoke, "pabee", "rotten-tomatoes") == ["0", "2", "1"]
-    compare = PROFILES["compare"]
-    assert settings_for(quick, "deebert", "rotten-tomatoes")[-5:] == [
-        "0.6238",
-        *(f"dev{k}" for k in range(1, 5)),
-    ]
-    assert settings_for(compare, "deebert", "rotten-tomatoes")[-6:] == [
-        f"dev{k}" for k in range(1, 7)
-    ]
+@pytest.mark.parametrize(
+    "profile, method, dataset", UNITS, ids=[f"{p.name}-{m}-{d}" for p, m, d in UNITS]
+)
+def test_each_recipe_is_the_profiles_with_its_method_dataset_and_seed_changes(
+    profile, method, dataset
+) -> None:
+    expected = {
+        **asdict(profile.train),
+        **profile.method_train.get(method, {}),
+        **({"seq_len": profile.seq_len[dataset]} if dataset in profile.seq_len else {}),
+    }
+    assert asdict(profile.train_config(method, dataset)) == expected
+    assert asdict(profile.train_config(method, dataset, seed=7)) == {**expected, "seed": 7}
 
 
-def test_config_hash_follows_the_settings() -> None:
+@pytest.mark.parametrize(
+    "profile, method, dataset", UNITS, ids=[f"{p.name}-{m}-{d}" for p, m, d in UNITS]
+)
+def test_settings_are_the_fixed_sweep_then_the_dev_chosen_ones(profile, method, dataset) -> None:
+    """The fixed sweep is the profile's, else the method's grid for the dataset's encoder and
+    classes; threshold methods add dev1..devK (counts such as patience do not)."""
+    cls = get_method(method)
+    layers = dims_for(profile.model_for(dataset)).num_layers
+    grid = profile.speeds.get(method) or cls.speed_grid(layers, get_spec(dataset).num_classes)
+    assert speeds_for(profile, method, dataset) == list(grid)
+    dev = [f"dev{k}" for k in range(1, profile.dev_settings + 1)] if cls.dev_sweep else []
+    assert settings_for(profile, method, dataset) == [f"{s:g}" for s in grid] + dev
+
+
+def test_deebert_thresholds_are_fractions_of_the_largest_entropy() -> None:
+    """DeeBERT's grid is in nats: tenths of ln C, the entropy of C equal classes (4 places)."""
+    grid = get_method("deebert").speed_grid(6, 3)
+    assert grid == [round(k / 10 * math.log(3), 4) for k in range(10)]
+
+
+def test_config_hash_is_the_same_in_every_process_and_follows_the_settings() -> None:
+    code = "from geep.profiles import PROFILES; print([p.config_hash() for p in PROFILES.values()])"
+    hashes = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert hashes == {f"{[p.config_hash() for p in PROFILES.values()]}\n"}
     quick = PROFILES["quick"]
-    assert quick.config_hash() == PROFILES["quick"].config_hash()
     assert replace(quick, max_eval=301).config_hash() != quick.config_hash()
     assert len({p.config_hash() for p in PROFILES.values()}) == len(PROFILES)
 

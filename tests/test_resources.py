@@ -22,9 +22,27 @@ from tests.helpers import (
 )
 
 
-def test_available_memory_is_known_on_linux() -> None:
-    free = resources.available_memory()
-    assert free is not None and 0 < free < 2**50
+@pytest.mark.parametrize(
+    "meminfo, limit, used, expected",
+    [
+        ("MemTotal: 900 kB\nMemAvailable: 500 kB\n", None, None, 500 * 1024),
+        ("MemAvailable: 500 kB\n", "1048576\n", "1000000\n", 48576),  # the cgroup's room
+        ("MemAvailable: 500 kB\n", "max\n", "1000000\n", 500 * 1024),  # no cgroup limit
+        (None, "1048576\n", "48576\n", 2**20 - 48576),
+        (None, None, None, None),  # neither known: not Linux
+    ],
+)
+def test_available_memory_is_meminfo_capped_by_the_cgroup(
+    meminfo, limit, used, expected, tmp_path, monkeypatch
+) -> None:
+    files = {tmp_path / "meminfo": meminfo, tmp_path / "memory.max": limit}
+    files[tmp_path / "memory.current"] = used
+    for path, text in files.items():
+        if text is not None:
+            path.write_text(text)
+    monkeypatch.setattr(resources, "_MEMINFO", tmp_path / "meminfo")
+    monkeypatch.setattr(resources, "_CGROUP", tmp_path)
+    assert resources.available_memory() == expected
 
 
 def test_a_file_too_large_for_memory_fails_before_it_is_read(

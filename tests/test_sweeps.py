@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from geep.evaluation import load_split
 from geep.exits import first_exit_layer
-from geep.reproduce import dev_sweep, eval_split
 from geep.runner import get_method, method_names
-from geep.sweeps import Calibration, even_flops_speeds, gap_midpoints
+from geep.sweeps import Calibration, dev_sweep, even_flops_speeds, gap_midpoints
 from tests.helpers import (
     ENTROPY_NOISE,
     assert_same_where_clear,
@@ -88,8 +88,7 @@ def test_dev_sweep_ignores_the_test_split(trained, toy_dir: Path, tmp_path: Path
         (folder / f"{split}.tsv").write_text((toy_dir / f"{split}.tsv").read_text())
 
     def sweep() -> dict:  # the speeds and their dev FLOPs speedups
-        dev = eval_split(trained, str(folder), None, split="dev")
-        return dev_sweep(trained, dev, 4)
+        return dev_sweep(trained, load_split(trained, str(folder), "dev").data, 4)
 
     before = sweep()
     texts, labels = toy(20, seed=9)
