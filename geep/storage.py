@@ -310,13 +310,14 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``path`` only if the block succeeds.
 
     A reader sees either the old ``path``, the complete new one, or nothing: never a half-written
-    checkpoint or cache entry. Replacing takes two renames (the old folder aside, the new one in);
-    if the second fails the old folder is put back, and if a kill falls between them the next
-    write of ``path`` puts it back (:func:`remove_stale_temporaries`).
+    checkpoint or cache entry. Replacing takes two renames (the old folder aside, the new one in):
+    a failure or an interrupt between them puts the old folder back, and after a kill between
+    them the next write, or :func:`remove_stale_temporaries` before a read, does.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
+    old = _set_aside(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual folder mode
@@ -326,17 +327,12 @@ def atomic_directory(path: Path) -> Iterator[Path]:
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         if path.exists():
-            old = _set_aside(path)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                os.replace(old, path)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        if not path.exists() and old.is_dir():
+            os.replace(old, path)  # stopped between the renames: the previous folder comes back
         shutil.rmtree(tmp, ignore_errors=True)
         raise

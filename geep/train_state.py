@@ -43,7 +43,12 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from geep.errors import GeepError
-from geep.storage import atomic_directory, atomic_write_text, safetensors_os_error
+from geep.storage import (
+    atomic_directory,
+    atomic_write_text,
+    remove_stale_temporaries,
+    safetensors_os_error,
+)
 
 RUN_FILE = "run.json"
 SAVE_DIR = "latest"
@@ -77,6 +82,7 @@ class TrainState:
         self._process = this_process()
         with self._process.main_process_first():  # the main process cleans up, then all read
             if self._process.is_main_process:
+                remove_stale_temporaries(self.folder / SAVE_DIR)  # a save a kill left aside
                 self._discard_other_runs(run)
             self._saved: dict[str, Any] | None = _read_json(
                 self.folder / SAVE_DIR / "progress.json"

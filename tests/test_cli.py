@@ -15,7 +15,7 @@ from geep.data import load_dataset
 from geep.evaluation import load_split
 from geep.runner import load_checkpoint, method_names
 from geep.sweeps import DEV_SETTINGS, dev_sweep
-from tests.helpers import EXPECTED_DATASETS, assert_one_error_line, run_cli, train_args
+from tests.helpers import assert_one_error_line, documented_datasets, run_cli, train_args
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +27,18 @@ def checkpoint(tiny_model: Path, toy_dir: Path, tmp_path_factory) -> Path:
     return out
 
 
-def test_datasets_json_lists_all_eighteen(capsys) -> None:
+def test_datasets_json_lists_all_eighteen_as_documented(capsys) -> None:
     assert main(["datasets", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [d["name"] for d in listed] == list(EXPECTED_DATASETS)
+    documented = documented_datasets()
+    assert [d["name"] for d in listed] == list(documented)
     for d in listed:
-        expected = EXPECTED_DATASETS[d["name"]]
-        assert (d["language"], d["task"], d["num_classes"]) == expected[:3], d["name"]
+        expected = documented[d["name"]]
+        assert (d["language"], d["task"], d["num_classes"]) == (
+            expected["language"],
+            expected["task"],
+            expected["classes"],
+        ), d["name"]
 
 
 def test_train_then_evaluate_json_and_predictions(checkpoint, tmp_path, capsys) -> None:

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geep import hub
-from geep.data import OFFLINE_TIER, REGISTRY, DatasetSpec, get_spec, load_dataset, sources
+from geep.data import OFFLINE_TIER, REGISTRY, get_spec, load_dataset, sources
 from geep.data.archives import (
     PinnedArchive,
     extract_tree,
@@ -32,7 +32,7 @@ from geep.data.archives import (
 )
 from geep.data.sources import stratified_split
 from geep.errors import GeepError
-from tests.helpers import EXPECTED_DATASETS
+from tests.helpers import documented_datasets
 
 
 @pytest.fixture(autouse=True)
@@ -62,39 +62,30 @@ def label_counts(ds: Dataset) -> list[int]:
 # --- registry --------------------------------------------------------------------------------
 
 
-def test_registry_has_the_eighteen_datasets() -> None:
-    assert list(REGISTRY) == list(EXPECTED_DATASETS)
-    assert tuple(n for n, e in EXPECTED_DATASETS.items() if e.sizes is not None) == OFFLINE_TIER
-    for name, (language, task, classes, *_) in EXPECTED_DATASETS.items():
+def test_the_registry_is_what_docs_datasets_md_says() -> None:
+    """The registry and the user's documentation of it cannot drift apart: the twelve paper
+    datasets and the six offline ones, each with its language, task, classes and source."""
+    documented = documented_datasets()
+    assert list(REGISTRY) == list(documented)
+    for name, doc in documented.items():
         spec = get_spec(name)
-        assert isinstance(spec, DatasetSpec)
-        assert (spec.name, spec.language, spec.task, spec.num_classes) == (
-            name,
-            language,
-            task,
-            classes,
-        )
-        assert spec.offline == (name in OFFLINE_TIER)
-        assert spec.paper == (name not in OFFLINE_TIER)
-        assert spec.label_names is None or len(spec.label_names) == classes
-        if spec.offline:
-            assert spec.sources.archive is not None and spec.sources.members
-            assert len(spec.sources.archive.sha256) == 64
-
-
-def test_registry_sources_match_datasets_md() -> None:
-    hubs = {n: s.sources.hub.id for n, s in REGISTRY.items() if s.sources.hub}
-    assert hubs == {
-        "chnsenticorp": "lansinuote/ChnSentiCorp",
-        "lcqmc": "C-MTEB/LCQMC",
-        "thucnews": "seamew/THUCNews",
-        "ag-news": "fancyzhx/ag_news",
-        "dbpedia": "fancyzhx/dbpedia_14",
-        "yahoo": "community-datasets/yahoo_answers_topics",
-        "yelp-full": "Yelp/yelp_review_full",
-        "yelp-polarity": "fancyzhx/yelp_polarity",
-    }
-    assert get_spec("rotten-tomatoes").sources.archive.sha256.startswith("b4d0c48ae0ae")
+        assert (spec.language, spec.task, spec.num_classes) == (
+            doc["language"],
+            doc["task"],
+            doc["classes"],
+        ), name
+        hub, archive = spec.sources.hub, spec.sources.archive
+        if archive is not None:
+            sdist = " (sdist)" if archive.sdist else ""
+            assert doc["source"] == f"{archive.package} {archive.version}{sdist}", name
+            assert spec.sources.members and len(archive.sha256) == 64
+        elif hub is not None:
+            assert doc["source"] == hub.id, name
+        else:
+            assert str(doc["source"]).startswith("none"), name
+        assert spec.offline == (archive is not None) == (name in OFFLINE_TIER)
+        assert spec.paper == (not spec.offline)
+        assert spec.label_names is None or len(spec.label_names) == spec.num_classes
 
 
 def test_spec_to_dict_is_json_ready() -> None:

@@ -1,16 +1,20 @@
-"""Several processes adding rows to one run file at once, as benchmark workers do: no row is
-lost, and the file is whole after every write."""
+"""Writes that stay whole: several processes adding rows to one run file at once, as benchmark
+workers do, lose no row; a folder replaced in two renames survives an interrupt or a kill
+between them."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
 
 from geep.profiles import get_profile
 from geep.reproduce import record, run_file
+from geep.storage import atomic_directory
+from geep.train_state import TrainState
 from tests.helpers import new_method, run_row, toy_test_split
 
 WRITERS, ROWS = 4, 25
@@ -35,3 +39,34 @@ def test_concurrent_writers_lose_no_row(tiny_model: Path, tmp_path: Path) -> Non
     rows = json.loads(run_file(tmp_path, "toy", "bert", seed).read_text())["rows"]
     expected = {f"{writer}-{i}" for writer in range(WRITERS) for i in range(ROWS)}
     assert sorted(r["setting"] for r in rows) == sorted(expected)
+
+
+def test_an_interrupt_between_the_two_renames_puts_the_old_folder_back(tmp_path, monkeypatch):
+    target = tmp_path / "ckpt"
+    with atomic_directory(target) as tmp:
+        (tmp / "weights").write_text("old")
+    real_replace = os.replace
+
+    def interrupted(src, dst):  # the old folder goes aside, then Ctrl-C before the new comes in
+        real_replace(src, dst)
+        if Path(dst).name == ".ckpt.old":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt), atomic_directory(target) as tmp:
+        (tmp / "weights").write_text("new")
+    assert (target / "weights").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_a_save_a_kill_left_aside_is_read_after_all(tmp_path) -> None:
+    """Killed between the renames (kill -9: no handler ran), the save sits in .latest.old; the
+    next run finds it there instead of starting over."""
+    folder = tmp_path / ".out.resume"
+    state = TrainState(folder, {"seed": 1}, every_s=0)
+    (folder / ".latest.old").mkdir()
+    progress = {"call": 0, "desc": "x", "steps": 3, "total": 9, "done": False, "losses": [[1.0]]}
+    (folder / ".latest.old" / "progress.json").write_text(json.dumps(progress))
+    state = TrainState(folder, {"seed": 1}, every_s=0)
+    assert state.saved(0)["steps"] == 3
+    assert sorted(p.name for p in folder.iterdir()) == ["latest", "run.json"]
