@@ -8,8 +8,8 @@ ACL 2020), ``--method deebert``. docs/methods.md.
   them and train the highways with the sum of their cross-entropies.
 - Exit rule: after each layer the running samples' highway gives a distribution; a sample exits
   when its raw entropy (nats, not normalised) is below the threshold. Exited samples leave the
-  batch, which shrinks; layer L exits through the final classifier. FLOPs count k layers and k
-  heads for an exit at layer k.
+  batch (``batching``: :mod:`geep.exits`); layer L exits through the final classifier. FLOPs count
+  k layers and k heads for an exit at layer k.
 - Speed knob: the entropy threshold; 0 runs every sample through all layers, log C (0.693 for
   two classes) or more exits every sample at layer 1. Default sweep: 0, 0.1, ..., 0.9 times
   log C (the paper sweeps about 0 to 0.7 on mostly binary tasks).

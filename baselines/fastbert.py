@@ -8,9 +8,9 @@ ACL 2020), ``--method fastbert``. docs/methods.md.
   train the students by self-distillation, ``sum_i KL(teacher || student_i)`` at temperature 1
   and 10x the learning rate.
 - Exit rule: after each layer the running samples' student gives a distribution; a sample exits
-  when its normalized entropy ("uncertainty") is below the speed. Exited samples leave the batch,
-  which shrinks; the rest go on, and layer L exits through the teacher. Every layer a sample runs
-  also costs a head: FLOPs count k layers and k heads for an exit at layer k.
+  when its normalized entropy ("uncertainty") is below the speed. Exited samples leave the batch
+  (``batching``: :mod:`geep.exits`); the rest go on, and layer L exits through the teacher. Every
+  layer a sample runs also costs a head: FLOPs count k layers and k heads for an exit at layer k.
 - Speed knob: the uncertainty threshold in [0, 1]; 0 runs every sample through all layers.
   Default sweep 0, 0.1, ..., 0.9.
 

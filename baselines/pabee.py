@@ -7,8 +7,9 @@ NeurIPS 2020), ``--method pabee``. docs/methods.md.
   ``sum_j j * CE_j / sum_j j`` (deeper layers weigh more).
 - Exit rule (:class:`~geep.exits.PatienceRule`): after each layer a sample's counter grows when
   its prediction equals the previous layer's and resets otherwise; it exits when the counter
-  reaches the patience, with the current layer's prediction. Exited samples leave the batch,
-  which shrinks; layer L always exits. FLOPs count k layers and k heads for an exit at layer k.
+  reaches the patience, with the current layer's prediction. Exited samples leave the batch
+  (``batching``: :mod:`geep.exits`); layer L always exits. FLOPs count k layers and k heads
+  for an exit at layer k.
 - Speed knob: the patience, a whole number; smaller exits earlier. 0 means no early exit (full
   depth). Default sweep: 0, then L-2 down to 1 (the paper sweeps about 3..8 on 12 layers; a
   patience of L-1 or more cannot exit before layer L).
@@ -84,9 +85,9 @@ class PABEE(DynamicExitMethod):
         config = TrainConfig.from_dict(self.info.train)
         train_loop(self.model, self.model.parameters(), train, config, desc="pabee: train")
 
-    def exit_rule(self, speed: float, batch_size: int) -> ExitRule:
+    def exit_rule(self, speed: float, samples: int) -> ExitRule:
         # speed 0: a patience of L, which no counter reaches before layer L (no early exit)
-        return PatienceRule(int(speed) or self.num_layers, batch_size, self.device)
+        return PatienceRule(int(speed) or self.num_layers, samples, self.device)
 
     def head_flops(self, lengths: np.ndarray, convention: str) -> int:
         return flops.pooler_classifier(self.dims.hidden, self.info.num_labels)  # one vector

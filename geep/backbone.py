@@ -155,13 +155,17 @@ class Backbone(nn.Module):
         itemsize = self.encoder.embeddings.word_embeddings.weight.element_size()
         work.record("embed", rows, tokens, 0, 4 * rows * tokens * self.hidden_size * itemsize)
         hidden = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        return hidden, self.layer_mask(hidden, attention_mask)
+
+    def layer_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """The attention mask in the form the layers take, for hidden [B, T, H] whose real
+        tokens ``attention_mask`` [B, T] marks (None when nothing is masked)."""
         # imported here, not with the module: it loads torch._dynamo (0.9 s), which only a run needs
         from transformers.masking_utils import create_bidirectional_mask
 
-        mask = create_bidirectional_mask(
+        return create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
         )
-        return hidden, mask
 
     def sentence_vector(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, H], attention_mask [B, T] -> [B, H]: [CLS] or the masked token mean."""

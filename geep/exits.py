@@ -4,17 +4,28 @@
   DeeBERT's raw entropy in nats; :class:`PatienceRule`: PABEE's patience counter.
 - :func:`first_exit_layer`: the first layer whose uncertainty is below the speed, L if none
   (FastBERT's exit rule; GEEP's exit labels, docs/methods.md, "geep": exit labels).
-- :func:`dynamic_exit`: run a batch layer by layer, evaluate a head after every layer and drop
-  the samples that exit, as FastBERT does at inference (the batch shrinks).
-- :class:`DynamicExitMethod`: the runner side of that for FastBERT, DeeBERT and PABEE: a method
-  supplies its head, its exit rule and a head's FLOPs.
+- Dynamic exit, three ways to batch it (the ``batching`` option, :class:`DynamicExitOptions`);
+  a sample's exit layer and answer are the same under all three:
+
+  - :func:`dynamic_exit` (``shrink``): run a batch layer by layer, evaluate a head after every
+    layer and drop the samples that exit, as FastBERT does at inference (the batch shrinks);
+  - :func:`regrouped_exit` (``regroup``): the rows that go on after layer k, from any number of
+    batches, wait in a pool for layer k+1, which runs once its pool holds a full batch (the
+    batching FastBERT's issue tracker asks for, and what DREX and E3 do in serving);
+  - :func:`kept_exit` (``keep``): no row leaves its batch; a sample's answer is taken at its
+    exit and the batch runs to its deepest exit (Apparate's way: it saves latency, not work).
+
+- :class:`DynamicExitMethod`: the runner side of that for FastBERT, DeeBERT, PABEE and GEEP's
+  ``mode=dynamic``: a method supplies its head, its exit rule and a head's FLOPs.
 """
 
 from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,12 +33,23 @@ import torch.nn.functional as F
 
 from geep import flops, work
 from geep.backbone import Backbone
+from geep.config import MethodOptions, inference_option
 from geep.encoding import Batch, Encoded
 from geep.runner import BatchResult, Method
 from geep.sweeps import Calibration, gap_midpoints
 
 # (layer, logits [b, C], running [b]) -> exits [b]: see dynamic_exit
 ExitRule = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+# (layer, hidden [b, T, H], attention_mask [b, T]) -> logits [b, C]: the head after a layer
+ExitHead = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+Batching = Literal["shrink", "regroup", "keep"]
+
+
+@dataclass(frozen=True)
+class DynamicExitOptions(MethodOptions):
+    """How a dynamic-exit method batches its exits (module docstring); ``shrink`` by default."""
+
+    batching: Batching = inference_option("shrink")
 
 
 def normalized_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -42,17 +64,17 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 class PatienceRule:
-    """PABEE's exit rule for one batch of ``batch_size`` samples.
+    """PABEE's exit rule for ``samples`` samples (a batch, or all the data).
 
     After each layer a sample's counter grows by one when its prediction (argmax; the first
     class on ties) equals the previous layer's, and resets to 0 otherwise; it exits when the
-    counter reaches ``patience``. State is kept per batch position (``running``).
+    counter reaches ``patience``. State is kept per sample, at its position ``running``.
     """
 
-    def __init__(self, patience: int, batch_size: int, device: torch.device | str) -> None:
+    def __init__(self, patience: int, samples: int, device: torch.device | str) -> None:
         self.patience = patience
-        self.previous = torch.full((batch_size,), -1, dtype=torch.long, device=device)
-        self.count = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.previous = torch.full((samples,), -1, dtype=torch.long, device=device)
+        self.count = torch.zeros(samples, dtype=torch.long, device=device)
 
     def __call__(self, layer: int, logits: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
         prediction = logits.argmax(dim=-1)  # [b]
@@ -77,7 +99,7 @@ def first_exit_layer(uncertainty: torch.Tensor, speed: float) -> torch.Tensor:
 def dynamic_exit(
     backbone: Backbone,
     batch: Batch,
-    head: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+    head: ExitHead,
     exits: ExitRule,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``batch`` layer by layer, exiting samples as soon as ``exits`` says so.
@@ -116,8 +138,156 @@ def dynamic_exit(
     return out_logits, out_layers
 
 
+def kept_exit(
+    backbone: Backbone, batch: Batch, head: ExitHead, exits: ExitRule
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Run all of ``batch`` layer by layer until its last sample has exited (``keep``).
+
+    ``head`` runs on every row after each layer; ``exits`` decides for the rows that have not
+    exited (``running``: their positions in the batch), as in :func:`dynamic_exit`. Returns the
+    logits [B, C] and exit layer [B] of every sample, taken at its exit, and the deepest exit:
+    every row ran that many layers and heads.
+    """
+    num_layers = backbone.num_layers
+    hidden, mask = backbone.embed(**batch.inputs())  # [B, T, H]
+    running = torch.arange(hidden.shape[0], device=hidden.device)  # [b] not exited yet
+    out_logits: torch.Tensor | None = None
+    out_layers = torch.full_like(running, num_layers)
+    for layer in range(1, num_layers + 1):
+        hidden = backbone.run_layers(hidden, mask, layer - 1, layer)
+        logits = head(layer, hidden, batch.attention_mask)  # [B, C]: the whole batch
+        if out_logits is None:
+            out_logits = logits.new_empty(logits.shape)
+        last = layer == num_layers
+        done = (
+            torch.ones_like(running, dtype=bool) if last else exits(layer, logits[running], running)
+        )
+        out_logits[running[done]] = logits[running[done]]
+        out_layers[running[done]] = layer
+        running = running[~done]
+        if len(running) == 0:
+            assert out_logits is not None
+            return out_logits, out_layers, layer
+    raise AssertionError("layer L exits every sample")
+
+
+@dataclass
+class _Rows:
+    """Rows waiting in a pool: their positions in the data [r], h_k [r, T, H], masks [r, T]."""
+
+    index: torch.Tensor
+    hidden: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def _take(pool: list[_Rows], count: int) -> _Rows:
+    """The first ``count`` rows of ``pool`` (removed from it), padded to the widest of them."""
+    taken: list[_Rows] = []
+    while count > 0:
+        rows = pool[0]
+        if len(rows.index) <= count:
+            taken.append(pool.pop(0))
+        else:
+            taken.append(
+                _Rows(rows.index[:count], rows.hidden[:count], rows.attention_mask[:count])
+            )
+            pool[0] = _Rows(rows.index[count:], rows.hidden[count:], rows.attention_mask[count:])
+        count -= len(taken[-1].index)
+    width = int(max(int(r.attention_mask.sum(dim=1).max()) for r in taken))  # trim padding
+    if len(taken) == 1 and taken[0].hidden.shape[1] == width:
+        return taken[0]
+
+    def padded(t: torch.Tensor) -> torch.Tensor:  # [r, T, ...] -> [r, width, ...]
+        t = t[:, :width]
+        pad = [0, 0] * (t.dim() - 2) + [0, width - t.shape[1]]
+        return F.pad(t, pad)
+
+    rows = _Rows(
+        torch.cat([r.index for r in taken]),
+        torch.cat([padded(r.hidden) for r in taken]),
+        torch.cat([padded(r.attention_mask) for r in taken]),
+    )
+    _record_copy(rows.hidden)
+    return rows
+
+
+def _record_copy(hidden: torch.Tensor) -> None:
+    """Count a copy of hidden [r, T, H] into a new batch: read and written once."""
+    rows, tokens, width = hidden.shape
+    work.record("select", rows, tokens, 0, 2 * rows * tokens * width * hidden.element_size())
+
+
+def regrouped_exit(
+    backbone: Backbone,
+    batches: Iterable[Batch],
+    head: ExitHead,
+    exits: ExitRule,
+    batch_size: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Dynamic exit over a stream of batches whose layer calls stay full (``regroup``).
+
+    Pool k holds the rows that have run k layers and wait for layer k+1. The deepest pool
+    holding ``batch_size`` rows runs first (its oldest rows; rows of different batches are
+    padded to the widest); when none is full the next batch is embedded into pool 0, and when
+    the batches are spent the shallowest pool runs whatever it holds, so its survivors fill the
+    deeper ones. After each layer call, ``head`` and ``exits`` decide as in
+    :func:`dynamic_exit`, with ``running`` the rows' positions in the data (``Batch.index``):
+    a rule that keeps state per sample (PABEE's counter) must be made for the whole data.
+
+    Yields (positions [n], logits [n, C], exit layers [n]) of the samples that exited since the
+    previous yield, once before each new batch is embedded and once at the end.
+    """
+    num_layers = backbone.num_layers
+    pools: list[list[_Rows]] = [[] for _ in range(num_layers)]
+    finished: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    inputs = iter(batches)
+    spent = False
+    while True:
+        sizes = [sum(len(r.index) for r in pool) for pool in pools]
+        full = [k for k, size in enumerate(sizes) if size >= batch_size]
+        if full:
+            k, count = max(full), batch_size
+        elif not spent:
+            if finished:
+                yield _joined(finished)
+                finished = []
+            batch = next(inputs, None)
+            if batch is None:
+                spent = True
+            else:
+                hidden, _ = backbone.embed(**batch.inputs())  # [B, T, H]
+                pools[0].append(_Rows(batch.index.to(hidden.device), hidden, batch.attention_mask))
+            continue
+        elif any(sizes):
+            k = next(k for k, size in enumerate(sizes) if size)
+            count = sizes[k]
+        else:
+            break
+        rows = _take(pools[k], count)
+        layer = k + 1
+        mask = backbone.layer_mask(rows.hidden, rows.attention_mask)
+        hidden = backbone.run_layers(rows.hidden, mask, k, layer)  # [b, T, H]
+        logits = head(layer, hidden, rows.attention_mask)  # [b, C]
+        last = layer == num_layers
+        done = torch.ones_like(rows.index, dtype=bool) if last else exits(layer, logits, rows.index)
+        finished.append((rows.index[done], logits[done], torch.full_like(rows.index[done], layer)))
+        keep = ~done
+        if keep.any():
+            pools[layer].append(_Rows(rows.index[keep], hidden[keep], rows.attention_mask[keep]))
+            _record_copy(pools[layer][-1].hidden)
+    if finished:
+        yield _joined(finished)
+
+
+def _joined(
+    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(torch.cat(column) for column in zip(*parts, strict=True))  # type: ignore[return-value]
+
+
 class DynamicExitMethod(Method):
-    """A method whose samples exit one by one after any layer while the batch shrinks.
+    """A method whose samples exit one by one after any layer, batched as its ``batching``
+    option says (:class:`DynamicExitOptions`).
 
     Subclasses give the FLOPs of one head evaluation (:meth:`head_flops`), the head after each
     layer when it is not the model's ``head`` (:meth:`exit_head`), and the exit rule: a
@@ -125,6 +295,8 @@ class DynamicExitMethod(Method):
     is below the speed (such methods set ``dev_sweep``), or their own :meth:`exit_rule`. FLOPs
     count every layer a sample ran and a head after each.
     """
+
+    options_class = DynamicExitOptions
 
     def exit_head(
         self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor
@@ -138,8 +310,9 @@ class DynamicExitMethod(Method):
         rules only)."""
         raise NotImplementedError(f"{self.name}'s exit rule compares no value with a threshold")
 
-    def exit_rule(self, speed: float, batch_size: int) -> ExitRule:
-        """The rule deciding, after each layer, which running samples exit (one per batch):
+    def exit_rule(self, speed: float, samples: int) -> ExitRule:
+        """The rule deciding, after each layer, which running samples exit, made for
+        ``samples`` samples (a batch, or the whole data under ``regroup``):
         :meth:`exit_statistic` below ``speed``."""
         return lambda layer, logits, running: self.exit_statistic(logits) < speed
 
@@ -186,13 +359,30 @@ class DynamicExitMethod(Method):
     def dynamic_batches(
         self, data: Encoded, speed: float, batch_size: int
     ) -> Iterator[BatchResult]:
-        """Consecutive batches of ``data``, each run by :func:`dynamic_exit`."""
+        """``data`` in consecutive batches, run by dynamic exit as the ``batching`` option says
+        (module docstring). FLOPs count the layers and heads each sample ran: to its exit, or
+        under ``keep`` to its batch's deepest exit."""
+        batching = self.options.batching
+        if batching == "regroup":
+            rule = self.exit_rule(speed, len(data))  # keyed by position in the data
+            batches = (batch.to(self.device) for batch in data.batches(batch_size))
+            for index, logits, layers in regrouped_exit(
+                self.backbone, batches, self.exit_head, rule, batch_size
+            ):
+                ran = layers.cpu().numpy()
+                yield self.batch_result(index.cpu(), logits, ran, heads=ran, data=data)
+            return
         for batch in data.batches(batch_size):
             rule = self.exit_rule(speed, len(batch.index))
             batch = batch.to(self.device)
-            logits, layers = dynamic_exit(self.backbone, batch, self.exit_head, rule)
-            ran = layers.cpu().numpy()
-            yield self.batch_result(batch.index.cpu(), logits, ran, heads=ran, data=data)
+            if batching == "keep":
+                logits, layers, deepest = kept_exit(self.backbone, batch, self.exit_head, rule)
+                exits, ran = layers.cpu().numpy(), np.full(len(layers), deepest)
+                yield self.batch_result(batch.index.cpu(), logits, exits, ran, data, ran=ran)
+            else:
+                logits, layers = dynamic_exit(self.backbone, batch, self.exit_head, rule)
+                ran = layers.cpu().numpy()
+                yield self.batch_result(batch.index.cpu(), logits, ran, heads=ran, data=data)
 
     def batch_result(
         self,
@@ -201,11 +391,14 @@ class DynamicExitMethod(Method):
         layers: np.ndarray,
         heads: np.ndarray | int,
         data: Encoded,
+        ran: np.ndarray | None = None,
     ) -> BatchResult:
-        """Labels and per-sample FLOPs: ``layers`` encoder layers and ``heads`` exit heads ran."""
+        """Labels and per-sample FLOPs: samples that exit at ``layers`` and ran ``ran`` encoder
+        layers (``layers`` unless given) and ``heads`` exit heads."""
+        ran = layers if ran is None else ran
         lengths = data.lengths[index].numpy()
         per_conv = {
-            conv: self.sample_flops(lengths, layers, heads, conv) for conv in flops.CONVENTIONS
+            conv: self.sample_flops(lengths, ran, heads, conv) for conv in flops.CONVENTIONS
         }
         return BatchResult(
             index=index,

@@ -26,8 +26,9 @@ stack only) and ``training=two-step`` (FastBERT's recipe: backbone and teacher f
 students by self-distillation at 10x the learning rate); at evaluate time the exit head
 (``student`` at layer k, or ``shared``: layer L applied to h_k, then the teacher), the
 aggregation rule and its conservativeness, bigram keys (``ngram=2``, beyond the paper), and
-``mode=dynamic``: FastBERT's dynamic exit with a shrinking batch on the same weights, so the
-benefit of prediction over dynamic exit is measured on one model.
+``mode=dynamic``: FastBERT's dynamic exit on the same weights (a shrinking batch, or
+``batching=regroup|keep``, :mod:`geep.exits`), so the benefit of prediction over dynamic exit is
+measured on one model.
 
 Where the paper is silent (its text is not available): tokens are counted once per sample and
 special tokens ([CLS], [SEP], padding) are not keys; a token's exit distribution is its counts
@@ -48,12 +49,12 @@ from torch import nn
 
 from geep import work
 from geep.backbone import Backbone
-from geep.config import MethodOptions, TrainConfig, inference_option
+from geep.config import TrainConfig, inference_option
 from geep.encoding import Encoded
 from geep.errors import GeepError
 from geep.exit_prediction import exit_quality, predict_exit_layers
 from geep.exit_table import ExitTable, sample_keys
-from geep.exits import first_exit_layer
+from geep.exits import DynamicExitOptions, first_exit_layer
 from geep.runner import FORWARD_ONLY, BatchResult, Predictions, register
 from geep.student_teacher import ExitHead, StudentTeacherMethod, StudentTeacherModel
 from geep.sweeps import Calibration, gap_midpoints
@@ -61,8 +62,9 @@ from geep.training import train_loop
 
 
 @dataclass(frozen=True)
-class GeepOptions(MethodOptions):
-    """GEEP's switches; the defaults are the method as docs/methods.md describes it."""
+class GeepOptions(DynamicExitOptions):
+    """GEEP's switches; the defaults are the method as docs/methods.md describes it.
+    ``batching`` applies to ``mode=dynamic`` (:class:`geep.exits.DynamicExitOptions`)."""
 
     teacher_inputs: Literal["diverse", "last"] = "diverse"
     training: Literal["one-step", "two-step"] = "one-step"
@@ -78,6 +80,10 @@ class GeepOptions(MethodOptions):
             raise GeepError(f"option exit_quantile must lie in (0, 1], got {self.exit_quantile}")
         if self.exit_margin < 0:
             raise GeepError(f"option exit_margin must be >= 0, got {self.exit_margin}")
+        if self.batching != "shrink" and self.mode != "dynamic":
+            raise GeepError(
+                f"option batching={self.batching} batches dynamic exits: give mode=dynamic too"
+            )
 
 
 @dataclass

@@ -150,7 +150,7 @@ BAD = [  # (command line, what its one error line must say)
     ("evaluate --checkpoint {ckpt} --dataset rotten-tomatoes", "that the checkpoint does not know"),
     (f"{T} {{toy}} --method geep --option exit_quantile=2", "exit_quantile must lie in (0, 1]"),
     (f"{T} {{toy}} --method geep --option exit_head", "bad option 'exit_head'"),
-    (f"{T} {{toy}} --method geep --option head=shared", "KEY one of teacher_inputs"),
+    (f"{T} {{toy}} --method geep --option head=shared", "KEY one of batching, teacher_inputs"),
     ("evaluate --checkpoint {ckpt} --option mode=dynamic", "this method has no options"),
 ]
 

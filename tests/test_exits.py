@@ -80,7 +80,7 @@ def test_raw_entropy_is_in_nats() -> None:
 
 
 def test_patience_counts_agreements_resets_on_change_and_breaks_ties_to_the_first_class():
-    rule = PatienceRule(patience=2, batch_size=3, device="cpu")
+    rule = PatienceRule(patience=2, samples=3, device="cpu")
     everyone = torch.arange(3)
     layers = [  # per layer, logits of samples 0, 1, 2
         [[1.0, 0.0], [1.0, 0.0], [0.5, 0.5]],  # 0, 0, 0 (tie -> class 0): counters 0 0 0

@@ -1,6 +1,6 @@
-"""The work a run issues (geep.work): hand-worked counts for full depth, a shrinking batch, GEEP's
-sorted batches and HashEE's token exits, executed FLOPs equal to a real FLOP counter's; and the
-latency model built on them (geep.latency)."""
+"""The work a run issues (geep.work): hand-worked counts for full depth, a shrinking, a regrouped
+and a kept batch, GEEP's sorted batches and HashEE's token exits, executed FLOPs equal to a real
+FLOP counter's; and the latency model built on them (geep.latency)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from geep import flops
-from geep.exits import dynamic_exit
+from geep.exits import ExitRule, dynamic_exit, kept_exit, regrouped_exit
 from geep.latency import Device, Measurement, fit_device
 from geep.runner import Method
 from geep.work import Call, calls_from_rows, calls_to_rows, counting, work_counts
@@ -73,6 +73,75 @@ def test_a_shrinking_batch_counts_the_rows_each_layer_and_head_ran_on(tiny_model
     assert sum(c.flops * n for c, n in calls.items()) == sum(head) + sum(layer)
 
 
+SAME_LENGTH = ["good film", "bad plot", "the plot", "a film", "hate it", "the best"]  # 4 tokens
+
+
+def planned(exits_at: dict[int, list[int]]) -> ExitRule:
+    """A rule exiting the samples at the given positions after each layer."""
+
+    def exits(layer: int, logits: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
+        return torch.isin(running, torch.tensor(exits_at.get(layer, []), dtype=running.dtype))
+
+    return exits
+
+
+def layer_calls(method: Method) -> list[tuple[int, int]]:
+    """(layer, rows) of every encoder-layer call from now on, in the order they run."""
+    calls: list[tuple[int, int]] = []
+    for i, layer in enumerate(method.backbone.encoder.encoder.layer, start=1):
+        layer.register_forward_hook(lambda m, a, o, i=i: calls.append((i, a[0].shape[0])))
+    return calls
+
+
+def test_a_regrouped_stream_runs_each_layer_on_its_pool(tiny_model: Path) -> None:
+    method = new_method("fastbert", tiny_model)  # 4 layers
+    data = method.encode(SAME_LENGTH)
+    width = int(data.lengths[0])
+    assert (data.lengths == width).all()  # no padding: pools join without copies to pad
+    rule = planned({1: [0, 1], 2: [2, 4]})  # positions in the data; 3 and 5 run to layer 4
+    ran = layer_calls(method)
+    with counting() as calls, torch.no_grad():
+        out = list(regrouped_exit(method.backbone, data.batches(4), method.exit_head, rule, 4))
+    # batch [0..3] runs layer 1; [2, 3] wait for layer 2 while [4, 5] are embedded and run layer
+    # 1 (no batch left, so the shallowest pool runs); then the pool of four runs layer 2, the two
+    # that go on run layers 3 and 4
+    assert ran == [(1, 4), (1, 2), (2, 4), (3, 2), (4, 2)]
+    assert [o[0].tolist() for o in out] == [[0, 1], [2, 4, 3, 5]]  # before batch 2, at the end
+    assert [o[2].tolist() for o in out] == [[1, 1], [2, 2, 4, 4]]
+    counts = work_counts(calls, 6)
+    assert counts["layer_batches"] == 5 and counts["mean_layer_batch_rows"] == 14 / 5
+    assert counts["head_calls"] == 5 and counts["head_rows"] == 14
+    # the rows that go on after each layer, and the pool of two batches joined for layer 2
+    assert sorted(c.rows for c in calls.elements() if c.kind == "select") == [2, 2, 2, 2, 4]
+    head = flops.fastbert_head(method.dims.hidden, width, 2, "full")
+    rows = [r for _, r in ran]
+    executed = sum(layer_flops(method, r, width) + r * head for r in rows)
+    assert sum(c.flops * n for c, n in calls.items()) == executed
+
+
+def test_a_kept_batch_runs_whole_to_its_deepest_exit(tiny_model: Path, monkeypatch) -> None:
+    method = new_method("fastbert", tiny_model, "batching=keep")
+    data = method.encode(SAME_LENGTH)
+    batch = data.batch(torch.arange(4))
+    ran = layer_calls(method)
+    with counting() as calls, torch.no_grad():
+        _, layers, deepest = kept_exit(
+            method.backbone, batch, method.exit_head, planned({1: [0], 2: [1, 2]})
+        )
+    assert layers.tolist() == [1, 2, 2, 4] and deepest == 4
+    assert ran == [(1, 4), (2, 4), (3, 4), (4, 4)]  # nobody leaves the batch
+    counts = work_counts(calls, 4)
+    assert counts["head_calls"] == 4 and counts["head_rows"] == 16
+    assert not [c for c in calls if c.kind == "select"]
+    # through the runner: a sample's FLOPs are its batch's, up to the deepest exit in it
+    monkeypatch.setattr(method, "exit_rule", lambda speed, samples: planned({1: [0], 2: [1]}))
+    out = method.run(data, 0.5, batch_size=4)
+    assert out.exit_layers.tolist() == [1, 2, 4, 4, 1, 2]  # batches [0..3] and [4, 5]
+    lengths = data.lengths.numpy()
+    deepest = np.array([4, 4, 4, 4, 2, 2])
+    assert (out.flops_full == method.sample_flops(lengths, deepest, deepest, "full")).all()
+
+
 def test_geep_sorted_batches_run_full_batches_and_one_head_each(
     tiny_model: Path, monkeypatch
 ) -> None:
@@ -109,10 +178,31 @@ def test_hashee_layers_run_on_the_most_active_tokens_of_a_row(tiny_model: Path) 
     assert work_counts(calls, 2)["head_rows"] == 2
 
 
-@pytest.mark.parametrize("name", ["bert", "fastbert", "deebert", "pabee", "hashee", "geep"])
-def test_executed_flops_are_what_a_flop_counter_sees(tiny_model: Path, name: str) -> None:
-    settings = ("mode=dynamic",) if name == "geep" else ()  # predict mode needs a trained table
+FLOP_CASES = [
+    ("bert",),
+    ("fastbert",),
+    ("fastbert", "batching=regroup"),
+    ("fastbert", "batching=keep"),
+    ("deebert",),
+    ("deebert", "batching=regroup"),
+    ("pabee",),
+    ("pabee", "batching=regroup"),
+    ("pabee", "batching=keep"),
+    ("hashee",),
+    ("geep", "mode=dynamic"),  # predict mode needs a trained table
+    ("geep", "mode=dynamic", "batching=regroup"),
+]
+
+
+@pytest.mark.parametrize("case", FLOP_CASES, ids="-".join)
+def test_executed_flops_are_what_a_flop_counter_sees(
+    tiny_model: Path, case: tuple, monkeypatch
+) -> None:
+    name, *settings = case
     method = new_method(name, tiny_model, *settings)
+    if any(s.startswith("batching=") for s in settings):  # an untrained model exits nobody early
+        rule = planned({1: [0, 3, 7], 2: [1, 5, 8, 10]})
+        monkeypatch.setattr(method, "exit_rule", lambda speed, samples: rule)
     if name == "hashee":  # an untrained model has no hash: every token to the top but "plot"
         method.model.exit_layer_of_token.fill_(method.num_layers)
         method.model.exit_layer_of_token[method.tokenizer.convert_tokens_to_ids("plot")] = 2
