@@ -179,6 +179,9 @@ class _Rows:
     hidden: torch.Tensor
     attention_mask: torch.Tensor
 
+    def __getitem__(self, which: slice | torch.Tensor) -> _Rows:
+        return _Rows(self.index[which], self.hidden[which], self.attention_mask[which])
+
 
 def _take(pool: list[_Rows], count: int) -> _Rows:
     """The first ``count`` rows of ``pool`` (removed from it), padded to the widest of them."""
@@ -188,10 +191,8 @@ def _take(pool: list[_Rows], count: int) -> _Rows:
         if len(rows.index) <= count:
             taken.append(pool.pop(0))
         else:
-            taken.append(
-                _Rows(rows.index[:count], rows.hidden[:count], rows.attention_mask[:count])
-            )
-            pool[0] = _Rows(rows.index[count:], rows.hidden[count:], rows.attention_mask[count:])
+            taken.append(rows[:count])
+            pool[0] = rows[count:]
         count -= len(taken[-1].index)
     width = int(max(int(r.attention_mask.sum(dim=1).max()) for r in taken))  # trim padding
     if len(taken) == 1 and taken[0].hidden.shape[1] == width:
@@ -273,7 +274,7 @@ def regrouped_exit(
         finished.append((rows.index[done], logits[done], torch.full_like(rows.index[done], layer)))
         keep = ~done
         if keep.any():
-            pools[layer].append(_Rows(rows.index[keep], hidden[keep], rows.attention_mask[keep]))
+            pools[layer].append(_Rows(rows.index, hidden, rows.attention_mask)[keep])
             _record_copy(pools[layer][-1].hidden)
     if finished:
         yield _joined(finished)
