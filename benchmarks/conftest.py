@@ -104,7 +104,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if item.originalname == "test_latency_calibration":
             item.add_marker(pytest.mark.xdist_group("latency-calibration"))
         elif item.originalname == "test_unit":
-            dataset, method, seed, _ = item.callspec.params["unit"]
+            dataset, method, seed, *_ = item.callspec.params["unit"]
             item.add_marker(pytest.mark.xdist_group(f"{dataset}-{method}-seed{seed}"))
         elif worker() is not None and item.path.name in ONE_PROCESS_ONLY:
             item.add_marker(pytest.mark.skip(reason="pytest-benchmark is off under xdist"))

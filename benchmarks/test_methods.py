@@ -1,12 +1,14 @@
-"""Every (dataset, method, seed, setting) of the profile: accuracy with its interval, FLOPs,
-exits, latency, utilisation.
+"""Every (dataset, method, seed, setting, batching) of the profile: accuracy with its interval,
+FLOPs, exits, latency, utilisation.
 
 One benchmark per unit; pytest-benchmark times ``profile.rounds`` runs over the test split after
 a warm-up, and ``extra_info`` carries everything :func:`geep.reproduce.measure` measured (the
 work counts of :mod:`geep.work` included; the calls themselves only in the run files) plus
-"method", "dataset", "seed", "setting", "speed_source" and "batch_size". A setting is a speed of
-the fixed sweep (``0.5``) or one chosen on the dev split (``dev3``: geep.sweeps). Each row is
-also kept in ``<results>/runs/<dataset>/<method>-seed<seed>.json`` for ``geep report``.
+"method", "dataset", "seed", "setting", "speed_source", "batching" and "batch_size". A setting
+is a speed of the fixed sweep (``0.5``) or one chosen on the dev split (``dev3``: geep.sweeps);
+a dynamic-exit method measures each setting under every batching policy of the profile
+(``shrink``, ``regroup``: geep.exits), one after the other. Each row is also kept in
+``<results>/runs/<dataset>/<method>-seed<seed>.json`` for ``geep report``.
 Checkpoints are trained once and cached, so a re-run only re-measures; with ``--resume`` it skips
 the units already recorded (those then have no entry in that run's ``--benchmark-json``; the run
 files hold them all).
@@ -21,7 +23,7 @@ import pytest
 from benchmarks.conftest import profile_of
 from geep.errors import GeepError
 from geep.profiles import Profile
-from geep.reproduce import Trained, load_unit, measure, record, recorded, units
+from geep.reproduce import Trained, Unit, load_unit, measure, record, recorded, row_key, units
 from geep.run_files import read_run_file
 
 _loaded: dict[tuple[str, str, int], Trained] = {}
@@ -30,8 +32,7 @@ _loaded: dict[tuple[str, str, int], Trained] = {}
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "unit" in metafunc.fixturenames:
         found = units(profile_of(metafunc.config))
-        ids = [f"{d}-{m}-seed{seed}-{setting}" for d, m, seed, setting in found]
-        metafunc.parametrize("unit", found, ids=ids)
+        metafunc.parametrize("unit", found, ids=[unit.id for unit in found])
 
 
 def trained(profile: Profile, method: str, dataset: str, seed: int) -> Trained:
@@ -43,15 +44,17 @@ def trained(profile: Profile, method: str, dataset: str, seed: int) -> Trained:
     return _loaded[key]
 
 
-def test_unit(benchmark, profile: Profile, results_dir: Path, resume: bool, unit) -> None:
-    dataset, name, seed, setting = unit
-    if resume and recorded(results_dir, profile, dataset, name, seed, setting):
+def test_unit(benchmark, profile: Profile, results_dir: Path, resume: bool, unit: Unit) -> None:
+    dataset, name, seed, setting, batching = unit
+    if resume and recorded(results_dir, profile, unit):
         pytest.skip("already in the run file (--resume)")
     loaded = trained(profile, name, dataset, seed)
     try:
         fields = loaded.resolve(setting)
     except GeepError as err:
         pytest.skip(str(err))
+    if batching is not None:
+        loaded.method.configure([f"batching={batching}"])
 
     def timer(fn, rounds: int) -> None:
         benchmark.pedantic(fn, rounds=rounds, iterations=1)
@@ -66,6 +69,6 @@ def test_unit(benchmark, profile: Profile, results_dir: Path, resume: bool, unit
     benchmark.extra_info.update(
         {"method": name, "dataset": dataset, "seed": seed, "profile": profile.name, **info}
     )
-    # the row as `geep report` will read it: the file checks, and holds the setting once
-    settings = [r["setting"] for r in read_run_file(path)["rows"]]
-    assert settings.count(setting) == 1
+    # the row as `geep report` will read it: the file checks, and holds the unit's row once
+    keys = [row_key(r) for r in read_run_file(path)["rows"]]
+    assert keys.count((setting, batching)) == 1

@@ -25,7 +25,7 @@ import math
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ ExitRule = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 # (layer, hidden [b, T, H], attention_mask [b, T]) -> logits [b, C]: the head after a layer
 ExitHead = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 Batching = Literal["shrink", "regroup", "keep"]
+BATCHINGS: tuple[Batching, ...] = get_args(Batching)
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,10 @@ class DynamicExitMethod(Method):
     """
 
     options_class = DynamicExitOptions
+
+    @classmethod
+    def batching_of(cls, options: DynamicExitOptions) -> str | None:
+        return options.batching
 
     def exit_head(
         self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor

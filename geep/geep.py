@@ -109,6 +109,11 @@ class Geep(StudentTeacherMethod):
         self._oracle: tuple[Encoded, torch.Tensor] | None = None
 
     @classmethod
+    def batching_of(cls, options: GeepOptions) -> str | None:
+        """Predicted exits run full sorted batches: a policy only in ``mode=dynamic``."""
+        return options.batching if options.mode == "dynamic" else None
+
+    @classmethod
     def build_model(cls, backbone: Backbone, num_labels: int, options: Any) -> nn.Module:
         return StudentTeacherModel(backbone, num_labels, options.teacher_inputs)
 

@@ -46,7 +46,7 @@ class Row:
     seq_len: int
     epochs: int
     passes: float  # forward + backward passes per training sample and epoch
-    settings: int  # measured settings per seed
+    settings: int  # measured units per seed: settings x batching policies
     train_samples: int | None = None
     dev_samples: int | None = None
     test_samples: int | None = None
@@ -175,7 +175,7 @@ def plan(profile: Profile, device: str = "h100") -> Plan:
     """The cost of every (dataset, method) of ``profile`` on ``device`` (a key of GPUS)."""
     if device not in GPUS:
         raise GeepError(f"unknown device '{device}': choose one of {', '.join(GPUS)}")
-    measured = Counter((d, m) for d, m, _, _ in units(profile))  # settings x seeds
+    measured = Counter(u[:2] for u in units(profile))  # settings x seeds x policies
     rows = tuple(
         cost(profile, dataset, method, measured[dataset, method])
         for dataset in profile.datasets
@@ -185,7 +185,8 @@ def plan(profile: Profile, device: str = "h100") -> Plan:
 
 
 def cost(profile: Profile, dataset: str, method: str, measured: int) -> Row:
-    """The row of (dataset, method) whose ``measured`` settings x seeds the profile runs."""
+    """The row of (dataset, method) whose ``measured`` units (settings x policies x seeds) the
+    profile runs."""
     config = profile.train_config(method, dataset)
     seeds = len(profile.seeds)
     row = Row(

@@ -4,15 +4,17 @@ run uses.
 Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
 
 - ``smoke``: one offline dataset, a few hundred samples, three fixed speeds and two dev-chosen
-  settings per method; a couple of minutes on 2 CPU cores, for tests and CI.
+  settings per method, both batching policies of ``compare``; a couple of minutes on 2 CPU
+  cores, for tests and CI.
 - ``quick``: the embedded encoder on rotten-tomatoes (binary) and tweet-sentiment (3 classes),
   600 training samples for 2 epochs, every method over its fixed grid plus four settings chosen
   on dev, and the latency calibration; the default of ``tox -e reproduce`` (under 20 minutes on
   2 cores, installation included). The Chinese datasets are left out: the embedded encoder is
   English.
 - ``compare``: the same datasets with 2000 training samples, three seeds and six dev-chosen
-  settings, plus GEEP's efficiency and the training-speed benchmarks, for comparing methods
-  (about an hour on 2 cores).
+  settings, the dynamic-exit methods with shrinking and with regrouped batches, plus GEEP's
+  efficiency and the training-speed benchmarks, for comparing methods (about 1.5 hours on 2
+  cores).
 - ``offline``: all six offline datasets at full size (hours on a CPU, minutes on a GPU).
 - ``paper``: the twelve paper datasets with bert-base-uncased / bert-base-chinese and the papers'
   recipe (lr 2e-5, batch 32, length 128, 3 epochs, plainly shuffled batches; HashEE lr 5e-5, 4
@@ -29,6 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from geep.config import DEFAULT_MODEL, TrainConfig
 from geep.data.registry import OFFLINE_TIER, REGISTRY, get_spec
 from geep.errors import GeepError
+from geep.exits import Batching
 from geep.runner import method_names
 from geep.sweeps import DEV_SETTINGS
 
@@ -52,6 +55,9 @@ class Profile:
     methods: tuple[str, ...] = ()  # empty: every registered method (geep.runner)
     speeds: dict[str, tuple[float, ...]] = field(default_factory=dict)
     dev_settings: int = DEV_SETTINGS  # settings chosen on dev per threshold method
+    # how the dynamic-exit methods (FastBERT, DeeBERT, PABEE) batch their exits: each setting
+    # is measured under every policy listed (geep.exits); the other methods run once
+    batchings: tuple[Batching, ...] = ("shrink",)
     seeds: tuple[int, ...] = (42,)  # one trained model per seed and (dataset, method)
     max_eval: int | None = None  # the first N dev and test samples; None: all
     batch_size: int = 32
@@ -101,6 +107,7 @@ PROFILES = {
             "hashee": (0.0, 3.0, 5.0),
         },
         dev_settings=2,
+        batchings=("shrink", "regroup"),
         max_eval=128,
         rounds=1,
     ),
@@ -123,6 +130,7 @@ PROFILES = {
         datasets=("rotten-tomatoes", "tweet-sentiment"),
         train=TrainConfig(max_train=2000, epochs=2, seq_len=64),
         seeds=(1, 2, 3),
+        batchings=("shrink", "regroup"),
         max_eval=1275,
         rounds=1,
     ),

@@ -3,7 +3,7 @@
 ``geep report results/quick`` (and ``notebooks/figures.ipynb``) read
 ``results/<profile>/runs/<dataset>/<method>-seed<seed>.json`` (:mod:`geep.reproduce`) and write:
 
-- ``results.csv``: one row per (dataset, method, seed, setting);
+- ``results.csv``: one row per (dataset, method, seed, setting, batching);
 - ``tables.md``: per dataset, every method at full depth and at matched FLOPs speedups, and each
   method's fastest setting within one point of ``bert``'s accuracy;
 - ``speed-accuracy-<dataset>.png``: accuracy (with its 95% interval) against FLOPs speedup, one
@@ -11,8 +11,10 @@
 - ``realised-speedup.png``: wall-clock speedup over the full-depth ``bert`` run against FLOPs
   speedup, at the profile's batch size.
 
-With several seeds, a table cell averages the seeds' values and gives their standard deviation;
-a plotted point is a setting's mean over the seeds.
+A dynamic-exit method measured under several batching policies (``shrink``, ``regroup``:
+geep.exits) is one table row, curve and marker per policy, named ``fastbert (regroup)`` in the
+plots. With several seeds, a table cell averages the seeds' values and gives their standard
+deviation; a plotted point is a setting's mean over the seeds.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from geep.errors import GeepError
+from geep.exits import BATCHINGS
 from geep.latency import GPUS, Device, fit_device, load_calibration
 from geep.run_files import DamagedRunFile, read_run_file
 from geep.runner import method_names
@@ -41,6 +44,7 @@ COLUMNS = [
     "method",
     "seed",
     "setting",
+    "batching",
     "speed_source",
     "speed",
     "accuracy",
@@ -78,7 +82,8 @@ COLUMNS = [
 
 
 def load_runs(results: str | Path) -> pd.DataFrame:
-    """Every measured row under ``results/runs/``, one per (dataset, method, seed, setting).
+    """Every measured row under ``results/runs/``, one per (dataset, method, seed, setting,
+    batching), with ``variant``: the method and its batching policy, the unit tables compare.
 
     Every run file is checked (:func:`geep.run_files.read_run_file`): a damaged one, or one
     filed elsewhere than its dataset and name say, is a GeepError. All run files must come from
@@ -99,6 +104,7 @@ def load_runs(results: str | Path) -> pd.DataFrame:
             records.append(
                 {
                     **row,
+                    "variant": variant(run["method"], row["batching"]),
                     "dataset": run["dataset"],
                     "method": run["method"],
                     "seed": meta["seed"],
@@ -115,15 +121,29 @@ def load_runs(results: str | Path) -> pd.DataFrame:
             f"{results} mixes runs of different configurations ({', '.join(hashes)}): "
             "re-run the stale ones or keep each configuration in its own folder"
         )
-    order = ["dataset", "method", "seed", "speed_source", "speed"]
+    order = ["dataset", "method", "batching", "seed", "speed_source", "speed"]
     return frame.sort_values(order, key=_method_order).reset_index(drop=True)
 
 
+def variant(method: str, batching: str | None) -> str:
+    """A method's name in tables and plots, with its batching policy when it has one."""
+    return method if batching is None else f"{method} ({batching})"
+
+
+def _name_cells(name: str) -> list[str]:
+    """A :func:`variant`'s two table cells: the method and its batching policy (or -)."""
+    method, _, batching = name.partition(" (")
+    return [f"`{method}`", batching.removesuffix(")") or "-"]
+
+
 def _method_order(column: pd.Series) -> pd.Series:
-    """Methods in the registry's order (unknown ones last); other columns as they are."""
+    """Methods in the registry's order (unknown ones last), batching policies in
+    :data:`~geep.exits.BATCHINGS`' order; other columns as they are."""
     if column.name == "method":
         order = method_names()
         return column.map(lambda m: order.index(m) if m in order else len(order))
+    if column.name == "batching":
+        return column.map(lambda b: BATCHINGS.index(b) if b in BATCHINGS else len(BATCHINGS))
     return column
 
 
@@ -193,12 +213,12 @@ def matched_table(frame: pd.DataFrame, dataset: str) -> str:
     At a target, each seed's slowest setting whose speedup (as printed, 2 decimals) reaches it
     is taken: chosen by FLOPs alone, never by test accuracy.
     """
-    header = ["method", "full depth"] + [f">= {t:g}x" for t in TARGETS]
+    header = ["method", "batching", "full depth"] + [f">= {t:g}x" for t in TARGETS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     matched = [matched_settings(frame, dataset, target) for target in (0.0, *TARGETS)]
-    for method in matched[0]:
-        cells = [f"`{method}`"]
-        cells += ["-" if m[method] is None else _mean_cell(m[method]) for m in matched]
+    for name in matched[0]:
+        cells = _name_cells(name)
+        cells += ["-" if m[name] is None else _mean_cell(m[name]) for m in matched]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -206,14 +226,14 @@ def matched_table(frame: pd.DataFrame, dataset: str) -> str:
 def matched_settings(
     frame: pd.DataFrame, dataset: str, target: float
 ) -> dict[str, pd.DataFrame | None]:
-    """Per method, each seed's slowest setting whose FLOPs speedup (as printed, 2 decimals)
-    reaches ``target`` (0: the slowest of all); None where a seed has none."""
+    """Per :func:`variant`, each seed's slowest setting whose FLOPs speedup (as printed, 2
+    decimals) reaches ``target`` (0: the slowest of all); None where a seed has none."""
     rows = frame[frame["dataset"] == dataset]
     out: dict[str, pd.DataFrame | None] = {}
-    for method, group in rows.groupby("method", sort=False):
+    for name, group in rows.groupby("variant", sort=False):
         seeds = [runs for _, runs in group.groupby("seed")]
         reaching = [runs[runs["speedup_full"].round(2) >= target] for runs in seeds]
-        out[method] = None if any(r.empty for r in reaching) else _slowest(reaching)
+        out[name] = None if any(r.empty for r in reaching) else _slowest(reaching)
     return out
 
 
@@ -228,33 +248,32 @@ def fastest_table(frame: pd.DataFrame, dataset: str) -> str:
     Per seed, the setting with the largest FLOPs speedup whose accuracy is at least ``bert``'s
     (same seed) minus one point; its FLOPs and wall-clock speedups over ``bert``.
     """
-    header = ["method", "accuracy (FLOPs, wall-clock speedup)", "settings"]
+    header = ["method", "batching", "accuracy (FLOPs, wall-clock speedup)", "settings"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, chosen in fastest_settings(frame, dataset).items():
+    for name, chosen in fastest_settings(frame, dataset).items():
         if chosen is None:
-            lines.append(f"| `{method}` | - | none within {WITHIN * 100:g} point |")
-            continue
-        settings = ", ".join(f"{s}" for s in chosen["setting"])
-        lines.append(
-            f"| `{method}` | {_mean_cell(chosen, ('speedup_full', 'wall_speedup'))} | {settings} |"
-        )
+            cells = ["-", f"none within {WITHIN * 100:g} point"]
+        else:
+            settings = ", ".join(f"{s}" for s in chosen["setting"])
+            cells = [_mean_cell(chosen, ("speedup_full", "wall_speedup")), settings]
+        lines.append("| " + " | ".join(_name_cells(name) + cells) + " |")
     return "\n".join(lines)
 
 
 def fastest_settings(frame: pd.DataFrame, dataset: str) -> dict[str, pd.DataFrame | None]:
-    """Per method, each seed's setting of the largest FLOPs speedup whose accuracy is at least
-    ``bert``'s (same seed) minus :data:`WITHIN`; None where a seed has none."""
+    """Per :func:`variant`, each seed's setting of the largest FLOPs speedup whose accuracy is
+    at least ``bert``'s (same seed) minus :data:`WITHIN`; None where a seed has none."""
     rows = frame[frame["dataset"] == dataset]
     bert = rows[rows["method"] == "bert"].set_index("seed")["accuracy"]
     out: dict[str, pd.DataFrame | None] = {}
-    for method, group in rows.groupby("method", sort=False):
+    for name, group in rows.groupby("variant", sort=False):
         picked = []
         for seed, runs in group.groupby("seed"):
             good = runs[runs["accuracy"] >= bert.get(seed, np.nan) - WITHIN - 1e-9]
             if good.empty:
                 break
             picked.append(good.loc[good["speedup_full"].idxmax()])
-        out[method] = pd.DataFrame(picked) if len(picked) == group["seed"].nunique() else None
+        out[name] = pd.DataFrame(picked) if len(picked) == group["seed"].nunique() else None
     return out
 
 
@@ -265,6 +284,7 @@ def work_table(frame: pd.DataFrame, dataset: str) -> str:
     gpus = list(GPUS)
     header = [
         "method",
+        "batching",
         "setting",
         "accuracy",
         "FLOPs speedup",
@@ -280,21 +300,22 @@ def work_table(frame: pd.DataFrame, dataset: str) -> str:
         f"within {WITHIN * 100:g} point": fastest_settings(frame, dataset),
         ">= 2x FLOPs": matched_settings(frame, dataset, 2.0),
     }
-    for method in picks[next(iter(picks))]:
+    for name in picks[next(iter(picks))]:
         for pick, chosen in picks.items():
-            lines.append(_work_row(method, pick, chosen[method], gpus, len(header)))
+            lines.append(_work_row(name, pick, chosen[name], gpus, len(header)))
     return "\n".join(lines)
 
 
 def _work_row(
-    method: str, pick: str, chosen: pd.DataFrame | None, gpus: list[str], columns: int
+    name: str, pick: str, chosen: pd.DataFrame | None, gpus: list[str], columns: int
 ) -> str:
     if chosen is None:
-        return f"| `{method}` | {pick}: none |" + " - |" * (columns - 2)
+        cells = [*_name_cells(name), f"{pick}: none"]
+        return "| " + " | ".join(cells) + " |" + " - |" * (columns - 3)
     mean = chosen.mean(numeric_only=True)
     settings = ", ".join(str(s) for s in chosen["setting"])
     cells = [
-        f"`{method}`",
+        *_name_cells(name),
         f"{pick}: {settings}",
         f"{mean['accuracy']:.3f}",
         f"{mean['speedup_full']:.2f}x",
@@ -313,7 +334,7 @@ def model_section(frame: pd.DataFrame, device: Device) -> str:
     was not part of its fit (every method but ``bert``)."""
     others = frame[(frame["method"] != "bert") & frame["model_error"].notna()]
     error = others["model_error"].abs()
-    per_method = others.assign(abs_error=error).groupby("method", sort=False)["abs_error"]
+    per_method = others.assign(abs_error=error).groupby("variant", sort=False)["abs_error"]
     methods = ", ".join(f"`{m}` {e * 100:.1f}%" for m, e in per_method.median().items())
     gpus = "; ".join(f"{d.name}: {d.source}" for d in GPUS.values())
     return "\n".join(
@@ -325,7 +346,7 @@ def model_section(frame: pd.DataFrame, device: Device) -> str:
             f"{device.flops_per_second / 1e9:.1f} GFLOP/s, "
             f"{device.bytes_per_second / 1e9:.1f} GB/s. Predicting the measured time of the "
             f"other methods' {len(others)} runs: median error {error.median() * 100:.1f}%, "
-            f"worst {error.max() * 100:.1f}% (per method, median: {methods}).",
+            f"worst {error.max() * 100:.1f}% (per method and batching, median: {methods}).",
             "",
             f"GPU speedups are modelled, not measured ({gpus}; geep/latency.py). The work each "
             f"method issues, at its fastest setting within {WITHIN * 100:g} point of `bert` "
@@ -421,11 +442,12 @@ def tables_markdown(
 
 
 def setting_means(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, method, setting): the seeds' mean accuracy, interval bounds and
+    """One row per (dataset, variant, setting): the seeds' mean accuracy, interval bounds and
     speedups."""
     columns = ["accuracy", "accuracy_low", "accuracy_high", "speedup_full", "wall_speedup"]
     present = [c for c in columns if c in frame.columns]
-    return frame.groupby(["dataset", "method", "setting"], sort=False)[present].mean().reset_index()
+    keys = ["dataset", "variant", "setting"]
+    return frame.groupby(keys, sort=False)[present].mean().reset_index()
 
 
 def plot_speed_accuracy(frame: pd.DataFrame, dataset: str) -> Figure:
@@ -434,7 +456,7 @@ def plot_speed_accuracy(frame: pd.DataFrame, dataset: str) -> Figure:
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
     means = setting_means(frame[frame["dataset"] == dataset])
-    for method, group in means.groupby("method", sort=False):
+    for name, group in means.groupby("variant", sort=False):
         group = group.sort_values("speedup_full")
         errors = [
             group["accuracy"] - group["accuracy_low"],
@@ -448,7 +470,7 @@ def plot_speed_accuracy(frame: pd.DataFrame, dataset: str) -> Figure:
             markersize=3,
             capsize=2,
             linewidth=1,
-            label=method,
+            label=name,
         )
     ax.set(xlabel="FLOPs speedup (full convention)", ylabel="test accuracy", title=dataset)
     ax.grid(alpha=0.3)
@@ -462,8 +484,8 @@ def plot_realised_speedup(frame: pd.DataFrame) -> Figure:
     frame = with_realised_speedup(frame)
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    for method, group in frame.groupby("method", sort=False):
-        ax.scatter(group["speedup_full"], group["wall_speedup"], label=method, s=14)
+    for name, group in frame.groupby("variant", sort=False):
+        ax.scatter(group["speedup_full"], group["wall_speedup"], label=name, s=14)
     top = max(frame["speedup_full"].max(), frame["wall_speedup"].max(skipna=True), 1.0)
     ax.plot([0, top], [0, top], color="gray", linestyle="--", linewidth=1, label="wall = FLOPs")
     batch = int(frame["batch_size"].iloc[0])
@@ -483,7 +505,7 @@ def plot_modelled_speedup(frame: pd.DataFrame, dataset: str) -> Figure:
     on one dataset, one marker per method (seed means per setting)."""
     rows = frame[frame["dataset"] == dataset]
     columns = ["speedup_full", "wall_speedup", "modelled_h100_speedup"]
-    means = rows.groupby(["method", "setting"], sort=False)[columns].mean().reset_index()
+    means = rows.groupby(["variant", "setting"], sort=False)[columns].mean().reset_index()
     fig = Figure(figsize=(10, 4.2))
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
     panels = [
@@ -493,9 +515,9 @@ def plot_modelled_speedup(frame: pd.DataFrame, dataset: str) -> Figure:
     markers = "os^vDP*X"
     top = max(means[columns].max(skipna=True).max(), 1.0)
     for ax, (column, title) in zip(axes, panels, strict=True):
-        for i, (method, group) in enumerate(means.groupby("method", sort=False)):
+        for i, (name, group) in enumerate(means.groupby("variant", sort=False)):
             x, y = group["speedup_full"], group[column]
-            ax.scatter(x, y, marker=markers[i % len(markers)], s=18, label=method)
+            ax.scatter(x, y, marker=markers[i % len(markers)], s=18, label=name)
         ax.plot([0, top], [0, top], color="gray", linestyle="--", linewidth=1)
         ax.axhline(1.0, color="gray", linewidth=0.5)
         ax.set(xlabel="FLOPs speedup (full convention)", title=f"{dataset}, {title}")

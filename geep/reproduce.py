@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -57,14 +57,41 @@ def settings_for(profile: Profile, method: str, dataset: str) -> list[str]:
     return grid + [f"dev{k}" for k in range(1, profile.dev_settings + 1)]
 
 
-def units(profile: Profile) -> list[tuple[str, str, int, str]]:
-    """Every (dataset, method, seed, setting) of the profile, in the order they run."""
+def batchings_for(profile: Profile, method: str) -> list[str | None]:
+    """The batching policies ``method`` runs under: the profile's ``batchings`` for a method
+    whose default options run dynamic exits (FastBERT, DeeBERT, PABEE), else [None]."""
+    runner = get_method(method)
+    if runner.batching_of(runner.options_class()) is None:
+        return [None]
+    return list(profile.batchings)
+
+
+class Unit(NamedTuple):
+    """One measurement of a profile: a setting of a trained model, under a batching policy
+    (None for methods without dynamic exits)."""
+
+    dataset: str
+    method: str
+    seed: int
+    setting: str
+    batching: str | None
+
+    @property
+    def id(self) -> str:
+        policy = f"-{self.batching}" if self.batching else ""
+        return f"{self.dataset}-{self.method}-seed{self.seed}-{self.setting}{policy}"
+
+
+def units(profile: Profile) -> list[Unit]:
+    """Every (dataset, method, seed, setting, batching) of the profile, in the order they run:
+    a setting's policies one after the other, so they are timed in the same minutes."""
     return [
-        (dataset, method, seed, setting)
+        Unit(dataset, method, seed, setting, batching)
         for dataset in profile.datasets
         for method in profile.method_names()
         for seed in profile.seeds
         for setting in settings_for(profile, method, dataset)
+        for batching in batchings_for(profile, method)
     ]
 
 
@@ -131,6 +158,7 @@ def measure(
             timer(once, rounds)
     row = asdict(summarize(method, data, speed, runs))
     row.update(asdict(monitor.result))
+    row["batching"] = method.batching
     row["batch_size"] = batch_size
     row["batch_size_requested"] = requested
     row["rounds"] = len(runs)
@@ -198,7 +226,7 @@ def recover_run_files(results: Path, profile: Profile) -> list[str]:
     """Set aside every damaged run file of ``profile``'s units under ``results`` (a resumed
     run then measures their units again); one line per file set aside."""
     lines = []
-    for dataset, method, seed in dict.fromkeys((d, m, s) for d, m, s, _ in units(profile)):
+    for dataset, method, seed in dict.fromkeys(u[:3] for u in units(profile)):
         path = run_file(results, dataset, method, seed)
         if not path.is_file():
             continue
@@ -210,12 +238,11 @@ def recover_run_files(results: Path, profile: Profile) -> list[str]:
     return lines
 
 
-def recorded(
-    results: Path, profile: Profile, dataset: str, method: str, seed: int, setting: str
-) -> bool:
-    """Whether the run file of (dataset, method, seed) already holds ``setting`` under this
-    profile's configuration (a resumed run skips it; a damaged file holds nothing)."""
-    path = run_file(results, dataset, method, seed)
+def recorded(results: Path, profile: Profile, unit: Unit) -> bool:
+    """Whether the run file of the unit's (dataset, method, seed) already holds its setting and
+    batching under this profile's configuration (a resumed run skips it; a damaged file holds
+    nothing)."""
+    path = run_file(results, unit.dataset, unit.method, unit.seed)
     if not path.is_file():
         return False
     try:
@@ -224,7 +251,12 @@ def recorded(
         return False
     if run["provenance"]["config_hash"] != profile.config_hash():
         return False
-    return any(row["setting"] == setting for row in run["rows"])
+    return any(row_key(row) == (unit.setting, unit.batching) for row in run["rows"])
+
+
+def row_key(row: dict) -> tuple[str, str | None]:
+    """What tells a run file's rows apart: the setting and the batching policy."""
+    return row["setting"], row.get("batching")
 
 
 def record(
@@ -236,8 +268,8 @@ def record(
     row: dict,
     sweep: dict[str, Any] | None = None,
 ) -> Path:
-    """Add (or replace) ``row``'s setting in the run file of (dataset, method, seed),
-    atomically; ``sweep`` is the dev sweep's record (:func:`dev_sweep`).
+    """Add (or replace) ``row``'s setting and batching (:func:`row_key`) in the run file of
+    (dataset, method, seed), atomically; ``sweep`` is the dev sweep's record (:func:`dev_sweep`).
 
     A run file made under a different profile configuration is replaced, not mixed with; a
     damaged one is set aside (:func:`set_aside`, with a warning) and a new one begun.
@@ -257,8 +289,11 @@ def record(
             warnings.warn(set_aside(path, str(damage)), stacklevel=2)
             old = None
         if old is not None and old["provenance"]["config_hash"] == meta["config_hash"]:
-            rows = [r for r in old["rows"] if r["setting"] != row["setting"]]
-        rows = sorted([*rows, row], key=lambda r: (r["speed_source"] == "dev", r["speed"]))
+            rows = [r for r in old["rows"] if row_key(r) != row_key(row)]
+        rows = sorted(
+            [*rows, row],
+            key=lambda r: (r["speed_source"] == "dev", r["speed"], r.get("batching") or ""),
+        )
         document = {
             "dataset": dataset,
             "method": method.name,

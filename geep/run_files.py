@@ -2,6 +2,9 @@
 ``<results>/runs/<dataset>/<method>-seed<seed>.json``, holding a row per measured setting and
 how the rows were made (:func:`geep.reproduce.record` writes them, ``geep report`` reads them).
 
+Every row names its batching policy (``null``: the method runs no dynamic exits); a row that
+does not ran under the run file's options, and is read with the policy they give.
+
 Every read checks the file against :data:`RUN_FILE_SCHEMA` and its place; a file that breaks
 either is a :class:`DamagedRunFile`, named with its first bad field. The benchmark harness sets
 a damaged file aside (:func:`set_aside`) and measures its units again; ``geep report`` refuses
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from geep.errors import GeepError
+from geep.exits import BATCHINGS
+from geep.runner import get_method
 from geep.schema import Check, choice, document, first_problem, listing, maybe, number, text, whole
 from geep.work import KINDS
 
@@ -33,6 +38,10 @@ CALL_ROW = Check(
     ),
     f"a call [kind, rows, tokens, flops, bytes, count] with kind one of {', '.join(KINDS)}",
 )
+OPTIONS = Check(
+    lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+    "an object of the method's options",
+)
 OPERATORS = Check(
     lambda v: isinstance(v, dict) and all(k in KINDS and number(0).test(x) for k, x in v.items()),
     "operators per call kind (numbers >= 0)",
@@ -42,6 +51,7 @@ ROW_SCHEMA = document(
         "setting": text(),
         "speed": number(0),
         "speed_source": choice("grid", "dev"),
+        "batching": maybe(choice(*BATCHINGS)),  # null: the method runs no dynamic exits
         "dev_speedup_full": maybe(number(0)),
         **{k: number(0, 1) for k in ("accuracy", "accuracy_low", "accuracy_high")},
         "macro_f1": maybe(number(0, 1)),
@@ -73,6 +83,7 @@ RUN_FILE_SCHEMA = document(
                 "config_hash": text(),
                 "device": text(),
                 "git_commit": maybe(text()),
+                "options": maybe(OPTIONS),
             }
         ),
     }
@@ -99,9 +110,14 @@ def read_run_file(path: Path) -> dict[str, Any]:
                 f"run file {path} is damaged: rows[{i}].accuracy {row['accuracy']} lies outside "
                 f"its interval [{row['accuracy_low']}, {row['accuracy_high']}]"
             )
-    settings = [row["setting"] for row in run["rows"]]
-    if len(set(settings)) < len(settings):
-        raise DamagedRunFile(f"run file {path} is damaged: a setting appears twice in its rows")
+    for row in run["rows"]:  # a row that names no policy ran under the run's options
+        if "batching" not in row:
+            row["batching"] = _batching_of_options(run, path)
+    keys = [(row["setting"], row["batching"]) for row in run["rows"]]
+    if len(set(keys)) < len(keys):
+        raise DamagedRunFile(
+            f"run file {path} is damaged: a setting appears twice in its rows under one batching"
+        )
     name = f"{run['method']}-seed{run['provenance']['seed']}.json"
     if (path.parent.name, path.name) != (run["dataset"], name):
         raise DamagedRunFile(
@@ -110,6 +126,16 @@ def read_run_file(path: Path) -> dict[str, Any]:
             "or out of runs/"
         )
     return run
+
+
+def _batching_of_options(run: dict[str, Any], path: Path) -> str | None:
+    """The batching policy a run file's options give its method (geep.exits)."""
+    try:
+        runner = get_method(run["method"])
+        options = runner.options_class.from_dict(run["provenance"].get("options") or {})
+    except GeepError as err:
+        raise DamagedRunFile(f"run file {path} is damaged: provenance.options: {err}") from None
+    return runner.batching_of(options)
 
 
 def set_aside(path: Path, damage: str) -> str:

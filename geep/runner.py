@@ -280,6 +280,12 @@ class Method(ABC):
         raise GeepError(f"{self.name} cannot start from a fine-tuned model: train it from scratch")
 
     @classmethod
+    def batching_of(cls, options: Any) -> str | None:
+        """The batching policy ``options`` (an ``options_class`` instance) give this method's
+        dynamic exits (:mod:`geep.exits`); None for a method that runs no dynamic exits."""
+        return None
+
+    @classmethod
     def training_passes(cls, num_layers: int, options: Any) -> float:
         """What :meth:`fit` costs per training sample and epoch, in forward + backward passes
         of the full-depth encoder (geep.plan, ``geep plan``): ordinary fine-tuning is 1 (the
@@ -299,6 +305,11 @@ class Method(ABC):
     def options(self) -> Any:
         """This checkpoint's switches, as an ``options_class`` instance."""
         return self.options_class.from_dict(self.info.options)
+
+    @property
+    def batching(self) -> str | None:
+        """This checkpoint's batching policy of dynamic exits (:meth:`batching_of`)."""
+        return self.batching_of(self.options)
 
     def configure(self, settings: Sequence[str]) -> None:
         """Change inference options (``KEY=VALUE``); training options stay as trained."""

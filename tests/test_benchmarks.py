@@ -74,6 +74,18 @@ def test_every_method_has_the_measurements(smoke) -> None:
         assert sum(info["exit_histogram"]) == info["n"]
         assert info["flops_executed_full"] >= info["flops_full"]  # padding is executed too
         assert info["head_rows"] >= info["n"] and 0 < info["mean_layer_batch_rows"] <= 32
+    dynamic = {"fastbert", "deebert", "pabee"}
+    ran = {(info["method"], info["batching"]) for info in units}
+    expected = {(m, b) for m in dynamic for b in ("shrink", "regroup")}
+    assert ran == expected | {(m, None) for m in set(method_names()) - dynamic}
+    # a setting under both policies: regrouped, no more layer calls (at most one partial call
+    # per layer), so fuller ones
+    by_unit = {(i["method"], i["setting"], i["batching"]): i for i in units}
+    for (method, setting, batching), regrouped in by_unit.items():
+        if batching == "regroup":
+            shrunk = by_unit[method, setting, "shrink"]
+            assert regrouped["layer_batches"] <= shrunk["layer_batches"]
+            assert regrouped["mean_layer_batch_rows"] >= shrunk["mean_layer_batch_rows"]
 
 
 def test_report_and_notebook_draw_the_runs(smoke, capsys, monkeypatch) -> None:

@@ -18,8 +18,8 @@ from geep.data.registry import get_spec
 from geep.errors import GeepError
 from geep.flops import dims_for
 from geep.profiles import PROFILES, get_profile
-from geep.report import fastest_table, load_runs, matched_table, with_realised_speedup
-from geep.reproduce import record, recorded, run_file, settings_for, speeds_for
+from geep.report import fastest_table, load_runs, matched_table, variant, with_realised_speedup
+from geep.reproduce import Unit, record, recorded, run_file, settings_for, speeds_for, units
 from geep.runner import get_method
 from tests.helpers import new_method, run_row, toy_test_split, trained_on_toy
 
@@ -79,6 +79,24 @@ def test_settings_are_the_fixed_sweep_then_the_dev_chosen_ones(profile, method, 
     assert settings_for(profile, method, dataset) == [f"{s:g}" for s in grid] + dev
 
 
+@pytest.mark.parametrize("profile", [*PROFILES.values(), CHANGED], ids=lambda p: p.name)
+def test_dynamic_exit_methods_run_each_setting_under_every_batching(profile) -> None:
+    """FastBERT, DeeBERT and PABEE measure every setting under each of the profile's batching
+    policies, one after the other; the methods without dynamic exits once, with None."""
+    found = units(profile)
+    assert len({u.id for u in found}) == len(found)
+    for dataset in profile.datasets:
+        for method in profile.method_names():
+            settings = settings_for(profile, method, dataset)
+            policies = (
+                list(profile.batchings) if method in {"fastbert", "deebert", "pabee"} else [None]
+            )
+            expected = [(s, b) for s in settings for b in policies] * len(profile.seeds)
+            mine = [(u.setting, u.batching) for u in found if u[:2] == (dataset, method)]
+            assert mine == expected
+    assert PROFILES["compare"].batchings == ("shrink", "regroup")
+
+
 def test_deebert_thresholds_are_fractions_of_the_largest_entropy() -> None:
     """DeeBERT's grid is in nats: tenths of ln C, the entropy of C equal classes (4 places)."""
     grid = get_method("deebert").speed_grid(6, 3)
@@ -117,11 +135,19 @@ def test_run_files_replace_a_setting_and_never_mix_configurations(tiny_model, tm
     assert meta["profile"] == "smoke" and meta["config_hash"] == smoke.config_hash()
     assert meta["seed"] == 42 and meta["test_samples"] == len(data) and meta["versions"]["torch"]
     assert meta["dev_sweep"] == sweep
-    assert recorded(tmp_path, smoke, "toy", "bert", 42, "dev1")
-    assert not recorded(tmp_path, smoke, "toy", "bert", 42, "dev2")
+    assert recorded(tmp_path, smoke, Unit("toy", "bert", 42, "dev1", None))
+    assert not recorded(tmp_path, smoke, Unit("toy", "bert", 42, "dev2", None))
+    assert not recorded(tmp_path, smoke, Unit("toy", "bert", 42, "dev1", "regroup"))
+    # a setting under another batching policy is a row of its own; the same one replaces it
+    record(tmp_path, smoke, method, "toy", data, run_row("0", 0.8, 1.0, batching="regroup"))
+    record(tmp_path, smoke, method, "toy", data, run_row("0", 0.9, 1.0, batching="regroup"))
+    run = json.loads(run_file(tmp_path, "toy", "bert", 42).read_text())
+    rows = [(r["setting"], r.get("batching"), r["accuracy"]) for r in run["rows"]]
+    assert rows == [("0", None, 0.7), ("0", "regroup", 0.9), ("dev1", None, 0.6)]
+    assert recorded(tmp_path, smoke, Unit("toy", "bert", 42, "0", "regroup"))
     # a run under another configuration replaces the file instead of joining it
     other = replace(smoke, max_eval=64)
-    assert not recorded(tmp_path, other, "toy", "bert", 42, "dev1")
+    assert not recorded(tmp_path, other, Unit("toy", "bert", 42, "dev1", None))
     record(tmp_path, other, method, "toy", data, run_row("0.5", 0.6, 2.0))
     run = json.loads(run_file(tmp_path, "toy", "bert", 42).read_text())
     assert [r["setting"] for r in run["rows"]] == ["0.5"]
@@ -131,14 +157,35 @@ def test_run_files_replace_a_setting_and_never_mix_configurations(tiny_model, tm
         load_runs(tmp_path)
 
 
+def test_a_row_without_its_batching_takes_the_run_files_options(tiny_model, tmp_path) -> None:
+    """Rows that name no policy ran under their run file's options: a dynamic-exit method's
+    default is ``shrink``; a method without dynamic exits has none."""
+    method = trained_on_toy(new_method("bert", tiny_model))
+    smoke = PROFILES["smoke"]
+    record(tmp_path, smoke, method, "toy", toy_test_split(method), run_row("0", 0.7, 1.0))
+    run = json.loads(run_file(tmp_path, "toy", "bert", 42).read_text())
+    run["method"], run["provenance"]["options"] = "pabee", {}
+    run_file(tmp_path, "toy", "pabee", 42).write_text(json.dumps(run))
+    frame = load_runs(tmp_path).set_index("method")
+    assert pd.isna(frame.loc["bert", "batching"]) and frame.loc["bert", "variant"] == "bert"
+    assert frame.loc["pabee", "batching"] == "shrink"
+    assert frame.loc["pabee", "variant"] == "pabee (shrink)"
+
+
 def test_report_needs_run_files(tmp_path: Path) -> None:
     with pytest.raises(GeepError, match="no run files"):
         load_runs(tmp_path)
 
 
 def _frame(*rows: tuple[str, dict]) -> pd.DataFrame:
-    frame = pd.DataFrame([{"dataset": "d", "method": m, **row} for m, row in rows])
-    frame["throughput"] = frame["speedup_full"] * 100  # wall clock follows FLOPs here
+    """Rows as load_runs gives them, each (method, run row); wall clock follows FLOPs unless a
+    row's throughput says otherwise."""
+    frame = pd.DataFrame(
+        [
+            {"dataset": "d", "method": m, "variant": variant(m, row.get("batching")), **row}
+            for m, row in rows
+        ]
+    )
     return with_realised_speedup(frame)
 
 
@@ -153,10 +200,31 @@ def test_matched_table_takes_the_slowest_setting_reaching_each_speedup() -> None
     )
     lines = matched_table(frame, "d").splitlines()
     assert lines[2] == (
-        "| `geep` | 0.800 ± 0.020 (1.00x) | 0.780 ± 0.020 (1.60x) | 0.790 ± 0.020 (2.10x) "
+        "| `geep` | - | 0.800 ± 0.020 (1.00x) | 0.780 ± 0.020 (1.60x) | 0.790 ± 0.020 (2.10x) "
         "| 0.700 ± 0.020 (3.50x) |"
     )
-    assert lines[3] == "| `bert` | 0.820 ± 0.020 (1.00x) | - | - | - |"
+    assert lines[3] == "| `bert` | - | 0.820 ± 0.020 (1.00x) | - | - | - |"
+
+
+def test_each_batching_policy_is_a_row_of_its_own() -> None:
+    """A dynamic-exit method's shrinking and regrouped runs are matched separately."""
+    frame = _frame(
+        ("bert", run_row("0", 0.82, 1.0)),
+        ("fastbert", run_row("0", 0.81, 1.0, batching="shrink")),
+        ("fastbert", run_row("0.5", 0.815, 2.0, batching="shrink", throughput=150)),
+        ("fastbert", run_row("0", 0.81, 1.0, batching="regroup")),
+        ("fastbert", run_row("0.5", 0.815, 2.0, batching="regroup")),
+    )
+    lines = matched_table(frame, "d").splitlines()
+    assert lines[3:] == [
+        "| `fastbert` | shrink | 0.810 ± 0.020 (1.00x) | 0.815 ± 0.020 (2.00x) "
+        "| 0.815 ± 0.020 (2.00x) | - |",
+        "| `fastbert` | regroup | 0.810 ± 0.020 (1.00x) | 0.815 ± 0.020 (2.00x) "
+        "| 0.815 ± 0.020 (2.00x) | - |",
+    ]
+    fastest = fastest_table(frame, "d").splitlines()  # the same FLOPs, not the same time
+    assert fastest[3] == "| `fastbert` | shrink | 0.815 ± 0.020 (2.00x, 1.50x) | 0.5 |"
+    assert fastest[4] == "| `fastbert` | regroup | 0.815 ± 0.020 (2.00x, 2.00x) | 0.5 |"
 
 
 def test_tables_average_seeds_and_give_their_spread() -> None:
@@ -172,13 +240,13 @@ def test_tables_average_seeds_and_give_their_spread() -> None:
     )
     matched = matched_table(frame, "d").splitlines()
     assert matched[3] == (
-        "| `pabee` | 0.820 ± 0.020, sd 0.028 (1.00x) | 0.811 ± 0.020, sd 0.021 (2.10x) "
+        "| `pabee` | - | 0.820 ± 0.020, sd 0.028 (1.00x) | 0.811 ± 0.020, sd 0.021 (2.10x) "
         "| 0.811 ± 0.020, sd 0.021 (2.10x) | 0.700 ± 0.020, sd 0.000 (3.00x) |"
     )
     fastest = fastest_table(frame, "d").splitlines()
-    assert fastest[2] == "| `bert` | 0.820 ± 0.020, sd 0.028 (1.00x, 1.00x) | 0, 0 |"
+    assert fastest[2] == "| `bert` | - | 0.820 ± 0.020, sd 0.028 (1.00x, 1.00x) | 0, 0 |"
     # seed 1 reaches 2.0x within a point; seed 2 only full depth
-    assert fastest[3] == "| `pabee` | 0.818 ± 0.020, sd 0.031 (1.50x, 1.50x) | 2, 0 |"
+    assert fastest[3] == "| `pabee` | - | 0.818 ± 0.020, sd 0.031 (1.50x, 1.50x) | 2, 0 |"
 
 
 def test_written_files_get_the_usual_mode(tmp_path: Path) -> None:

@@ -17,15 +17,18 @@ import torch
 from safetensors.torch import load_file
 
 from geep.errors import GeepError
+from geep.reproduce import row_key
 from geep.storage import atomic_write_text
 from geep.train_state import TrainState, state_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ["benchmarks/test_methods.py", "-k", "pabee", "-q", "-p", "no:cacheprovider"]
 RUN_FILE = Path("runs/rotten-tomatoes/pabee-seed42.json")
+SWEEP_ROWS = 6  # the smoke profile's three patience settings, shrinking and regrouped
 # what a re-run must reproduce exactly (timings differ by nature)
 SAME = [
     "setting",
+    "batching",
     "speed",
     "accuracy",
     "accuracy_low",
@@ -78,7 +81,7 @@ def rows(results: Path) -> list[dict]:
 def uninterrupted_sweep(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     results = tmp_path_factory.mktemp("uninterrupted-sweep")
     finish(sweep(results))  # also trains and caches the smoke checkpoint
-    assert len(rows(results)) == 3
+    assert len(rows(results)) == SWEEP_ROWS
     return rows(results)
 
 
@@ -91,17 +94,15 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(
     process.send_signal(sig)
     process.communicate()
     done = rows(tmp_path)  # the file is whole: written atomically, never half
-    assert 1 <= len(done) < 3, "the kill came after the sweep finished: nothing was tested"
+    assert 1 <= len(done) < SWEEP_ROWS, "the kill came after the sweep finished: nothing was tested"
 
     finish(sweep(tmp_path, "--resume"))
     result = rows(tmp_path)
     expected = uninterrupted_sweep
     assert [{k: r[k] for k in SAME} for r in result] == [{k: r[k] for k in SAME} for r in expected]
     # the units measured before the kill were kept, not measured again
-    kept = {r["setting"]: r["round_seconds_median"] for r in done}
-    assert all(
-        r["round_seconds_median"] == kept[r["setting"]] for r in result if r["setting"] in kept
-    )
+    kept = {row_key(r): r["round_seconds_median"] for r in done}
+    assert all(r["round_seconds_median"] == kept[row_key(r)] for r in result if row_key(r) in kept)
     assert not list((tmp_path / RUN_FILE).parent.glob(".*.tmp")), "a temporary was left behind"
 
 
