@@ -3,7 +3,7 @@
 On the profile's first dataset, with the profile's GEEP checkpoint and test split, at the
 profile's ``efficiency_settings`` (by default ``dev2``, ``dev4``, ``dev6``: settings chosen on the
 dev split a third, two thirds and all of the way from full depth to the fastest in dev FLOPs;
-geep.sweeps): rounds alternate the
+geep.sweeps): ``efficiency_rounds`` rounds alternate the
 same model at full depth (speed 0) and at that speed, at the profile's batch size, so both
 medians come from the same minutes of the same machine. ``extra_info`` records:
 
@@ -143,7 +143,7 @@ def test_wall_clock_follows_flops(
             runs[case] = runner.run(test_split, s, profile.batch_size)
             seconds[case].append(time.perf_counter() - start)
 
-    benchmark.pedantic(one_round, rounds=profile.rounds, iterations=1)
+    benchmark.pedantic(one_round, rounds=profile.efficiency_rounds, iterations=1)
     full, fast = runs["full"], runs["predict"]
     flops_speedup = float(full.flops_full.mean() / fast.flops_full.mean())
     wall = {case: statistics.median(times) for case, times in seconds.items()}
@@ -176,7 +176,7 @@ def test_wall_clock_follows_flops(
             "setting": setting,
             "speed": speed,
             "n": len(test_split),
-            "rounds": profile.rounds,
+            "rounds": profile.efficiency_rounds,
             "accuracy": float((fast.labels == labels).mean()),
             "accuracy_full_depth": float((full.labels == labels).mean()),
             "avg_exit_layer": float(fast.exit_layers.mean()),

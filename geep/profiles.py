@@ -65,6 +65,7 @@ class Profile:
     # GEEP's efficiency benchmark: dev-chosen settings (a third, two thirds and all of the way
     # from full depth to the fastest; geep.sweeps), timed at ``batch_size``; () skips it
     efficiency_settings: tuple[str, ...] = ("dev2", "dev4", "dev6")
+    efficiency_rounds: int = 5  # its alternating rounds per setting (medians of these)
     training_speed: bool = True  # run the training-step benchmark (test_training_speed.py)
 
     def method_names(self) -> list[str]:
