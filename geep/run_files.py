@@ -110,9 +110,10 @@ def read_run_file(path: Path) -> dict[str, Any]:
                 f"run file {path} is damaged: rows[{i}].accuracy {row['accuracy']} lies outside "
                 f"its interval [{row['accuracy_low']}, {row['accuracy_high']}]"
             )
-    for row in run["rows"]:  # a row that names no policy ran under the run's options
-        if "batching" not in row:
-            row["batching"] = _batching_of_options(run, path)
+    if any("batching" not in row for row in run["rows"]):  # these ran under the run's options
+        batching = _batching_of_options(run, path)
+        for row in run["rows"]:
+            row.setdefault("batching", batching)
     keys = [(row["setting"], row["batching"]) for row in run["rows"]]
     if len(set(keys)) < len(keys):
         raise DamagedRunFile(
