@@ -25,7 +25,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -402,9 +402,12 @@ class Method(ABC):
         batch_size: int,
         progress: bool = False,
         order: Order = "length",
+        on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
     ) -> Predictions:
         """Inference on encoded data; each batch is timed (synchronised on a GPU) and the work
-        it issues is counted (:mod:`geep.work`).
+        it issues is counted (:mod:`geep.work`). ``on_batch(positions, labels)``, if given, is
+        called as each model batch finishes, with the input positions of its samples and their
+        labels (a server answers those requests then, :mod:`geep.serving`).
 
         Every method receives the samples in the same ``order``: sorted by length (stable), so
         batches carry little padding and a wall-clock comparison between methods measures their
@@ -449,6 +452,8 @@ class Method(ABC):
                 exits[idx] = result.exit_layers.cpu().numpy()
                 flops["fastbert"][idx] = result.flops_fastbert.cpu().numpy()
                 flops["full"][idx] = result.flops_full.cpu().numpy()
+                if on_batch is not None:
+                    on_batch(idx, labels[idx])
                 bar.update(len(idx))
         bar.close()
         if (labels < 0).any():

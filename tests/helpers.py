@@ -32,7 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from geep.config import TrainConfig
 from geep.encoding import Batch, Encoded
-from geep.exits import DynamicExitMethod
+from geep.exits import DynamicExitMethod, first_exit_layer
+from geep.geep import Geep
 from geep.runner import Method, get_method
 
 ENTROPY_NOISE = 1e-5
@@ -134,6 +135,68 @@ def assert_same_where_clear(
     assert clear.mean() >= CLEAR_SHARE, f"{what}: only {clear.sum()} of {len(clear)} are clear"
     wrong = np.flatnonzero((np.asarray(actual) != np.asarray(expected)) & clear)
     assert len(wrong) == 0, f"{what} differs at samples {wrong.tolist()}"
+
+
+# --- dynamic exits that spread over the layers ----------------------------------------------------
+
+
+def layer_logits(method: DynamicExitMethod, data: Encoded) -> torch.Tensor:
+    """The head's logits [N, L, C] after every layer, all samples in one batch, nobody exits."""
+    batch = data.padded()
+    with torch.no_grad():
+        hidden, mask = method.backbone.embed(**batch.inputs())
+        out = []
+        for layer in range(1, method.num_layers + 1):
+            hidden = method.backbone.run_layers(hidden, mask, layer - 1, layer)
+            out.append(method.exit_head(layer, hidden, batch.attention_mask))
+    return torch.stack(out, dim=1)
+
+
+def mixed_split(method: DynamicExitMethod) -> Encoded:
+    """40 toy samples and 80 that mix positive and negative words, on which the trained heads
+    disagree between layers (PABEE's counters then reset)."""
+    texts, _ = toy(40, seed=3)
+    rng = random.Random(5)
+    words = POSITIVE + NEGATIVE + FILLER
+    texts += [" ".join(rng.choices(words, k=rng.randint(2, 9))) for _ in range(80)]
+    return method.encode(texts)
+
+
+def spread_speed(method: DynamicExitMethod, data: Encoded) -> float:
+    """The speed at which most samples leave the commonest exit layer: PABEE's patience 1, or
+    for a threshold the midpoint of a gap between the statistics wider than their rounding noise
+    (so no exit decision can flip)."""
+    if method.name == "pabee":
+        return 1.0
+    statistics = method.exit_statistics(data)  # [N, L-1]
+    flat = statistics.flatten().double().unique()  # sorted
+    mids, gaps = (flat[:-1] + flat[1:]) / 2, flat[1:] - flat[:-1]
+    candidates = mids[gaps / 2 > ENTROPY_NOISE].tolist()
+
+    def others(speed: float) -> int:  # samples not at the commonest exit layer
+        return len(data) - int(first_exit_layer(statistics, speed).bincount().max())
+
+    return max(candidates, key=others)
+
+
+def spread_exit_labels(method: Geep) -> None:
+    """Give GEEP's training samples exit labels that depend on each text's cue word.
+
+    The tiny model is confident at layer 1 on every toy sample, so every exit would be 1; here
+    the stored training uncertainties (of :func:`trained_on_toy`'s 80 samples) are replaced so
+    that at any speed in (0, 1) a sample exits at layer 1 + (its cue word's position in the word
+    list) mod L: predicted exits then spread over all layers.
+    """
+    num_layers = method.num_layers
+    texts, _ = toy(80)
+    targets = []
+    for text in texts:
+        cue = next(w for w in text.split() if w in POSITIVE + NEGATIVE)
+        targets.append(1 + (POSITIVE + NEGATIVE).index(cue) % num_layers)
+    layer = torch.arange(1, num_layers)  # [L-1]
+    uncertainty = (layer[None, :] < torch.tensor(targets)[:, None]).float()  # 1 before, 0 from
+    method.extras["train_uncertainty"] = uncertainty
+    assert first_exit_layer(uncertainty, 0.5).tolist() == targets
 
 
 # --- FLOPs of what really ran --------------------------------------------------------------------

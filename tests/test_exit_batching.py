@@ -4,7 +4,6 @@ on trained checkpoints of every dynamic-exit method."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +15,18 @@ from geep.errors import GeepError
 from geep.exits import (
     DynamicExitMethod,
     dynamic_exit,
-    first_exit_layer,
     kept_exit,
     regrouped_exit,
 )
 from geep.work import work_counts
 from tests.helpers import (
-    ENTROPY_NOISE,
-    FILLER,
     LOGIT_NOISE,
-    NEGATIVE,
-    POSITIVE,
     assert_same_where_clear,
+    layer_logits,
+    mixed_split,
     new_method,
+    spread_speed,
     top_two_gap,
-    toy,
     trained_on_toy,
 )
 
@@ -43,45 +39,6 @@ CASES = {"fastbert": (), "deebert": (), "pabee": (), "geep": ("mode=dynamic",)}
 @pytest.fixture(scope="module", params=list(CASES))
 def trained(request, tiny_model: Path) -> DynamicExitMethod:
     return trained_on_toy(new_method(request.param, tiny_model, *CASES[request.param]))
-
-
-def layer_logits(method: DynamicExitMethod, data: Encoded) -> torch.Tensor:
-    """The head's logits [N, L, C] after every layer, all samples in one batch, nobody exits."""
-    batch = data.padded()
-    with torch.no_grad():
-        hidden, mask = method.backbone.embed(**batch.inputs())
-        out = []
-        for layer in range(1, method.num_layers + 1):
-            hidden = method.backbone.run_layers(hidden, mask, layer - 1, layer)
-            out.append(method.exit_head(layer, hidden, batch.attention_mask))
-    return torch.stack(out, dim=1)
-
-
-def mixed_split(method: DynamicExitMethod) -> Encoded:
-    """40 toy samples and 80 that mix positive and negative words, on which the trained heads
-    disagree between layers (PABEE's counters then reset)."""
-    texts, _ = toy(40, seed=3)
-    rng = random.Random(5)
-    words = POSITIVE + NEGATIVE + FILLER
-    texts += [" ".join(rng.choices(words, k=rng.randint(2, 9))) for _ in range(80)]
-    return method.encode(texts)
-
-
-def spread_speed(method: DynamicExitMethod, data: Encoded) -> float:
-    """The speed at which most samples leave the commonest exit layer: PABEE's patience 1, or
-    for a threshold the midpoint of a gap between the statistics wider than their rounding noise
-    (so no exit decision can flip)."""
-    if method.name == "pabee":
-        return 1.0
-    statistics = method.exit_statistics(data)  # [N, L-1]
-    flat = statistics.flatten().double().unique()  # sorted
-    mids, gaps = (flat[:-1] + flat[1:]) / 2, flat[1:] - flat[:-1]
-    candidates = mids[gaps / 2 > ENTROPY_NOISE].tolist()
-
-    def others(speed: float) -> int:  # samples not at the commonest exit layer
-        return len(data) - int(first_exit_layer(statistics, speed).bincount().max())
-
-    return max(candidates, key=others)
 
 
 def test_a_samples_exit_and_answer_do_not_depend_on_batching(trained) -> None:

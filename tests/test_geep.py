@@ -20,11 +20,10 @@ from geep.geep import Geep, GeepOptions
 from geep.runner import load_checkpoint
 from tests.helpers import (
     LOGIT_NOISE,
-    NEGATIVE,
-    POSITIVE,
     assert_same_where_clear,
     counted_flops,
     new_method,
+    spread_exit_labels,
     threshold_in_gap,
     top_two_gap,
     toy,
@@ -67,24 +66,9 @@ SPEED = 0.5
 
 @pytest.fixture(scope="module")
 def spread(trained: Geep) -> Geep:
-    """The trained model with exit labels that depend on each training text's cue word.
-
-    The tiny model is confident at layer 1 on every toy sample, so every exit would be 1; here
-    the training uncertainties are replaced so that at speed 0.5 a sample exits at layer
-    1 + (its cue word's position in the word list) mod L: predicted exits then spread over all
-    layers, which the sorted-inference tests need.
-    """
+    """The trained model with exit labels spread over the layers (:func:`spread_exit_labels`)."""
     method = configured(trained)
-    num_layers = method.num_layers
-    texts, _ = toy(80)
-    targets = []
-    for text in texts:
-        cue = next(w for w in text.split() if w in POSITIVE + NEGATIVE)
-        targets.append(1 + (POSITIVE + NEGATIVE).index(cue) % num_layers)
-    layer = torch.arange(1, num_layers)  # [L-1]
-    uncertainty = (layer[None, :] < torch.tensor(targets)[:, None]).float()  # 1 before, 0 from
-    method.extras["train_uncertainty"] = uncertainty
-    assert first_exit_layer(uncertainty, SPEED).tolist() == targets
+    spread_exit_labels(method)
     return method
 
 

@@ -1,0 +1,368 @@
+"""Serving under load: a method behind a dynamic batcher, driven by MLPerf Inference's LoadGen.
+
+LoadGen (``mlperf_loadgen``, from the ``mlcommons-loadgen`` package) issues the queries of a
+scenario (SingleStream: one at a time; Server: Poisson arrivals at a target rate; Offline: all at
+once), times each one from issue to answer, and reports latency percentiles and whether the
+latency target held. It does no batching: that is the system under test's job, and it is what
+differs between methods here.
+
+The system under test is a :class:`BatchingServer`: requests wait in :class:`BatchQueues` and one
+worker thread dispatches them. A dispatch runs through :meth:`geep.runner.Method.run` (length
+order, batches of ``max_batch``, the method's own ``batching`` policy of dynamic exits inside
+it), and each request is answered as soon as its model batch is done. Two ways to queue:
+
+- first in, first out (every method except GEEP's predicted exits): one queue, dispatched when it
+  holds a full batch or its oldest request has waited ``max_wait``;
+- exit-aware (GEEP, ``mode=predict``): a request's exit layer is predicted on arrival from the
+  exit table and it waits in the queue of that layer, so a batch only holds requests of one
+  predicted layer; a queue is dispatched when full or when its oldest request has waited
+  ``max_wait``.
+
+A dispatch takes up to ``max_dispatch`` requests of its queue, whole batches unless its oldest
+request is due: under load, dynamic exit with ``batching=regroup`` then pools the rows of several
+batches layer by layer, as DREX does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+
+from geep.encoding import Encoded
+from geep.errors import GeepError
+from geep.runner import Method
+
+Scenario = Literal["SingleStream", "Offline", "Server"]
+SCENARIOS: tuple[Scenario, ...] = ("SingleStream", "Offline", "Server")
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """How the server forms batches (recorded with every result)."""
+
+    max_batch: int = 32  # rows of one model batch
+    max_wait: float = 0.010  # seconds a queue's oldest request may wait for its batch to fill
+    max_dispatch: int = 128  # requests one dispatch may take from a queue
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_dispatch < self.max_batch or self.max_wait < 0:
+            raise GeepError(
+                "the batcher needs max_batch >= 1, max_dispatch >= max_batch and max_wait >= 0, "
+                f"got {self.max_batch}, {self.max_dispatch} and {self.max_wait}"
+            )
+
+
+class Request(NamedTuple):
+    """One query sample waiting for an answer."""
+
+    id: int  # LoadGen's response id
+    sample: int  # position of the sample in the served data (LoadGen's sample index)
+    arrival: float  # the server's clock when it was issued, in seconds
+
+
+class BatchQueues:
+    """Requests waiting for a batch, one first-in-first-out queue per key (a predicted exit
+    layer, or one key for all).
+
+    A queue is ready when it holds ``max_batch`` requests or its oldest request has waited
+    ``max_wait``; of the ready queues, the one whose oldest request came first goes next.
+    """
+
+    def __init__(self, config: BatcherConfig) -> None:
+        self.config = config
+        self._queues: dict[int, deque[Request]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def add(self, request: Request, key: int = 0) -> None:
+        self._queues.setdefault(key, deque()).append(request)
+
+    def due(self) -> float | None:
+        """When the earliest oldest request will have waited ``max_wait``; None when empty."""
+        heads = [q[0].arrival for q in self._queues.values() if q]
+        return min(heads) + self.config.max_wait if heads else None
+
+    def take(self, now: float) -> tuple[int, list[Request]] | None:
+        """The next dispatch at time ``now``: (key, requests), or None while no queue is ready.
+
+        It takes up to ``max_dispatch`` requests of one queue, in arrival order: all of them
+        when its oldest request is due, otherwise whole batches only.
+        """
+        config = self.config
+        ready = [
+            (q[0].arrival, key)
+            for key, q in self._queues.items()
+            if q and (len(q) >= config.max_batch or now >= q[0].arrival + config.max_wait)
+        ]
+        if not ready:
+            return None
+        _, key = min(ready)
+        queue = self._queues[key]
+        count = min(len(queue), config.max_dispatch)
+        if now < queue[0].arrival + config.max_wait:
+            count -= count % config.max_batch
+        return key, [queue.popleft() for _ in range(count)]
+
+
+class Dispatch(NamedTuple):
+    """What one dispatch took: for the tests and the serving statistics."""
+
+    key: int  # the queue: the predicted exit layer (exit-aware), else 0
+    requests: int
+    queue_full: bool  # the queue held a full batch when it was taken
+    longest_wait: float  # seconds its oldest request had waited when it was taken
+
+
+Answer = Callable[[Sequence[Request], np.ndarray], None]
+"""Called with the requests of a finished model batch and their labels [b]."""
+
+
+def exit_aware(method: Method) -> bool:
+    """Whether the method predicts exit layers before running (GEEP's ``mode=predict``): its
+    server then queues requests by predicted layer."""
+    return hasattr(method, "predict_layers") and method.options.mode == "predict"
+
+
+class BatchingServer:
+    """A method serving the samples of ``data`` at ``speed``: requests come in through
+    :meth:`submit` (from LoadGen's threads), one worker thread batches and runs them, and
+    ``answer`` receives each finished batch (module docstring).
+
+    An error in the worker is kept in :attr:`error` and every request from then on is answered
+    with label -1, so a LoadGen run ends; :func:`run_scenario` raises it afterwards.
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        data: Encoded,
+        speed: float,
+        config: BatcherConfig,
+        answer: Answer,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        method.check_speed(speed)
+        method.prepare(speed)  # GEEP's exit table, before any request is timed
+        self.method, self.data, self.speed, self.config = method, data, speed, config
+        self.answer, self.clock = answer, clock
+        self.exit_aware = exit_aware(method)
+        self.queues = BatchQueues(config)
+        self.dispatches: list[Dispatch] = []
+        self.error: BaseException | None = None
+        self._inbox: list[Request] = []
+        self._stopped = False
+        self._wake = threading.Condition()
+        self._worker = threading.Thread(target=self._serve, name="geep-batcher", daemon=True)
+
+    def __enter__(self) -> BatchingServer:
+        self._worker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self._worker.join()
+
+    def submit(self, samples: Sequence[tuple[int, int]]) -> None:
+        """Queue (response id, sample index) pairs, all arriving now."""
+        now = self.clock()
+        with self._wake:
+            self._inbox += [Request(id_, sample, now) for id_, sample in samples]
+            self._wake.notify()
+
+    def keys(self, requests: Sequence[Request]) -> list[int]:
+        """Each request's queue: its predicted exit layer (exit-aware), else 0."""
+        if not self.exit_aware or not requests:
+            return [0] * len(requests)
+        index = torch.tensor([r.sample for r in requests])
+        return self.method.predict_layers(self.data.select(index), self.speed).tolist()
+
+    def _serve(self) -> None:
+        try:
+            self._loop()
+        except BaseException as err:  # answered, not lost: LoadGen must see every request end
+            self.error = err
+            self._refuse()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                arrived, self._inbox = self._inbox, []
+                stopped = self._stopped
+            for request, key in zip(arrived, self.keys(arrived), strict=True):
+                self.queues.add(request, key)
+            taken = self.queues.take(self.clock())
+            if taken is not None:
+                self._dispatch(*taken)
+                continue
+            if stopped:
+                return
+            with self._wake:
+                if not self._inbox and not self._stopped:
+                    due = self.queues.due()
+                    self._wake.wait(None if due is None else max(0.0, due - self.clock()))
+
+    def _dispatch(self, key: int, requests: list[Request]) -> None:
+        """Run one dispatch; if it fails, its unanswered requests get label -1 first."""
+        now = self.clock()
+        full = len(requests) >= self.config.max_batch
+        self.dispatches.append(Dispatch(key, len(requests), full, now - requests[0].arrival))
+        waiting = set(range(len(requests)))
+
+        def answered(positions: np.ndarray, labels: np.ndarray) -> None:
+            waiting.difference_update(positions.tolist())
+            self.answer([requests[p] for p in positions], labels)
+
+        index = torch.tensor([r.sample for r in requests])
+        try:
+            self.method.run(
+                self.data.select(index), self.speed, self.config.max_batch, on_batch=answered
+            )
+        except BaseException:
+            if waiting:
+                self.answer([requests[p] for p in sorted(waiting)], np.full(len(waiting), -1))
+            raise
+
+    def _refuse(self) -> None:
+        """After an error: answer every request waiting or still to come with label -1."""
+        while True:
+            waiting: list[Request] = []
+            while (taken := self.queues.take(math.inf)) is not None:
+                waiting += taken[1]
+            with self._wake:
+                waiting += self._inbox
+                self._inbox = []
+                if not waiting:
+                    if self._stopped:
+                        return
+                    self._wake.wait()
+                    continue
+            self.answer(waiting, np.full(len(waiting), -1, dtype=np.int64))
+
+
+# --- LoadGen ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How LoadGen drives a scenario (recorded with every result). The official rules ask for
+    600 s per run; a CPU study uses short runs and says so."""
+
+    min_duration: float = 5.0  # seconds each performance run lasts at least
+    min_queries: int = 64  # queries each performance run issues at least
+    target_latency: float = 0.5  # seconds: the Server scenario's latency target
+    target_percentile: float = 0.99  # of that target
+    seed: int = 0  # LoadGen's sample-index and schedule seeds
+
+
+def run_scenario(
+    server: Callable[[Answer], BatchingServer],
+    samples: int,
+    scenario: Scenario,
+    out: Path,
+    settings: LoadSettings,
+    accuracy: bool = False,
+    expected_qps: float | None = None,
+) -> dict[str, Any]:
+    """Run one LoadGen scenario against ``server(answer)`` over ``samples`` samples, writing
+    LoadGen's logs to ``out``; returns its results (:func:`read_results`).
+
+    ``accuracy``: LoadGen's accuracy mode, every sample once, the answers logged (read them
+    with :func:`served_labels`). ``expected_qps``: the Server scenario's target rate, or the
+    Offline scenario's expected throughput (it sizes the query).
+    """
+    import mlperf_loadgen as lg  # heavy and optional at import time of the package
+
+    out.mkdir(parents=True, exist_ok=True)
+    test = lg.TestSettings()
+    test.scenario = getattr(lg.TestScenario, scenario)
+    test.mode = lg.TestMode.AccuracyOnly if accuracy else lg.TestMode.PerformanceOnly
+    test.min_duration_ms = round(settings.min_duration * 1000)
+    test.min_query_count = settings.min_queries
+    test.sample_index_rng_seed = test.schedule_rng_seed = test.qsl_rng_seed = settings.seed
+    test.server_target_latency_ns = round(settings.target_latency * 1e9)
+    test.server_target_latency_percentile = settings.target_percentile
+    if expected_qps is not None:
+        test.server_target_qps = expected_qps
+        test.offline_expected_qps = expected_qps
+    logs = lg.LogSettings()
+    logs.log_output.outdir = str(out)
+    logs.log_output.copy_summary_to_stdout = False
+
+    def answer(requests: Sequence[Request], labels: np.ndarray) -> None:
+        data = np.ascontiguousarray(labels, dtype=np.int64)  # alive while LoadGen copies it
+        base, size = data.ctypes.data, data.itemsize
+        responses = [
+            lg.QuerySampleResponse(r.id, base + i * size, size) for i, r in enumerate(requests)
+        ]
+        lg.QuerySamplesComplete(responses)
+
+    with server(answer) as running:
+        sut = lg.ConstructSUT(
+            lambda query: running.submit([(q.id, q.index) for q in query]), lambda: None
+        )
+        qsl = lg.ConstructQSL(samples, samples, lambda _: None, lambda _: None)
+        try:
+            lg.StartTestWithLogSettings(sut, qsl, test, logs)
+        finally:
+            lg.DestroyQSL(qsl)
+            lg.DestroySUT(sut)
+    if running.error is not None:
+        raise running.error
+    return read_results(out) | {"dispatches": _dispatch_stats(running.dispatches)}
+
+
+def read_results(out: Path) -> dict[str, Any]:
+    """LoadGen's verdict and figures from ``out/mlperf_log_detail.txt``: every ``result_*`` and
+    ``effective_*`` entry, keys without their prefix for results."""
+    found: dict[str, Any] = {}
+    for line in (out / "mlperf_log_detail.txt").read_text().splitlines():
+        if not line.startswith(":::MLLOG "):
+            continue
+        entry = json.loads(line[len(":::MLLOG ") :])
+        key = entry["key"]
+        if key.startswith("result_"):
+            found[key[len("result_") :]] = entry["value"]
+        elif key.startswith("effective_"):
+            found[key] = entry["value"]
+    return found
+
+
+def served_labels(out: Path, samples: int) -> np.ndarray:
+    """The label served for each sample [samples] from LoadGen's accuracy log (-1 where none)."""
+    labels = np.full(samples, -1, dtype=np.int64)
+    for entry in json.loads((out / "mlperf_log_accuracy.json").read_text()):
+        labels[entry["qsl_idx"]] = np.frombuffer(bytes.fromhex(entry["data"]), dtype=np.int64)[0]
+    return labels
+
+
+def _dispatch_stats(dispatches: Sequence[Dispatch]) -> dict[str, float]:
+    """How full the dispatches were and how long their oldest requests had waited."""
+    if not dispatches:
+        return {"count": 0}
+    sizes = np.array([d.requests for d in dispatches])
+    waits = np.array([d.longest_wait for d in dispatches])
+    return {
+        "count": len(dispatches),
+        "mean_requests": float(sizes.mean()),
+        "full_share": float(np.mean([d.queue_full for d in dispatches])),
+        "longest_wait_p50": float(np.median(waits)),
+        "longest_wait_max": float(waits.max()),
+    }
+
+
+def describe(config: BatcherConfig, settings: LoadSettings) -> dict[str, Any]:
+    """The batcher's and LoadGen's settings, for the result files."""
+    return {"batcher": asdict(config), "loadgen": asdict(settings)}

@@ -1,0 +1,243 @@
+"""Serving (geep.serving): the batcher's queues, the server's batches and answers, and LoadGen
+driving the server in its scenarios."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geep.encoding import Encoded
+from geep.errors import GeepError
+from geep.runner import Method
+from geep.serving import (
+    BatcherConfig,
+    BatchingServer,
+    BatchQueues,
+    LoadSettings,
+    Request,
+    run_scenario,
+    served_labels,
+)
+from tests.helpers import (
+    LOGIT_NOISE,
+    assert_same_where_clear,
+    layer_logits,
+    mixed_split,
+    new_method,
+    spread_exit_labels,
+    spread_speed,
+    top_two_gap,
+    trained_on_toy,
+)
+
+# --- the queues ----------------------------------------------------------------------------------
+
+
+def arriving(n: int, at: float = 0.0, first: int = 0) -> list[Request]:
+    return [Request(first + i, first + i, at) for i in range(n)]
+
+
+def test_a_full_queue_goes_at_once_in_whole_batches_and_the_rest_when_due() -> None:
+    queues = BatchQueues(BatcherConfig(max_batch=4, max_wait=1.0, max_dispatch=8))
+    for request in arriving(10):
+        queues.add(request)
+    key, taken = queues.take(0.0)
+    assert (key, [r.id for r in taken]) == (0, list(range(8)))  # two batches: max_dispatch
+    assert queues.take(0.5) is None  # two left: neither a full batch nor due
+    assert queues.due() == 1.0
+    key, taken = queues.take(1.0)
+    assert [r.id for r in taken] == [8, 9]
+    assert queues.take(2.0) is None and queues.due() is None and len(queues) == 0
+
+
+def test_the_ready_queue_whose_oldest_came_first_goes_first_and_alone() -> None:
+    queues = BatchQueues(BatcherConfig(max_batch=2, max_wait=1.0, max_dispatch=4))
+    queues.add(Request(0, 0, 0.5), key=6)
+    queues.add(Request(1, 1, 0.1), key=2)
+    queues.add(Request(2, 2, 0.6), key=6)
+    queues.add(Request(3, 3, 0.7), key=2)  # both queues are full: key 2's oldest came first
+    assert [(k, [r.id for r in t]) for k, t in [queues.take(0.8), queues.take(0.8)]] == [
+        (2, [1, 3]),
+        (6, [0, 2]),
+    ]
+
+
+def test_in_a_stream_no_request_waits_past_max_wait_and_a_batch_holds_one_key() -> None:
+    """Poisson arrivals with random exit layers; an idle worker polls at every arrival and every
+    due time (a simulated clock). Every request goes in one dispatch of its own key, none waits
+    longer than ``max_wait``, and a dispatch smaller than a batch leaves only when due."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    arrival = np.cumsum(rng.exponential(0.002, n))
+    layer = rng.integers(1, 7, n)
+    config = BatcherConfig(max_batch=8, max_wait=0.01, max_dispatch=16)
+    queues = BatchQueues(config)
+    dispatched: dict[int, float] = {}
+    i = 0
+    for _ in range(3 * n):  # every poll takes a request or admits one: 2n polls are enough
+        if i == n and not len(queues):
+            break
+        due = queues.due()
+        now = min(arrival[i] if i < n else math.inf, math.inf if due is None else due)
+        while i < n and arrival[i] <= now:
+            queues.add(Request(i, i, float(arrival[i])), key=int(layer[i]))
+            i += 1
+        while (taken := queues.take(now)) is not None:
+            key, requests = taken
+            ids = [r.id for r in requests]
+            assert set(layer[ids]) == {key}, "a dispatch mixes predicted layers"
+            assert not dispatched.keys() & set(ids), "a request went twice"
+            dispatched |= dict.fromkeys(ids, now)
+            if len(requests) < config.max_batch:  # only when its oldest request is due
+                assert now == requests[0].arrival + config.max_wait
+    waits = np.array([dispatched[i] - arrival[i] for i in range(n)])
+    assert len(dispatched) == n
+    assert waits.max() <= config.max_wait + 1e-12
+    assert (waits < config.max_wait / 2).mean() > 0.1  # full batches leave before they are due
+
+
+def test_a_batcher_that_cannot_form_batches_is_refused() -> None:
+    with pytest.raises(GeepError, match="max_dispatch >= max_batch"):
+        BatcherConfig(max_batch=32, max_dispatch=16)
+
+
+# --- the server on trained checkpoints -----------------------------------------------------------
+
+
+CASES = {
+    "bert": (),
+    "fastbert-shrink": ("batching=shrink",),
+    "fastbert-regroup": ("batching=regroup",),
+    "fastbert-keep": ("batching=keep",),
+    "geep": (),  # predicted exits: the exit-aware batcher
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_model: Path) -> dict[str, Method]:
+    """One trained checkpoint per method, trained when first asked for."""
+    return {}
+
+
+@pytest.fixture(params=list(CASES))
+def served(request, checkpoints, tiny_model: Path) -> tuple[Method, Encoded, float]:
+    """A trained checkpoint with the case's options, the data it serves and a speed at which
+    its exits spread."""
+    name = request.param.split("-")[0]
+    if name not in checkpoints:
+        checkpoints[name] = trained_on_toy(new_method(name, tiny_model))
+    method = checkpoints[name]
+    method.configure(CASES[request.param])
+    data = mixed_split(method)
+    if name == "bert":
+        return method, data, 0.0
+    if name == "geep":
+        spread_exit_labels(method)
+        return method, data, 0.5
+    return method, data, spread_speed(method, data)
+
+
+def label_margin(method: Method, data: Encoded, exit_layers: np.ndarray) -> torch.Tensor:
+    """How far each sample's answer is from a tie [N]: the top-two logit gap of its exit head."""
+    if method.name == "bert":
+        with torch.no_grad():
+            return top_two_gap(method.model.logits(data.padded()))
+    gaps = top_two_gap(layer_logits(method, data))  # [N, L]
+    return gaps[torch.arange(len(data)), torch.from_numpy(exit_layers.astype(int) - 1)]
+
+
+def test_the_server_answers_every_request_once_as_evaluate_would(served) -> None:
+    method, data, speed = served
+    expected = method.run(data, speed, 32)
+    answers: list[tuple[list[int], np.ndarray]] = []
+    config = BatcherConfig(max_batch=8, max_wait=0.005, max_dispatch=24)
+    answer = lambda requests, labels: answers.append(([r.sample for r in requests], labels))  # noqa: E731
+    with BatchingServer(method, data, speed, config, answer) as server:
+        for start in range(0, len(data), 37):  # bursts of 37: full and partial batches
+            server.submit([(i, i) for i in range(start, min(start + 37, len(data)))])
+    samples = [s for batch, _ in answers for s in batch]
+    assert sorted(samples) == list(range(len(data))), "a request was lost or answered twice"
+    served_ = np.full(len(data), -1)
+    for batch, labels in answers:
+        served_[batch] = labels
+    margin = label_margin(method, data, expected.exit_layers)
+    assert_same_where_clear(served_, expected.labels, margin, LOGIT_NOISE, "served label")
+    if method.name == "geep":  # the exit-aware batcher: a model batch holds one predicted layer
+        predicted = method.predict_layers(data, speed).numpy()
+        assert len(set(predicted)) >= 2, "every sample is predicted to exit alike"
+        for batch, _ in answers:
+            assert len(set(predicted[batch])) == 1, "a batch mixes predicted exit layers"
+        assert {d.key for d in server.dispatches} == set(predicted)
+
+
+@pytest.mark.parametrize("scenario", ["Offline", "Server"])
+def test_loadgen_accuracy_mode_serves_what_evaluate_gives(served, scenario, tmp_path) -> None:
+    method, data, speed = served
+    expected = method.run(data, speed, 32)
+    config = BatcherConfig(max_batch=8, max_wait=0.005, max_dispatch=24)
+    out = tmp_path / scenario
+    run_scenario(
+        lambda answer: BatchingServer(method, data, speed, config, answer),
+        len(data),
+        scenario,
+        out,
+        LoadSettings(min_duration=0.0, min_queries=1),
+        accuracy=True,
+        expected_qps=2000.0,
+    )
+    labels = served_labels(out, len(data))
+    assert (labels >= 0).all(), "LoadGen logged no answer for some samples"
+    margin = label_margin(method, data, expected.exit_layers)
+    assert_same_where_clear(labels, expected.labels, margin, LOGIT_NOISE, f"{scenario} label")
+
+
+def test_a_server_run_under_load_accounts_for_every_query(checkpoints, tiny_model, tmp_path):
+    method = checkpoints.get("fastbert") or trained_on_toy(new_method("fastbert", tiny_model))
+    method.configure(["batching=regroup"])
+    data = mixed_split(method)
+    config = BatcherConfig(max_batch=8, max_wait=0.005, max_dispatch=32)
+    result = run_scenario(
+        lambda answer: BatchingServer(method, data, 0.3, config, answer),
+        len(data),
+        "Server",
+        tmp_path,
+        LoadSettings(min_duration=0.5, min_queries=50, target_latency=0.2),
+        expected_qps=300.0,
+    )
+    assert result["query_count"] >= 50
+    assert result["dispatches"]["count"] > 1
+    served = result["dispatches"]["mean_requests"] * result["dispatches"]["count"]
+    assert served == pytest.approx(result["query_count"]), "dispatched requests != queries"
+    assert 0 < result["99.00_percentile_latency_ns"] <= result["max_latency_ns"]
+    assert result["effective_scenario"] == "Server"
+
+
+def test_an_error_in_the_model_ends_the_loadgen_run_and_is_raised(tiny_model, tmp_path) -> None:
+    method = new_method("fastbert", tiny_model)
+    data = mixed_split(method)
+    calls = 0
+    run = method.run
+
+    def failing(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("the model broke")
+        return run(*args, **kwargs)
+
+    method.run = failing
+    config = BatcherConfig(max_batch=8, max_wait=0.005, max_dispatch=8)
+    with pytest.raises(RuntimeError, match="the model broke"):
+        run_scenario(
+            lambda answer: BatchingServer(method, data, 0.3, config, answer),
+            len(data),
+            "Offline",
+            tmp_path,
+            LoadSettings(min_duration=0.0, min_queries=1),
+            accuracy=True,  # every sample once: several dispatches
+        )
+    assert calls >= 2
