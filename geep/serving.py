@@ -203,7 +203,7 @@ class BatchingServer:
                 stopped = self._stopped
             for request, key in zip(arrived, self.keys(arrived), strict=True):
                 self.queues.add(request, key)
-            taken = self.queues.take(self.clock())
+            taken = self.queues.take(math.inf if stopped else self.clock())  # stopping: drain
             if taken is not None:
                 self._dispatch(*taken)
                 continue

@@ -174,6 +174,17 @@ def test_the_server_answers_every_request_once_as_evaluate_would(served) -> None
         assert {d.key for d in server.dispatches} == set(predicted)
 
 
+def test_a_stopping_server_answers_what_is_still_queued(checkpoints, tiny_model) -> None:
+    method = checkpoints.get("bert") or trained_on_toy(new_method("bert", tiny_model))
+    data = mixed_split(method)
+    answered: list[int] = []
+    config = BatcherConfig(max_batch=32, max_wait=60.0, max_dispatch=32)  # nothing is ever due
+    answer = lambda requests, labels: answered.extend(r.sample for r in requests)  # noqa: E731
+    with BatchingServer(method, data, 0.0, config, answer) as server:
+        server.submit([(i, i) for i in range(5)])
+    assert sorted(answered) == list(range(5))
+
+
 @pytest.mark.parametrize("scenario", ["Offline", "Server"])
 def test_loadgen_accuracy_mode_serves_what_evaluate_gives(served, scenario, tmp_path) -> None:
     method, data, speed = served
