@@ -82,5 +82,5 @@ class UtilisationMonitor:
             gpu_memory_mib=max(self._memory, default=0) / mib,
             torch_peak_memory_mib=torch.cuda.max_memory_allocated(self.device) / mib,
             cpu_util_percent=None,
-            samples=len(self._util),
+            utilisation_samples=len(self._util),
         )
