@@ -205,6 +205,11 @@ class Geep(StudentTeacherMethod):
             options.exit_margin,
         ).cpu()
 
+    def queue_keys(self, data: Encoded, speed: float) -> torch.Tensor | None:
+        """Predict mode: each sample's predicted exit layer, so that a server's batches hold
+        samples of one layer (GEEP's sorted batches, under load); dynamic mode: None."""
+        return self.predict_layers(data, speed) if self.options.mode == "predict" else None
+
     def layers_run(self, exit_layers: np.ndarray) -> np.ndarray:
         """Layers a sample runs to exit at ``exit_layers``: one more below L for the shared
         exit, which applies layer L to h_k."""

@@ -33,6 +33,7 @@ from geep.data.registry import OFFLINE_TIER, REGISTRY, get_spec
 from geep.errors import GeepError
 from geep.exits import Batching
 from geep.runner import method_names
+from geep.serving import ServingPlan
 from geep.sweeps import DEV_SETTINGS
 
 PAPER = tuple(name for name, spec in REGISTRY.items() if spec.paper)
@@ -67,6 +68,7 @@ class Profile:
     efficiency_settings: tuple[str, ...] = ("dev2", "dev4", "dev6")
     efficiency_rounds: int = 5  # its alternating rounds per setting (medians of these)
     training_speed: bool = True  # run the training-step benchmark (test_training_speed.py)
+    serving: ServingPlan | None = None  # the serving benchmark (test_serving.py); None skips it
 
     def method_names(self) -> list[str]:
         """The methods this profile runs, in the registry's order."""
@@ -86,9 +88,10 @@ class Profile:
         return replace(self.train, **changes)
 
     def config_hash(self) -> str:
-        """A short hash of every setting of the profile (its description aside): runs with
-        different hashes never mix."""
-        settings = {k: v for k, v in asdict(self).items() if k != "description"}
+        """A short hash of every setting of the profile that shapes its run files (neither the
+        description nor the serving plan, whose files record it): runs with different hashes
+        never mix."""
+        settings = {k: v for k, v in asdict(self).items() if k not in ("description", "serving")}
         settings["methods"] = self.method_names()
         raw = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(raw.encode()).hexdigest()[:12]

@@ -32,6 +32,7 @@ from geep.exits import BATCHINGS
 from geep.latency import GPUS, Device, fit_device, load_calibration
 from geep.run_files import DamagedRunFile, read_run_file
 from geep.runner import method_names
+from geep.serving_report import plot_server_latency, serving_files, serving_section
 from geep.storage import atomic_write_files, check_target
 from geep.work import calls_from_rows
 
@@ -401,7 +402,10 @@ def encoding_section(results: Path) -> str | None:
 
 
 def tables_markdown(
-    frame: pd.DataFrame, device: Device | None = None, encoding: str | None = None
+    frame: pd.DataFrame,
+    device: Device | None = None,
+    encoding: str | None = None,
+    serving: str | None = None,
 ) -> str:
     """All datasets' tables, with how they were made."""
     first = frame.iloc[0]
@@ -436,8 +440,9 @@ def tables_markdown(
         parts += ["", model_section(frame, device)]
         for dataset in frame["dataset"].unique():
             parts += ["", f"### {dataset}", "", work_table(frame, dataset)]
-    if encoding is not None:
-        parts += ["", encoding]
+    for section in (encoding, serving):
+        if section is not None:
+            parts += ["", section]
     return "\n".join(parts) + "\n"
 
 
@@ -537,7 +542,7 @@ def write_report(results: str | Path) -> list[Path]:
     """
     results = Path(results)
     frame, device = with_latency_model(with_realised_speedup(load_runs(results)), results)
-    encoding = encoding_section(results)
+    encoding, serving = encoding_section(results), serving_section(results)
     datasets = frame["dataset"].unique()
     plots = [(f"speed-accuracy-{d}.png", plot_speed_accuracy, (frame, d)) for d in datasets]
     plots.append(("realised-speedup.png", plot_realised_speedup, (frame,)))
@@ -545,13 +550,15 @@ def write_report(results: str | Path) -> list[Path]:
         plots += [
             (f"modelled-speedup-{d}.png", plot_modelled_speedup, (frame, d)) for d in datasets
         ]
+    served = serving_files(results)
+    plots += [(f"serving-{d}.png", plot_server_latency, (doc,)) for d, doc in served.items()]
     names = ["results.csv", "tables.md", *(name for name, _, _ in plots)]
     for name in names:
         check_target(results / name, "geep report's output", "file", _report_ownership)
     columns = [c for c in COLUMNS if c in frame.columns]
     outputs = {
         results / "results.csv": frame[columns].to_csv(index=False).encode(),
-        results / "tables.md": tables_markdown(frame, device, encoding).encode(),
+        results / "tables.md": tables_markdown(frame, device, encoding, serving).encode(),
     }
     outputs |= {results / name: figure_png(plot(*args)) for name, plot, args in plots}
     atomic_write_files(outputs)

@@ -265,6 +265,11 @@ class Method(ABC):
     def prepare(self, speed: float) -> None:  # noqa: B027 (optional hook)
         """Work done once per speed before inference is timed (GEEP builds its exit table)."""
 
+    def queue_keys(self, data: Encoded, speed: float) -> torch.Tensor | None:
+        """What a serving batcher queues ``data``'s samples by (geep.serving), known before any
+        layer runs: None (the default) for one first-in-first-out queue."""
+        return None
+
     def calibrate(self, dev: Encoded) -> Calibration | None:
         """How the mean FLOPs per ``dev`` sample depend on the speed, for sweep settings chosen
         on the dev split (:mod:`geep.sweeps`); None unless ``dev_sweep``."""

@@ -40,6 +40,8 @@ import torch
 
 from geep.encoding import Encoded
 from geep.errors import GeepError
+from geep.exits import BATCHINGS, Batching
+from geep.metrics import bootstrap_interval
 from geep.runner import Method
 
 Scenario = Literal["SingleStream", "Offline", "Server"]
@@ -128,12 +130,6 @@ Answer = Callable[[Sequence[Request], np.ndarray], None]
 """Called with the requests of a finished model batch and their labels [b]."""
 
 
-def exit_aware(method: Method) -> bool:
-    """Whether the method predicts exit layers before running (GEEP's ``mode=predict``): its
-    server then queues requests by predicted layer."""
-    return hasattr(method, "predict_layers") and method.options.mode == "predict"
-
-
 class BatchingServer:
     """A method serving the samples of ``data`` at ``speed``: requests come in through
     :meth:`submit` (from LoadGen's threads), one worker thread batches and runs them, and
@@ -156,7 +152,6 @@ class BatchingServer:
         method.prepare(speed)  # GEEP's exit table, before any request is timed
         self.method, self.data, self.speed, self.config = method, data, speed, config
         self.answer, self.clock = answer, clock
-        self.exit_aware = exit_aware(method)
         self.queues = BatchQueues(config)
         self.dispatches: list[Dispatch] = []
         self.error: BaseException | None = None
@@ -183,11 +178,12 @@ class BatchingServer:
             self._wake.notify()
 
     def keys(self, requests: Sequence[Request]) -> list[int]:
-        """Each request's queue: its predicted exit layer (exit-aware), else 0."""
-        if not self.exit_aware or not requests:
-            return [0] * len(requests)
+        """Each request's queue (:meth:`Method.queue_keys`: GEEP's predicted exit layer), else 0."""
+        if not requests:
+            return []
         index = torch.tensor([r.sample for r in requests])
-        return self.method.predict_layers(self.data.select(index), self.speed).tolist()
+        keys = self.method.queue_keys(self.data.select(index), self.speed)
+        return [0] * len(requests) if keys is None else keys.tolist()
 
     def _serve(self) -> None:
         try:
@@ -366,3 +362,136 @@ def _dispatch_stats(dispatches: Sequence[Dispatch]) -> dict[str, float]:
 def describe(config: BatcherConfig, settings: LoadSettings) -> dict[str, Any]:
     """The batcher's and LoadGen's settings, for the result files."""
     return {"batcher": asdict(config), "loadgen": asdict(settings)}
+
+
+# --- what a profile serves, and how its settings and rates are found ----------------------------
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """A profile's serving benchmark (benchmarks/test_serving.py): the datasets, the batcher,
+    LoadGen's settings, and how each method's settings are chosen on the dev split."""
+
+    datasets: tuple[str, ...]
+    batcher: BatcherConfig = BatcherConfig()
+    load: LoadSettings = LoadSettings()
+    max_samples: int | None = 512  # the first N test samples are served, the first N dev choose
+    settings: tuple[str, ...] = ("matched", "within")  # which of choose_settings' picks to serve
+    batchings: tuple[Batching, ...] = BATCHINGS  # the dynamic-exit methods' policies served
+    matched_speedup: float = 2.0  # the dev setting whose FLOPs speedup is closest to this
+    accuracy_drop: float = 0.01  # and the fastest dev setting within this of bert's dev accuracy
+    rate_steps: int = 5  # Server runs of the search for the highest rate meeting the target
+
+
+def choose_settings(
+    dev_speedups: Sequence[float],
+    dev_accuracies: Sequence[float],
+    bert_dev_accuracy: float,
+    plan: ServingPlan,
+) -> dict[str, int]:
+    """Which dev settings (0-based, in the dev sweep's order) a method serves, chosen on dev only:
+
+    - ``matched``: the one whose FLOPs speedup is closest to ``plan.matched_speedup``;
+    - ``within``: the fastest whose accuracy is within ``plan.accuracy_drop`` of ``bert``'s (the
+      slowest setting when none is).
+    """
+    if not dev_speedups or len(dev_speedups) != len(dev_accuracies):
+        raise GeepError("choosing serving settings needs one dev accuracy per dev setting")
+    speedups = np.asarray(dev_speedups, dtype=float)
+    matched = int(np.argmin(np.abs(speedups - plan.matched_speedup)))
+    close = np.asarray(dev_accuracies) >= bert_dev_accuracy - plan.accuracy_drop
+    within = int(np.argmax(np.where(close, speedups, -np.inf))) if close.any() else 0
+    return {"matched": matched, "within": within}
+
+
+def highest_rate(
+    meets: Callable[[float], bool], ceiling: float, steps: int
+) -> tuple[float | None, list[tuple[float, bool]]]:
+    """The highest Poisson rate at which ``meets(rate)`` (a Server run: LoadGen's verdict that
+    the latency target held), searched by halving the interval between 0 and ``ceiling`` (the
+    Offline throughput: no server sustains more) ``steps`` times. Returns that rate (None when
+    even the lowest tried failed) and every (rate, verdict) tried, in order."""
+    low, high, best = 0.0, ceiling, None
+    tried: list[tuple[float, bool]] = []
+    for _ in range(steps):
+        rate = (low + high) / 2
+        held = meets(rate)
+        tried.append((rate, held))
+        if held:
+            low, best = rate, rate
+        else:
+            high = rate
+    return best, tried
+
+
+def measure_serving(
+    method: Method, data: Encoded, speed: float, plan: ServingPlan, out: Path
+) -> dict[str, Any]:
+    """Serve ``data`` (with its labels) at ``speed`` through LoadGen; LoadGen's logs go under
+    ``out``. Returns the row of figures:
+
+    - accuracy mode (every sample once, Offline): the served labels' accuracy with its 95%
+      bootstrap interval, and ``served_agreement``, the share equal to :meth:`Method.run`'s;
+    - SingleStream at batch 1 (``max_batch`` 1, no wait): its p90 latency;
+    - Offline: samples per second;
+    - Server: the highest Poisson rate whose p99 latency met ``plan.load.target_latency``
+      (:func:`highest_rate` below the Offline throughput), with every rate tried.
+    """
+    n = len(data)
+    labels = data.labels.numpy()
+
+    def server(config: BatcherConfig) -> Callable[[Answer], BatchingServer]:
+        return lambda answer: BatchingServer(method, data, speed, config, answer)
+
+    start = time.perf_counter()
+    run_scenario(server(plan.batcher), n, "Offline", out / "accuracy", plan.load, accuracy=True)
+    rough_qps = n / (time.perf_counter() - start)
+    served = served_labels(out / "accuracy", n)
+    expected = method.run(data, speed, plan.batcher.max_batch).labels
+    correct = (served == labels).astype(np.float64)
+    low, high = bootstrap_interval(correct)
+    alone = BatcherConfig(max_batch=1, max_wait=0.0, max_dispatch=1)
+    single = run_scenario(server(alone), n, "SingleStream", out / "SingleStream", plan.load)
+    offline = run_scenario(
+        server(plan.batcher), n, "Offline", out / "Offline", plan.load, expected_qps=rough_qps
+    )
+    runs: list[dict[str, Any]] = []
+
+    def meets(rate: float) -> bool:
+        result = run_scenario(
+            server(plan.batcher),
+            n,
+            "Server",
+            out / f"Server-{rate:.1f}",
+            plan.load,
+            expected_qps=rate,
+        )
+        runs.append({"rate": rate, **_server_figures(result)})
+        return bool(result["perf_constraints_met"])
+
+    best, _ = highest_rate(meets, offline["samples_per_second"], plan.rate_steps)
+    return {
+        "accuracy": float(correct.mean()),
+        "accuracy_low": low,
+        "accuracy_high": high,
+        "served_agreement": float(np.mean(served == expected)),
+        "n": n,
+        "single_stream_p90_ms": single["90.00_percentile_latency_ns"] / 1e6,
+        "single_stream_validity": single["validity"],
+        "offline_samples_per_s": offline["samples_per_second"],
+        "offline_dispatches": offline["dispatches"],
+        "server_rate": best,
+        "server_target_ms": plan.load.target_latency * 1000,
+        "server_runs": runs,
+    }
+
+
+def _server_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """What a Server run's row keeps: LoadGen's verdicts, its p99 latency, its dispatches."""
+    return {
+        "met": bool(result["perf_constraints_met"]),
+        "validity": result["validity"],
+        "p99_ms": result["99.00_percentile_latency_ns"] / 1e6,
+        "completed_samples_per_s": result["completed_samples_per_sec"],
+        "dispatches": result["dispatches"],
+    }

@@ -3,6 +3,7 @@ driving the server in its scenarios."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -19,9 +20,14 @@ from geep.serving import (
     BatchQueues,
     LoadSettings,
     Request,
+    ServingPlan,
+    choose_settings,
+    describe,
+    highest_rate,
     run_scenario,
     served_labels,
 )
+from geep.serving_report import plot_server_latency, serving_section
 from tests.helpers import (
     LOGIT_NOISE,
     assert_same_where_clear,
@@ -252,3 +258,74 @@ def test_an_error_in_the_model_ends_the_loadgen_run_and_is_raised(tiny_model, tm
             accuracy=True,  # every sample once: several dispatches
         )
     assert calls >= 2
+
+
+# --- settings and rates ---------------------------------------------------------------------------
+
+
+def test_settings_are_chosen_on_dev_by_matched_flops_and_by_accuracy() -> None:
+    plan = ServingPlan(datasets=(), matched_speedup=2.0, accuracy_drop=0.01)
+    speedups = [1.1, 1.5, 1.9, 2.6, 4.0]
+    accuracies = [0.80, 0.80, 0.79, 0.785, 0.70]
+    assert choose_settings(speedups, accuracies, 0.80, plan) == {"matched": 2, "within": 2}
+    assert choose_settings(speedups, accuracies, 0.795, plan) == {"matched": 2, "within": 3}
+    assert choose_settings(speedups, accuracies, 0.95, plan)["within"] == 0  # none is close
+    with pytest.raises(GeepError, match="one dev accuracy per dev setting"):
+        choose_settings(speedups, accuracies[:2], 0.8, plan)
+
+
+def test_the_rate_search_finds_the_highest_rate_that_meets_the_target() -> None:
+    best, tried = highest_rate(lambda rate: rate <= 70.0, ceiling=100.0, steps=6)
+    assert best is not None and 70.0 - 100 / 2**6 <= best <= 70.0
+    assert all(held == (rate <= 70.0) for rate, held in tried) and len(tried) == 6
+    never = highest_rate(lambda rate: False, 100.0, 4)
+    assert never == (None, [(50.0, False), (25.0, False), (12.5, False), (6.25, False)])
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+
+def serving_row(method: str, batching=None, precision="fp32", **figures) -> dict:
+    row = {
+        "unit": f"rt-{method}-{batching}-{precision}",
+        "method": method,
+        "batching": batching,
+        "precision": precision,
+        "setting": "full" if method == "bert" else "within",
+        "accuracy": 0.8,
+        "accuracy_low": 0.78,
+        "accuracy_high": 0.82,
+        "single_stream_p90_ms": 20.0,
+        "offline_samples_per_s": 100.0,
+        "server_rate": 60.0,
+        "server_target_ms": 500.0,
+        "server_runs": [{"rate": 50.0, "p99_ms": 120.0}, {"rate": 75.0, "p99_ms": 900.0}],
+        "device": "a CPU",
+    }
+    return row | figures
+
+
+def test_the_serving_table_gives_ratios_to_float32_bert(tmp_path) -> None:
+    rows = [
+        serving_row("bert"),
+        serving_row("fastbert", "regroup", single_stream_p90_ms=10.0, offline_samples_per_s=150.0),
+        serving_row("bert", precision="int8", server_rate=None),
+    ]
+    document = {
+        "dataset": "rt",
+        "rows": rows,
+        "settings": describe(BatcherConfig(), LoadSettings()),
+        "provenance": {"seed": 1, "git_commit": "abc"},
+    }
+    (tmp_path / "serving").mkdir()
+    (tmp_path / "serving" / "rt.json").write_text(json.dumps(document))
+    section = serving_section(tmp_path)
+    lines = {line.split(" | ")[0]: line for line in section.splitlines() if line.startswith("| `")}
+    assert "| 10.0 (2.00x) | 150 (1.50x) | 60 (1.00x) |" in lines["| `fastbert` regroup"]
+    assert "none met it" in lines["| `bert` int8"]
+    assert "0.800 ± 0.020" in lines["| `bert`"]
+    fig = plot_server_latency(document)
+    assert len(fig.axes[0].lines) == 3  # two float32 units and the target line
+    (tmp_path / "serving" / "rt.json").write_text('{"dataset": "rt", "rows": []}')
+    with pytest.raises(GeepError, match="damaged"):
+        serving_section(tmp_path)

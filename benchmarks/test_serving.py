@@ -1,0 +1,227 @@
+"""Serving under load (geep.serving): each method behind a dynamic batcher, driven by MLPerf
+LoadGen in its SingleStream, Offline and Server scenarios, against full-depth ``bert`` in
+float32 and in dynamic int8 (geep.quantize).
+
+One unit per (dataset, method, batching policy, precision, setting) of the profile's ``serving``
+plan: ``bert`` at full depth in float32 and int8; every early-exit method at the plan's settings
+chosen on the dev split, never on test (``matched``: FLOPs speedup closest to the plan's,
+``within``: the fastest within the plan's accuracy drop of ``bert``;
+geep.serving.choose_settings), the dynamic-exit methods under the plan's batching policies
+(``shrink``, ``regroup``, ``keep``); last, the early-exit variant that served the highest rate
+at the plan's last setting in float32, again in int8 (do the savings stack?).
+
+Rows go to ``<results>/serving/<dataset>.json``; LoadGen's summaries to
+``<results>/serving/logs/<dataset>/<unit>/<run>/mlperf_log_summary.txt``. Skipped when the
+profile has no serving plan. Run it in one process (no xdist): the runs time themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+
+from benchmarks.conftest import profile_of
+from geep.encoding import Encoded
+from geep.evaluation import library_versions, load_split
+from geep.metrics import accuracy
+from geep.profiles import Profile
+from geep.quantize import int8
+from geep.reproduce import device_name, git_commit, load_unit, speeds_for
+from geep.runner import Method, get_method
+from geep.serving import choose_settings, describe, measure_serving
+from geep.storage import atomic_write_text, exclusive
+
+
+class ServingUnit(NamedTuple):
+    dataset: str
+    method: str  # "best": the early-exit variant that served most in float32 (module doc)
+    batching: str | None
+    precision: str  # "fp32" or "int8"
+    setting: str  # "full" (bert), "matched" or "within"
+
+    @property
+    def id(self) -> str:
+        parts = [self.dataset, self.method, self.batching, self.precision, self.setting]
+        return "-".join(p for p in parts if p and p != "fp32")
+
+
+def serving_units(profile: Profile) -> list[ServingUnit]:
+    """The profile's serving units, in the order they run ("best" last per dataset)."""
+    plan = profile.serving
+    if plan is None:
+        return []
+    found = []
+    for dataset in plan.datasets:
+        found += [ServingUnit(dataset, "bert", None, p, "full") for p in ("fp32", "int8")]
+        for name in profile.method_names():
+            if name == "bert":
+                continue
+            cls = get_method(name)
+            policies = plan.batchings if cls.batching_of(cls.options_class()) else (None,)
+            for batching in policies:
+                found += [ServingUnit(dataset, name, batching, "fp32", s) for s in plan.settings]
+        found.append(ServingUnit(dataset, "best", None, "int8", plan.settings[-1]))
+    return found
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "serving_unit" in metafunc.fixturenames:
+        found = serving_units(profile_of(metafunc.config))
+        metafunc.parametrize("serving_unit", found, ids=[u.id for u in found])
+
+
+class Chosen(NamedTuple):
+    """A trained method with its test split and the speeds it serves, chosen on dev."""
+
+    method: Method
+    test: Encoded
+    speeds: dict[str, float]  # setting -> speed
+    dev: dict[str, Any]  # what the choice saw: candidates, their dev accuracy and speedup
+
+
+_chosen: dict[tuple[str, str], Chosen] = {}
+
+
+def chosen(profile: Profile, dataset: str, name: str) -> Chosen:
+    """The method's serving settings on ``dataset``: its dev-chosen speeds (threshold methods)
+    or its fixed grid, each run once on the plan's dev samples; kept while the method is
+    served. The test split: the plan's first samples."""
+    key = (dataset, name)
+    if key not in _chosen:
+        plan = profile.serving
+        loaded = load_unit(profile, name, dataset, profile.seeds[0])
+        method = loaded.method
+        test = load_split(method, dataset, "test", plan.max_samples).data
+        if name == "bert":
+            _chosen.clear()
+            _chosen[key] = Chosen(method, test, {"full": 0.0}, {})
+            return _chosen[key]
+        bert_dev = bert_dev_accuracy(profile, dataset)
+        dev = load_split(method, dataset, "dev", plan.max_samples).data
+        speeds = loaded.sweep.get("speeds") or speeds_for(profile, name, dataset)
+        full = method.full_depth_flops(dev.lengths.numpy(), "full").sum()
+        accuracies, speedups = [], []
+        for speed in speeds:
+            out = method.run(dev, speed, profile.batch_size)
+            accuracies.append(accuracy(dev.labels.numpy(), out.labels))
+            speedups.append(float(full / out.flops_full.sum()))
+        picks = choose_settings(speedups, accuracies, bert_dev, plan)
+        record = {"samples": len(dev), "speeds": list(speeds), "dev_accuracy": accuracies}
+        record |= {"dev_speedup": speedups, "bert_dev_accuracy": bert_dev, "chosen": picks}
+        _chosen.clear()
+        _chosen[key] = Chosen(method, test, {s: float(speeds[i]) for s, i in picks.items()}, record)
+    return _chosen[key]
+
+
+_bert_dev: dict[str, float] = {}
+
+
+def bert_dev_accuracy(profile: Profile, dataset: str) -> float:
+    """Full-depth ``bert``'s accuracy on the plan's dev samples (the reference of ``within``)."""
+    if dataset not in _bert_dev:
+        method = load_unit(profile, "bert", dataset, profile.seeds[0]).method
+        dev = load_split(method, dataset, "dev", profile.serving.max_samples).data
+        _bert_dev[dataset] = accuracy(dev.labels.numpy(), method.run(dev, 0.0, 32).labels)
+    return _bert_dev[dataset]
+
+
+def best_variant(results: Path, dataset: str, setting: str) -> dict[str, Any]:
+    """The float32 early-exit row at ``setting`` with the highest Server rate (then Offline
+    throughput) in the dataset's serving file."""
+    rows = [
+        r
+        for r in read_serving(results, dataset)["rows"]
+        if r["method"] != "bert" and r["precision"] == "fp32" and r["setting"] == setting
+    ]
+    if not rows:
+        pytest.skip(f"no early-exit variant was served at `{setting}` before this unit")
+    return max(rows, key=lambda r: (r["server_rate"] or 0.0, r["offline_samples_per_s"]))
+
+
+def serving_file(results: Path, dataset: str) -> Path:
+    return results / "serving" / f"{dataset}.json"
+
+
+def read_serving(results: Path, dataset: str) -> dict[str, Any]:
+    path = serving_file(results, dataset)
+    return json.loads(path.read_text()) if path.is_file() else {"rows": []}
+
+
+def record_serving(results: Path, profile: Profile, dataset: str, row: dict[str, Any]) -> None:
+    """Add (or replace) the unit's row in the dataset's serving file, atomically and locked."""
+    path = serving_file(results, dataset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(path.parent):
+        old = read_serving(results, dataset)
+        if old.get("provenance", {}).get("config_hash") != profile.config_hash():
+            old = {"rows": []}  # another configuration's file is replaced, never mixed with
+        rows = [r for r in old["rows"] if r["unit"] != row["unit"]] + [row]
+        document = {
+            "dataset": dataset,
+            "rows": rows,
+            "settings": describe(profile.serving.batcher, profile.serving.load),
+            "provenance": {
+                "profile": profile.name,
+                "config_hash": profile.config_hash(),
+                "git_commit": git_commit(),
+                "seed": profile.seeds[0],
+                "versions": library_versions(),
+                "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        }
+        atomic_write_text(path, json.dumps(document, indent=2) + "\n")
+
+
+def keep_summaries(folder: Path) -> None:
+    """Of LoadGen's logs under ``folder``, keep each run's summary (the detail, trace and
+    accuracy logs are large and their figures are in the row)."""
+    for path in folder.rglob("mlperf_log_*"):
+        if path.name != "mlperf_log_summary.txt":
+            path.unlink()
+
+
+def test_serving(benchmark, profile: Profile, results_dir: Path, serving_unit: ServingUnit):
+    unit = serving_unit
+    plan = profile.serving
+    name, batching, setting = unit.method, unit.batching, unit.setting
+    if name == "best":
+        best = best_variant(results_dir, unit.dataset, setting)
+        name, batching = best["method"], best["batching"]
+    picked = chosen(profile, unit.dataset, name)
+    method = picked.method
+    if batching is not None:
+        method.configure([f"batching={batching}"])
+    if unit.precision == "int8":
+        method = int8(method)
+    speed = picked.speeds[setting]
+    logs = results_dir / "serving" / "logs" / unit.dataset / unit.id
+    shutil.rmtree(logs, ignore_errors=True)
+    row: dict[str, Any] = {}
+
+    def serve() -> None:
+        row.update(measure_serving(method, picked.test, speed, plan, logs))
+
+    benchmark.pedantic(serve, rounds=1, iterations=1)
+    keep_summaries(logs)
+    row = {
+        "unit": unit.id,
+        "dataset": unit.dataset,
+        "method": name,
+        "batching": batching,
+        "precision": unit.precision,
+        "setting": setting,
+        "speed": speed,
+        "best_of": f"{setting}, float32" if unit.method == "best" else None,
+        "device": device_name(method.device),
+        **row,
+        "dev_choice": picked.dev,
+    }
+    record_serving(results_dir, profile, unit.dataset, row)
+    benchmark.extra_info.update({"profile": profile.name, **row})
+    assert np.isfinite(row["offline_samples_per_s"]) and row["offline_samples_per_s"] > 0

@@ -1,0 +1,118 @@
+"""The serving benchmark's results (``<results>/serving/<dataset>.json``, written by
+benchmarks/test_serving.py) as a table per dataset and a plot of p99 latency against the
+offered rate; :func:`geep.report.write_report` adds both to the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from geep.errors import GeepError
+
+SERVING_FOLDER = "serving"
+
+
+def serving_files(results: Path) -> dict[str, dict[str, Any]]:
+    """Each dataset's serving file under ``results``, by dataset name (none: {})."""
+    found = {}
+    for path in sorted((results / SERVING_FOLDER).glob("*.json")):
+        try:
+            document = json.loads(path.read_text())
+            document["rows"][0]["unit"]
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+            raise GeepError(f"{path} is damaged ({type(err).__name__}): re-run it") from None
+        found[document["dataset"]] = document
+    return found
+
+
+def _name(row: dict[str, Any]) -> str:
+    parts = [f"`{row['method']}`", row["batching"], "int8" if row["precision"] == "int8" else ""]
+    return " ".join(p for p in parts if p)
+
+
+def serving_table(document: dict[str, Any]) -> str:
+    """Markdown: one row per served unit, figures and their ratios to float32 ``bert``'s."""
+    rows = document["rows"]
+    base = next((r for r in rows if r["method"] == "bert" and r["precision"] == "fp32"), None)
+    target = rows[0]["server_target_ms"]
+    lines = [
+        "| method | setting | accuracy | single-stream p90 ms | offline samples/s | "
+        f"server rate at p99 <= {target:g} ms |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def ratio(value: float | None, reference: float | None, lower_is_better: bool) -> str:
+        if value is None or not reference or base is None:
+            return ""
+        x = reference / value if lower_is_better else value / reference
+        return f" ({x:.2f}x)"
+
+    for r in rows:
+        half = (r["accuracy_high"] - r["accuracy_low"]) / 2
+        rate = r["server_rate"]
+        cells = [
+            _name(r) + (f" (best at {r['best_of']})" if r.get("best_of") else ""),
+            r["setting"],
+            f"{r['accuracy']:.3f} ± {half:.3f}",
+            f"{r['single_stream_p90_ms']:.1f}"
+            + ratio(r["single_stream_p90_ms"], base and base["single_stream_p90_ms"], True),
+            f"{r['offline_samples_per_s']:.0f}"
+            + ratio(r["offline_samples_per_s"], base and base["offline_samples_per_s"], False),
+            ("none met it" if rate is None else f"{rate:.0f}")
+            + ratio(rate, base and base["server_rate"], False),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def serving_section(results: Path) -> str | None:
+    """Markdown: the serving benchmark's tables with how they were made; None without it."""
+    documents = serving_files(results)
+    if not documents:
+        return None
+    first = next(iter(documents.values()))
+    settings, meta = first["settings"], first["provenance"]
+    batcher, load = settings["batcher"], settings["loadgen"]
+    parts = [
+        "## Serving under load (MLPerf LoadGen)",
+        "",
+        f"Seed {meta['seed']}, commit {meta['git_commit']}, device {first['rows'][0]['device']}. "
+        f"A dynamic batcher (batches of {batcher['max_batch']}, at most "
+        f"{batcher['max_wait'] * 1000:g} ms of waiting, {batcher['max_dispatch']} requests a "
+        f"dispatch; GEEP queues by predicted exit layer); LoadGen runs of at least "
+        f"{load['min_duration']:g} s and {load['min_queries']} queries (the official minimum "
+        "is 600 s). Single-stream at batch 1; the server rate is the highest Poisson rate "
+        f"whose p99 latency met {load['target_latency'] * 1000:g} ms, searched by halving "
+        "below the offline throughput. Settings chosen on dev: `matched`, FLOPs speedup closest "
+        "to the plan's; `within`, the fastest within its accuracy drop of `bert`. In brackets: "
+        "the ratio to float32 `bert` measured in the same run. Accuracy: the labels served in "
+        "LoadGen's accuracy mode, ± the half-width of the 95% bootstrap interval.",
+    ]
+    for dataset, document in documents.items():
+        parts += ["", f"### {dataset}", "", serving_table(document)]
+    return "\n".join(parts)
+
+
+def plot_server_latency(document: dict[str, Any]) -> Figure:
+    """p99 latency against the offered Poisson rate, one line per served unit (float32)."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for r in document["rows"]:
+        runs = sorted(r["server_runs"], key=lambda run: run["rate"])
+        if r["precision"] != "fp32" or not runs:
+            continue
+        label = f"{r['method']} {r['batching'] or ''} {r['setting']}".replace("  ", " ")
+        ax.plot([x["rate"] for x in runs], [x["p99_ms"] for x in runs], marker="o", label=label)
+    target = document["rows"][0]["server_target_ms"]
+    ax.axhline(target, color="grey", linestyle="--", linewidth=1, label="p99 target")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered rate (queries/s, Poisson)")
+    ax.set_ylabel("p99 latency (ms)")
+    ax.set_title(f"{document['dataset']}: serving under load (LoadGen Server scenario)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
