@@ -130,7 +130,7 @@ PROFILES = {
     "compare": Profile(
         name="compare",
         description="the quick datasets with twice the training samples and three seeds, "
-        "1275 dev and test samples each, for comparing methods (2-core CPU, about an hour)",
+        "1275 dev and test samples each, for comparing methods (2-core CPU, about 2.5 hours)",
         datasets=("rotten-tomatoes", "tweet-sentiment"),
         train=TrainConfig(max_train=2000, epochs=2, seq_len=64),
         seeds=(1, 2, 3),
