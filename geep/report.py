@@ -542,7 +542,8 @@ def write_report(results: str | Path) -> list[Path]:
     """
     results = Path(results)
     frame, device = with_latency_model(with_realised_speedup(load_runs(results)), results)
-    encoding, serving = encoding_section(results), serving_section(results)
+    served = serving_files(results)
+    encoding, serving = encoding_section(results), serving_section(served)
     datasets = frame["dataset"].unique()
     plots = [(f"speed-accuracy-{d}.png", plot_speed_accuracy, (frame, d)) for d in datasets]
     plots.append(("realised-speedup.png", plot_realised_speedup, (frame,)))
@@ -550,7 +551,6 @@ def write_report(results: str | Path) -> list[Path]:
         plots += [
             (f"modelled-speedup-{d}.png", plot_modelled_speedup, (frame, d)) for d in datasets
         ]
-    served = serving_files(results)
     plots += [(f"serving-{d}.png", plot_server_latency, (doc,)) for d, doc in served.items()]
     names = ["results.csv", "tables.md", *(name for name, _, _ in plots)]
     for name in names:

@@ -68,9 +68,9 @@ def serving_table(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def serving_section(results: Path) -> str | None:
-    """Markdown: the serving benchmark's tables with how they were made; None without it."""
-    documents = serving_files(results)
+def serving_section(documents: dict[str, dict[str, Any]]) -> str | None:
+    """Markdown: the serving benchmark's tables (``documents``: :func:`serving_files`) with how
+    they were made; None without any."""
     if not documents:
         return None
     first = next(iter(documents.values()))

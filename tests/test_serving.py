@@ -27,7 +27,7 @@ from geep.serving import (
     run_scenario,
     served_labels,
 )
-from geep.serving_report import plot_server_latency, serving_section
+from geep.serving_report import plot_server_latency, serving_files, serving_section
 from tests.helpers import (
     LOGIT_NOISE,
     assert_same_where_clear,
@@ -319,7 +319,7 @@ def test_the_serving_table_gives_ratios_to_float32_bert(tmp_path) -> None:
     }
     (tmp_path / "serving").mkdir()
     (tmp_path / "serving" / "rt.json").write_text(json.dumps(document))
-    section = serving_section(tmp_path)
+    section = serving_section(serving_files(tmp_path))
     lines = {line.split(" | ")[0]: line for line in section.splitlines() if line.startswith("| `")}
     assert "| 10.0 (2.00x) | 150 (1.50x) | 60 (1.00x) |" in lines["| `fastbert` regroup"]
     assert "none met it" in lines["| `bert` int8"]
@@ -328,4 +328,4 @@ def test_the_serving_table_gives_ratios_to_float32_bert(tmp_path) -> None:
     assert len(fig.axes[0].lines) == 3  # two float32 units and the target line
     (tmp_path / "serving" / "rt.json").write_text('{"dataset": "rt", "rows": []}')
     with pytest.raises(GeepError, match="damaged"):
-        serving_section(tmp_path)
+        serving_files(tmp_path)
