@@ -6,17 +6,17 @@ import json
 import platform
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
-import datasets
 import numpy as np
 import torch
 import transformers
-from datasets import concatenate_datasets
 
 import geep
-from geep.data import REGISTRY, load_dataset
+import geep.data
+from geep.data import REGISTRY
 from geep.encoding import Encoded, encode_split
 from geep.errors import GeepError
 from geep.metrics import accuracy, bootstrap_interval, latency_ms, macro_f1
@@ -119,8 +119,17 @@ def library_versions() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
+        "datasets": _installed("datasets"),
     }
+
+
+def _installed(package: str) -> str | None:
+    """The installed version of ``package`` (None where it is not installed: the GPU check
+    runs without ``datasets``)."""
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def report_json(ev: Evaluation) -> dict:
@@ -250,8 +259,10 @@ def load_split(
         raise GeepError(f"--max-eval must be at least 1, got {max_eval}")
     if seq_len is not None:
         check_seq_len(seq_len, method.backbone)
-    data = load_dataset(dataset, carve=split != "all")
+    data = geep.data.load_dataset(dataset, carve=split != "all")  # imports `datasets` now
     if split == "all":
+        from datasets import concatenate_datasets
+
         rows = concatenate_datasets(list(data.values()))
     elif split in data:
         rows = data[split]

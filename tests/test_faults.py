@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from geep import evaluation
+import geep.data
 from geep.backbone import EMBEDDED_MODELS
 from geep.cli import main
 from geep.config import DEFAULT_MODEL
@@ -48,7 +48,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the work started before the check")
 
     monkeypatch.setattr(sources, "load_dataset", work_started)  # geep train imports it from here
-    monkeypatch.setattr(evaluation, "load_dataset", work_started)
+    monkeypatch.setattr(geep.data, "load_dataset", work_started)  # geep evaluate: from here
 
 
 def unprivileged() -> list[str]:

@@ -41,7 +41,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr("geep.data.sources.load_dataset", refuse)
-    monkeypatch.setattr("geep.evaluation.load_dataset", refuse)
+    monkeypatch.setattr("geep.data.load_dataset", refuse)
     monkeypatch.setattr("geep.runner.load_pretrained", refuse)
 
 
