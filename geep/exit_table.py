@@ -162,7 +162,8 @@ class ExitTable:
             import cupy  # noqa: F401
         except ImportError as e:
             raise GeepError(
-                "exit table on cuda needs CuPy: install the gpu extra: pip install 'geep[gpu]'"
+                "exit table on cuda needs CuPy: install the gpu extra: pip install 'geep[gpu]' "
+                "for a CUDA 13 torch, 'geep[gpu-cuda12]' for CUDA 12"
             ) from e
         if not torch.cuda.is_available():
             raise GeepError(

@@ -104,19 +104,19 @@ GPU_SIZE = CheckSize(
     calibration_repeats=5,
 )
 DRY_SIZE = CheckSize(
-    layers=4,
-    hidden=32,
-    heads=4,
-    intermediate=64,
-    vocab=400,
-    seq_len=16,
-    samples=48,
-    train_samples=96,
-    batch_size=8,
+    layers=3,
+    hidden=16,
+    heads=2,
+    intermediate=32,
+    vocab=120,
+    seq_len=12,
+    samples=24,
+    train_samples=48,
+    batch_size=4,
     rounds=1,
-    table_keys=20_000,
+    table_keys=5_000,
     calibration_sizes=(1, 2, 4),
-    calibration_lengths=(8, 16),
+    calibration_lengths=(6, 12),
     calibration_repeats=1,
 )
 
@@ -499,7 +499,7 @@ def run_checks(
         report(methods)
         units = (methods.details or {}).get("rows", [])
         report(timed("calibration", lambda: check_calibration(device, size, model, units)))
-    path = out / "gpu-check.json"
+    path = out / CHECK_FILE
     document = {
         "device": label,
         "dry_run": dry_run,
@@ -511,6 +511,7 @@ def run_checks(
         "checks": [asdict(r) for r in results],
     }
     atomic_write_text(path, json.dumps(document, indent=1, default=float) + "\n")
+    atomic_write_text(out / "tables.md", tables_markdown(document))
     return results, path
 
 
@@ -559,3 +560,73 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+CHECK_FILE = "gpu-check.json"
+
+
+def tables_markdown(document: dict[str, Any]) -> str:
+    """The check's file as tables: each check's line, then every unit of the methods check with
+    its measured time, its ratio to full-depth ``bert`` and the latency models' errors."""
+    size = document["size"]
+    lines = [
+        f"# Results: profile gpu-check on {document['device']}",
+        "",
+        f"`python -m geep.gpu_check{' --dry-run' if document['dry_run'] else ''}` at commit "
+        f"{document['git_commit']}, {document['date']}; "
+        + ", ".join(f"{k} {v}" for k, v in document["versions"].items())
+        + ".",
+        "",
+        f"A randomly initialised BERT ({size['layers']} layers, hidden {size['hidden']}), "
+        f"{size['samples']} synthetic samples of lengths 8-{size['seq_len']} in batches of "
+        f"{size['batch_size']}, float32; each time is the median of {size['rounds']} rounds "
+        "over the whole split, one unit after the other. Exits are hand-set (docs/gpu.md).",
+        "",
+        *(
+            f"- {'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['summary']}"
+            for c in document["checks"]
+        ),
+        "",
+    ]
+    checks = {c["name"]: c for c in document["checks"]}
+    rows = (checks.get("methods", {}).get("details") or {}).get("rows", [])
+    errors = (checks.get("calibration", {}).get("details") or {}).get("relative_error", {})
+    full = next((r for r in rows if r["method"] == "bert"), None)
+    if rows and full:
+        models = list(errors)
+        lines += [
+            "| method | setting | batching | mean exit | FLOPs speedup | layer batches | rows per "
+            "layer batch | head calls | seconds | speedup over `bert` | GPU utilisation | "
+            + " | ".join(f"{m} model error" for m in models)
+            + " |",
+            "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(models),
+        ]
+        for r in rows:
+            key = " ".join(filter(None, [r["method"], r["setting"], r["batching"]]))
+            util = r.get("gpu_util_percent")
+            cells = [
+                f"`{r['method']}`",
+                r["setting"],
+                r["batching"] or "-",
+                f"{r['avg_exit_layer']:.2f}",
+                f"{r['speedup_full']:.2f}x",
+                str(r["layer_batches"]),
+                f"{r['mean_layer_batch_rows']:.1f}",
+                str(r["head_calls"]),
+                f"{r['round_seconds_median']:.3f}",
+                f"{full['round_seconds_median'] / r['round_seconds_median']:.2f}x",
+                "-" if util is None else f"{util:.0f}%",
+                *(f"{errors[m][key]:+.0%}" if key in errors[m] else "-" for m in models),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    calibration = checks.get("calibration", {}).get("details") or {}
+    for name, model in calibration.get("models", {}).items():
+        lines.append(
+            f"- {name} model: {model['operator_seconds'] * 1e6:.1f} us per operator, "
+            f"{model['flops_per_second'] / 1e12:.1f} TFLOP/s, "
+            f"{model['bytes_per_second'] / 1e12:.2f} TB/s ({model['source']})"
+        )
+    return "\n".join(lines) + "\n"

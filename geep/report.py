@@ -29,6 +29,8 @@ from matplotlib.figure import Figure
 
 from geep.errors import GeepError
 from geep.exits import BATCHINGS
+from geep.gpu_check import CHECK_FILE
+from geep.gpu_check import tables_markdown as gpu_tables
 from geep.latency import GPUS, Device, fit_device, load_calibration
 from geep.run_files import DamagedRunFile, read_run_file
 from geep.runner import method_names
@@ -541,6 +543,8 @@ def write_report(results: str | Path) -> list[Path]:
     (:func:`geep.storage.atomic_write_files`): all of them, or, on a failure, none.
     """
     results = Path(results)
+    if (results / CHECK_FILE).is_file() and not (results / "runs").exists():
+        return [_write_gpu_check_tables(results)]
     frame, device = with_latency_model(with_realised_speedup(load_runs(results)), results)
     served = serving_files(results)
     encoding, serving = encoding_section(results), serving_section(served)
@@ -563,6 +567,15 @@ def write_report(results: str | Path) -> list[Path]:
     outputs |= {results / name: figure_png(plot(*args)) for name, plot, args in plots}
     atomic_write_files(outputs)
     return list(outputs)
+
+
+def _write_gpu_check_tables(results: Path) -> Path:
+    """A GPU check's folder (:mod:`geep.gpu_check`): its tables, from its file."""
+    path = results / "tables.md"
+    check_target(path, "geep report's output", "file", _report_ownership)
+    document = json.loads((results / CHECK_FILE).read_text())
+    atomic_write_files({path: gpu_tables(document).encode()})
+    return path
 
 
 SOFTWARE = "geep report"  # the PNGs' Software text: how a later report knows they are its own

@@ -1,0 +1,104 @@
+"""The GPU check (geep.gpu_check) in its dry run: the same code on the CPU at a tiny size, so CI
+knows it starts; its hand-set exits, its comparison of exit tables and its CUDA-only parts
+(the datasheet model, the refusal without a GPU) each shown able to fail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from geep import gpu_check
+from geep.exit_table import ExitTable
+from geep.gpu_check import DRY_SIZE, main, make_model, synthetic_split
+from geep.report import write_report
+from geep.runner import get_method, method_names
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("gpu-dry")
+    assert main(["--dry-run", "--out", str(out), "--commit", "abc"]) == 0
+    return json.loads((out / "gpu-check.json").read_text())
+
+
+def test_the_dry_run_passes_every_check_and_writes_how_it_was_made(dry_run: dict) -> None:
+    checks = {c["name"]: c for c in dry_run["checks"]}
+    assert list(checks) == ["gpu-tests", "exit-table", "methods", "calibration"]
+    assert dry_run["passed"] and all(c["passed"] for c in checks.values())
+    assert dry_run["dry_run"] and dry_run["git_commit"] == "abc"
+    assert dry_run["versions"]["torch"] == torch.__version__
+    assert "skipped" in checks["gpu-tests"]["summary"]  # no CUDA here: the gpu tests skip
+
+
+def test_every_method_runs_full_depth_and_its_hand_set_exits_under_each_policy(
+    dry_run: dict,
+) -> None:
+    rows = dry_run["checks"][2]["details"]["rows"]
+    units = {(r["method"], r["setting"], r["batching"]) for r in rows}
+    assert {m for m, _, _ in units} == set(method_names())
+    assert ("fastbert", "hand-set", "regroup") in units and ("geep", "hand-set", None) in units
+    full = [r for r in rows if r["setting"] == "full"]
+    assert all(r["avg_exit_layer"] == DRY_SIZE.layers for r in full)
+    assert all(r["n"] == DRY_SIZE.samples and r["calls"] and r["operators"] for r in rows)
+    errors = dry_run["checks"][3]["details"]["relative_error"]["fitted"]
+    assert len(errors) == len(rows)  # the model predicted every unit
+
+
+def test_geeps_hand_made_table_predicts_each_samples_target_layer(tmp_path: Path) -> None:
+    model = make_model(tmp_path, DRY_SIZE)
+    data, targets = synthetic_split(DRY_SIZE, 40, seed=3)
+    config = gpu_check.TrainConfig(seq_len=DRY_SIZE.seq_len)
+    geep = get_method("geep").create(str(model), gpu_check.LABELS, "gpu-check", config)
+    speed = gpu_check.hand_set(geep, DRY_SIZE, data)
+    assert torch.equal(geep.predict_layers(data, speed), targets)
+    assert len(targets.unique()) == DRY_SIZE.layers  # they spread over every layer
+
+
+def test_a_table_that_loses_an_insert_fails_the_exit_table_check(monkeypatch) -> None:
+    insert = ExitTable._insert
+
+    def lossy(self, keys, layers, amounts):
+        insert(self, keys[:-1], layers[:-1], amounts[:-1])
+
+    monkeypatch.setattr(ExitTable, "_insert", lossy)
+    result = gpu_check.check_exit_table(torch.device("cpu"), DRY_SIZE)
+    assert not result.passed
+
+
+def test_a_method_that_fails_fails_the_check_and_the_status(monkeypatch, tmp_path) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    passed = gpu_check.CheckResult("gpu-tests", True, "-")
+    monkeypatch.setattr(gpu_check, "run_gpu_tests", lambda dry_run: passed)
+    monkeypatch.setattr(gpu_check, "method_names", lambda: ["pabee"])
+    monkeypatch.setattr(get_method("pabee"), "run", broken)
+    assert main(["--dry-run", "--out", str(tmp_path)]) == 1
+    methods = json.loads((tmp_path / "gpu-check.json").read_text())["checks"][2]
+    assert not methods["passed"] and "pabee full: RuntimeError: boom" in methods["summary"]
+
+
+def test_without_cuda_it_refuses_in_one_line(monkeypatch, tmp_path, capsys) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert not (tmp_path / "gpu-check.json").exists()
+
+
+def test_the_datasheet_model_is_the_gpus_float32_figures(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    model = gpu_check._datasheet(torch.device("cuda", 0))
+    assert model.flops_per_second == pytest.approx(0.6 * 67e12)
+    assert model.bytes_per_second == pytest.approx(0.8 * 4.8e12) and model.overlap
+    assert gpu_check._datasheet(torch.device("cpu")) is None
+
+
+def test_geep_report_regenerates_the_committed_gpu_tables(tmp_path: Path) -> None:
+    committed = Path(__file__).parent.parent / "results" / "gpu-nvidia-h200"
+    (tmp_path / gpu_check.CHECK_FILE).write_bytes((committed / gpu_check.CHECK_FILE).read_bytes())
+    assert write_report(tmp_path) == [tmp_path / "tables.md"]
+    assert (tmp_path / "tables.md").read_text() == (committed / "tables.md").read_text()
+    assert "| `geep` | hand-set | - | 6.65 | 1.81x |" in (tmp_path / "tables.md").read_text()
