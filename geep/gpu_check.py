@@ -52,11 +52,12 @@ from geep.latency import LAUNCH_SECONDS, SUSTAINED_BANDWIDTH, SUSTAINED_COMPUTE,
 from geep.latency import Measurement as Point
 from geep.runner import Method, get_method, method_names
 from geep.storage import atomic_write_text
-from geep.work import calls_from_rows, calls_to_rows, operators_per_call
+from geep.work import calls_from_rows, calls_to_rows, counting, operators_per_call
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD, CLS, SEP = 0, 2, 3
 LABELS = ["negative", "positive"]
+CHECK_FILE = "gpu-check.json"
 
 # Float32 datasheet figures (the check runs in float32, TF32 off: torch's default):
 # peak FLOP/s and memory bandwidth, matched by name.
@@ -417,8 +418,123 @@ def check_calibration(
         "models": {m: asdict(dev) for m, dev in models.items()},
         "relative_error": errors,
     }
-    passed = len(points) >= 3 and all(np.isfinite(v) for v in worst.values())
+    passed = len(points) >= 3 and all(np.isfinite(v) for v in worst.values() if units)
     return CheckResult("calibration", passed, summary, details=details)
+
+
+CHECKS = ("gpu-tests", "exit-table", "methods", "calibration", "graphs")
+GRAPH_SIZES = (1, 4, 16, 64, 256)
+GRAPH_LENGTHS = (32, 128)
+GRAPH_REPEATS = 20
+
+
+def check_graphs(device: torch.device, size: CheckSize, model: Path) -> CheckResult:
+    """Full-depth ``bert`` three ways at each (batch size, length): eager, one CUDA graph per
+    (layer, batch) call (what fixed-size regrouped batches could replay) and one graph for the
+    whole forward; the latency model fitted on each, so its per-operator cost under graphs is
+    measured, not assumed. On a CPU (the dry run) only the eager times are taken."""
+    config = TrainConfig(seq_len=size.seq_len, batch_size=size.batch_size)
+    bert = get_method("bert").create(str(model), LABELS, "gpu-check", config).to(device).model
+    bert.eval()
+    sizes = GRAPH_SIZES if device.type == "cuda" else size.calibration_sizes
+    lengths = GRAPH_LENGTHS if device.type == "cuda" else size.calibration_lengths
+    ways = ("eager", "layer graphs", "whole graph") if device.type == "cuda" else ("eager",)
+    points: dict[str, list[Point]] = {w: [] for w in ways}
+    table = []
+    for length in lengths:
+        for rows in sizes:
+            data, _ = synthetic_split(size, rows, seed=rows + length, length=length)
+            batch = data.batch(torch.arange(rows)).to(device)
+            with torch.inference_mode():
+                with counting() as calls:
+                    bert.logits(batch)
+                operators = operators_per_call(lambda b=batch: bert.logits(b))
+                runs = {"eager": lambda b=batch: bert.logits(b)}
+                if device.type == "cuda":
+                    runs |= _graphed(bert, batch)
+                seconds = {w: _median_seconds(runs[w], device, size) for w in ways}
+            for w in ways:
+                points[w].append(Point(calls, operators, seconds[w]))
+            table.append({"batch_size": rows, "length": length, "seconds": seconds})
+            del runs
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    models = {
+        w: fit_device(p, f"{_device_label(device)} ({w})", overlap=device.type == "cuda")
+        for w, p in points.items()
+    }
+    summary = "; ".join(
+        f"{w}: {m.operator_seconds * 1e6:.2f} us/operator" for w, m in models.items()
+    )
+    if "whole graph" in seconds:
+        first = table[0]["seconds"]
+        summary += (
+            f"; batch {table[0]['batch_size']} length {table[0]['length']}: eager "
+            f"{first['eager'] * 1e3:.2f} ms, layer graphs {first['layer graphs'] * 1e3:.2f} ms, "
+            f"whole graph {first['whole graph'] * 1e3:.2f} ms"
+        )
+    details = {"points": table, "models": {w: asdict(m) for w, m in models.items()}}
+    return CheckResult("graphs", len(table) >= 3, summary, details=details)
+
+
+def _median_seconds(run: Callable[[], object], device: torch.device, size: CheckSize) -> float:
+    """The median time of ``run()`` (synchronised), after one untimed call."""
+    repeats = GRAPH_REPEATS if device.type == "cuda" else size.calibration_repeats
+    run()
+    _synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _graphed(model: torch.nn.Module, batch: Any) -> dict[str, Callable[[], object]]:
+    """Replays of ``model.logits(batch)`` captured as CUDA graphs: one per call (embeddings, each
+    layer, the head; each reads the previous one's output) and one for the whole forward."""
+    backbone = model.backbone
+    inputs = batch.inputs()
+    _, mask = backbone.embed(**inputs)  # the mask is built outside the graphs: it may synchronise
+
+    def whole() -> torch.Tensor:
+        h = backbone.encoder.embeddings(
+            input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"]
+        )
+        h = backbone.run_layers(h, mask, 0, backbone.num_layers)
+        return model.classifier(backbone.sentence_vector(h, batch.attention_mask))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs asks
+        for _ in range(2):
+            whole()
+    torch.cuda.current_stream().wait_stream(side)
+    pool = torch.cuda.graph_pool_handle()
+    whole_graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(whole_graph, pool=pool):
+        whole()
+    embed = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(embed, pool=pool):
+        h = backbone.encoder.embeddings(
+            input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"]
+        )
+    layer_graphs = [embed]
+    for layer in range(backbone.num_layers):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            h = backbone.run_layers(h, mask, layer, layer + 1)
+        layer_graphs.append(graph)
+    head = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(head, pool=pool):
+        model.classifier(backbone.sentence_vector(h, batch.attention_mask))
+
+    def per_layer() -> None:
+        for graph in [*layer_graphs, head]:
+            graph.replay()
+
+    return {"layer graphs": per_layer, "whole graph": whole_graph.replay}
 
 
 def _datasheet(device: torch.device) -> Device | None:
@@ -470,7 +586,7 @@ def timed(name: str, run: Callable[[], CheckResult]) -> CheckResult:
 
 
 def run_checks(
-    dry_run: bool, out: Path | None, commit: str | None
+    dry_run: bool, out: Path | None, commit: str | None, only: tuple[str, ...] = CHECKS
 ) -> tuple[list[CheckResult], Path]:
     """Every check, in order; writes ``gpu-check.json`` under ``out`` (default
     ``results/gpu-<device>``) and returns the results and that file."""
@@ -490,15 +606,22 @@ def run_checks(
         results.append(result)
         print(result.line(), flush=True)
 
-    report(timed("gpu-tests", lambda: run_gpu_tests(dry_run)))
-    report(timed("exit-table", lambda: check_exit_table(device, size)))
+    if "gpu-tests" in only:
+        report(timed("gpu-tests", lambda: run_gpu_tests(dry_run)))
+    if "exit-table" in only:
+        report(timed("exit-table", lambda: check_exit_table(device, size)))
     with tempfile.TemporaryDirectory() as folder:
         model = make_model(Path(folder), size)
         data, _ = synthetic_split(size, size.samples, seed=0)
-        methods = timed("methods", lambda: check_methods(device, size, model, data))
-        report(methods)
-        units = (methods.details or {}).get("rows", [])
-        report(timed("calibration", lambda: check_calibration(device, size, model, units)))
+        units: list[dict[str, Any]] = []
+        if "methods" in only:
+            methods = timed("methods", lambda: check_methods(device, size, model, data))
+            report(methods)
+            units = (methods.details or {}).get("rows", [])
+        if "calibration" in only:
+            report(timed("calibration", lambda: check_calibration(device, size, model, units)))
+        if "graphs" in only:
+            report(timed("graphs", lambda: check_graphs(device, size, model)))
     path = out / CHECK_FILE
     document = {
         "device": label,
@@ -529,6 +652,14 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
+def _check_names(text: str) -> tuple[str, ...]:
+    names = tuple(text.split(","))
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"no check {unknown[0]!r}: choose from {','.join(CHECKS)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m geep.gpu_check",
@@ -543,6 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, help="folder for gpu-check.json (default results/gpu-<device>)"
     )
+    parser.add_argument(
+        "--only", type=_check_names, default=CHECKS, help=f"some of: {','.join(CHECKS)}"
+    )
     parser.add_argument("--commit", help="the commit checked (default: git's, where there is one)")
     args = parser.parse_args(argv)
     if args.commit is None:
@@ -550,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.commit = git_commit()
     try:
-        results, path = run_checks(args.dry_run, args.out, args.commit)
+        results, path = run_checks(args.dry_run, args.out, args.commit, args.only)
     except GeepError as err:
         print(f"geep: {err}", file=sys.stderr)
         return 2
@@ -558,13 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r.passed for r in results) else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # --- the report ---------------------------------------------------------------------------------
-
-CHECK_FILE = "gpu-check.json"
 
 
 def tables_markdown(document: dict[str, Any]) -> str:
@@ -630,3 +758,7 @@ def tables_markdown(document: dict[str, Any]) -> str:
             f"{model['bytes_per_second'] / 1e12:.2f} TB/s ({model['source']})"
         )
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

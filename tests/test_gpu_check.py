@@ -26,7 +26,7 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_the_dry_run_passes_every_check_and_writes_how_it_was_made(dry_run: dict) -> None:
     checks = {c["name"]: c for c in dry_run["checks"]}
-    assert list(checks) == ["gpu-tests", "exit-table", "methods", "calibration"]
+    assert list(checks) == ["gpu-tests", "exit-table", "methods", "calibration", "graphs"]
     assert dry_run["passed"] and all(c["passed"] for c in checks.values())
     assert dry_run["dry_run"] and dry_run["git_commit"] == "abc"
     assert dry_run["versions"]["torch"] == torch.__version__
