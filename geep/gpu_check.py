@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -586,7 +586,11 @@ def timed(name: str, run: Callable[[], CheckResult]) -> CheckResult:
 
 
 def run_checks(
-    dry_run: bool, out: Path | None, commit: str | None, only: tuple[str, ...] = CHECKS
+    dry_run: bool,
+    out: Path | None,
+    commit: str | None,
+    only: tuple[str, ...] = CHECKS,
+    batch_size: int | None = None,
 ) -> tuple[list[CheckResult], Path]:
     """Every check, in order; writes ``gpu-check.json`` under ``out`` (default
     ``results/gpu-<device>``) and returns the results and that file."""
@@ -596,6 +600,8 @@ def run_checks(
         )
     device = torch.device("cpu") if dry_run else torch.device("cuda", torch.cuda.current_device())
     size = DRY_SIZE if dry_run else GPU_SIZE
+    if batch_size is not None:
+        size = replace(size, batch_size=batch_size)
     label = _device_label(device)
     out = out or Path("results") / f"gpu-{slug(label.split(',')[0])}"
     out.mkdir(parents=True, exist_ok=True)
@@ -677,6 +683,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", type=_check_names, default=CHECKS, help=f"some of: {','.join(CHECKS)}"
     )
+    parser.add_argument(
+        "--batch-size", type=int, help="the methods' batch size (default 32; 4 in a dry run)"
+    )
     parser.add_argument("--commit", help="the commit checked (default: git's, where there is one)")
     args = parser.parse_args(argv)
     if args.commit is None:
@@ -684,7 +693,9 @@ def main(argv: list[str] | None = None) -> int:
 
         args.commit = git_commit()
     try:
-        results, path = run_checks(args.dry_run, args.out, args.commit, args.only)
+        if args.batch_size is not None and args.batch_size < 1:
+            raise GeepError(f"--batch-size must be at least 1, got {args.batch_size}")
+        results, path = run_checks(args.dry_run, args.out, args.commit, args.only, args.batch_size)
     except GeepError as err:
         print(f"geep: {err}", file=sys.stderr)
         return 2
@@ -750,6 +761,22 @@ def tables_markdown(document: dict[str, Any]) -> str:
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    graphs = (checks.get("graphs", {}).get("details") or {}).get("points", [])
+    if graphs:
+        ways = list(graphs[0]["seconds"])
+        lines += [
+            "Full-depth `bert`, ms per batch (median of repeated calls):",
+            "",
+            "| batch size | length | " + " | ".join(ways) + " |",
+            "|---|---|" + "---|" * len(ways),
+            *(
+                f"| {p['batch_size']} | {p['length']} | "
+                + " | ".join(f"{p['seconds'][w] * 1e3:.2f}" for w in ways)
+                + " |"
+                for p in graphs
+            ),
+            "",
+        ]
     calibration = checks.get("calibration", {}).get("details") or {}
     for name, model in calibration.get("models", {}).items():
         lines.append(
