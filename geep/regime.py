@@ -281,18 +281,20 @@ def regime_section(frame: pd.DataFrame) -> str:
     the embedded MiniLM for comparison and a sensitivity sweep."""
     picked = nearest_2x(frame)
     flops_speedup = picked.groupby(["dataset", "variant"], sort=False)["speedup_full"].mean()
-    means = _means(
-        regime_frame(picked, devices={k: gpu("h100", v) for k, v in LAUNCH_COSTS.items()})
-    )
-    minilm = _means(
-        regime_frame(picked, "minilm-l6", {k: gpu("h100", v) for k, v in LAUNCH_COSTS.items()})
-    )
+    devices = {
+        f"{name.upper()}, {launch}": gpu(name, cost)
+        for name in GPUS
+        for launch, cost in LAUNCH_COSTS.items()
+    }
+    means = _means(regime_frame(picked, devices=devices))
+    minilm = _means(regime_frame(picked, "minilm-l6", devices))
     parts = [
         "## The paper's regime, modelled",
         "",
         f"Every number in this section is **modelled** (geep/regime.py): BERT-base (12 layers, "
-        f"hidden 768) at length {LENGTH}, {SAMPLES} samples, on an H100 (datasheet BF16 compute "
-        "and bandwidth at the sustained shares of geep/latency.py). Each method runs the "
+        f"hidden 768) at length {LENGTH}, {SAMPLES} samples, on an H100 and an A100 (datasheet "
+        "BF16 compute and bandwidth at the sustained shares of geep/latency.py; the tables per "
+        "method are the H100's). Each method runs the "
         "setting nearest 2x FLOPs of each seed (the mean of the seeds is shown), with the exit "
         "layers it measured mapped to twice the depth (layer k of 6 -> layer 2k of 12), and the "
         "operators per call it measured. The cost per dispatched operator: 1 µs for CUDA "
@@ -308,7 +310,7 @@ def regime_section(frame: pd.DataFrame) -> str:
         for launch in LAUNCH_COSTS:
             parts += ["", f"**{dataset}, {launch}**", "", header, rule]
             for variant in means.xs(dataset).index.get_level_values("variant").unique():
-                row = means.loc[(dataset, variant, launch)]
+                row = means.loc[(dataset, variant, f"H100, {launch}")]
                 cells = [f"{row[b]:.2f}x" for b in TABLE_BATCHES]
                 flops_x = flops_speedup[(dataset, variant)]
                 parts.append(
@@ -320,11 +322,11 @@ def regime_section(frame: pd.DataFrame) -> str:
     small = lead_over_dynamic(minilm)
     parts += [
         "",
-        "GEEP's modelled speedup over the fastest dynamic-exit variant's (>1: GEEP leads), "
-        "BERT-base and, for comparison, the embedded 6-layer MiniLM (hidden 384, exit layers as "
-        "measured) at the same length:",
+        "GEEP's modelled speedup over the fastest dynamic-exit variant's (>1: GEEP leads) on an "
+        "H100 and an A100, BERT-base and, for comparison, the embedded 6-layer MiniLM (hidden "
+        "384, exit layers as measured) at the same length:",
         "",
-        "| dataset | cost per operator | model | "
+        "| dataset | GPU, cost per operator | model | "
         + " | ".join(f"batch {b}" for b in TABLE_BATCHES)
         + " |",
         "|---|---|---|" + "---|" * len(TABLE_BATCHES),
