@@ -11,7 +11,9 @@ latency model only assumes (docs/gpu.md).
    and at a hand-set exit setting, timed by :func:`geep.reproduce.measure` with NVML utilisation;
 4. ``calibration``: full-depth ``bert`` timed at batch sizes 1 to 256 and three lengths, the
    latency model (:mod:`geep.latency`) fitted on those points, then its error on every unit of
-   (3), beside the error of the model built from the GPU's datasheet.
+   (3), beside the error of the model built from the GPU's datasheet;
+5. ``graphs``: full-depth ``bert`` eager, as one CUDA graph per call and as one graph for the
+   whole forward, at batch sizes 1 to 256, with the model fitted on each.
 
 Hand-set exits: GEEP's table is built from synthetic training samples whose tokens come from a
 band of the vocabulary that names their exit layer (uniform over 1..L), so its predictions
@@ -19,9 +21,10 @@ spread over every layer; a threshold method's threshold is the quantile of its h
 statistics that puts its mean exit nearest mid-depth; PABEE waits for L/2 - 1 agreeing layers;
 HashEE runs its frequency hash at L/2.
 
-It writes ``<out>/gpu-check.json`` (every check's result and how it was made) and prints one line
-per check; the status is 0 when every check passed. ``--dry-run`` runs the same code on the CPU
-at a tiny size (the CUDA tests then skip), so CI knows the check starts.
+It writes ``<out>/gpu-check.json`` (every check's result and how it was made) and
+``<out>/tables.md``, and prints one line per check; the status is 0 when every check passed.
+``--dry-run`` runs the same code on the CPU at a tiny size (the CUDA tests then skip), so CI
+knows the check starts.
 """
 
 from __future__ import annotations
@@ -264,8 +267,7 @@ class Setting:
     """One unit of the methods check."""
 
     method: str
-    label: str  # "full" or "hand-set"
-    speed: float
+    label: str  # "full" (speed 0) or "hand-set" (the speed :func:`hand_set` gives)
     batching: str | None = None
     options: tuple[str, ...] = ()
 
@@ -311,18 +313,16 @@ def hand_set(method: Method, size: CheckSize, data: Encoded) -> float:
 def settings_of(name: str) -> list[Setting]:
     """Full depth, then the hand-set setting under each batching policy that applies."""
     if name == "bert":
-        return [Setting(name, "full", 0.0)]
+        return [Setting(name, "full")]
     if name == "geep":
         return [
-            Setting(name, "full", 0.0),
-            Setting(name, "hand-set", -1.0),
-            *(Setting(name, "hand-set", -1.0, b, ("mode=dynamic",)) for b in ("shrink", "regroup")),
+            Setting(name, "full"),
+            Setting(name, "hand-set"),
+            *(Setting(name, "hand-set", b, ("mode=dynamic",)) for b in ("shrink", "regroup")),
         ]
     if name == "hashee":
-        return [Setting(name, "full", 0.0), Setting(name, "hand-set", -1.0)]
-    return [Setting(name, "full", 0.0)] + [
-        Setting(name, "hand-set", -1.0, b) for b in ("shrink", "regroup")
-    ]
+        return [Setting(name, "full"), Setting(name, "hand-set")]
+    return [Setting(name, "full")] + [Setting(name, "hand-set", b) for b in ("shrink", "regroup")]
 
 
 def check_methods(device: torch.device, size: CheckSize, model: Path, data: Encoded) -> CheckResult:
@@ -341,7 +341,7 @@ def check_methods(device: torch.device, size: CheckSize, model: Path, data: Enco
                 )
                 method.to(device)
                 chosen = hand_set(method, size, data)  # GEEP's and HashEE's tables: any speed
-                speed = chosen if setting.speed < 0 else setting.speed
+                speed = chosen if setting.label == "hand-set" else 0.0
                 if setting.batching:
                     method.configure([f"batching={setting.batching}"])
                 row = measure(method, data, speed, size.batch_size, size.rounds)
