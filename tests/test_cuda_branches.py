@@ -5,7 +5,10 @@ The fakes (the model: tests/test_monitor.py):
 
 - :class:`FakeCuda`: ``torch.cuda`` on a machine with two GPUs, the current one ``cuda:1``.
   Each call the package makes is bound to the real function's signature (a wrong keyword or
-  argument count raises as it would on a GPU) and recorded.
+  argument count raises as it would on a GPU) and recorded. Its streams (:class:`FakeStream`)
+  and CUDA graphs (:class:`FakeGraph`, captured under :class:`FakeCapture`) are bound the same
+  way: a capture records the modules its body ran and refuses a host synchronisation, a nested
+  capture or a second capture of one graph; a replay is counted and needs a captured graph.
 - :class:`OnFakeGpu`: a torch function mode under which a tensor asked for on a CUDA device
   (``device=...``, ``.to(...)``, ``.cuda()``) is made on the CPU and marked as the GPU's; what
   is computed from a marked tensor is marked, ``.cpu()`` unmarks a copy, and ``.numpy()`` of
@@ -27,6 +30,8 @@ import re
 import sys
 import types
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +44,11 @@ from torch.overrides import TorchFunctionMode
 import benchmarks.conftest as bench_conftest
 import benchmarks.test_geep_efficiency as efficiency
 import benchmarks.test_latency_calibration as calibration
-from geep import evaluation, exit_table, report, runner, train_state, training
+from geep import evaluation, exit_table, gpu_check, report, runner, train_state, training
 from geep.config import TrainConfig
 from geep.errors import GeepError
 from geep.exit_table import CUDA_SOURCE, ExitTable
+from geep.gpu_check import DRY_SIZE
 from geep.reproduce import device_name
 from tests.helpers import new_method, toy_test_split, trained_on_toy
 
@@ -55,9 +61,20 @@ L = 4
 # --- torch.cuda ----------------------------------------------------------------------------------
 
 
+# the real classes' and methods' signatures, taken before a fake replaces them
+STREAM_NEW = inspect.signature(torch.cuda.Stream)
+WAIT_STREAM = inspect.signature(torch.cuda.Stream.wait_stream)
+CUDA_GRAPH_NEW = inspect.signature(torch.cuda.CUDAGraph)
+REPLAY = inspect.signature(torch.cuda.CUDAGraph.replay)
+GRAPH_NEW = inspect.signature(torch.cuda.graph)
+
+
 class FakeCuda:
     """``torch.cuda`` with two GPUs (current: 1): the functions the package calls, bound to the
-    real ones' signatures and recorded in :attr:`calls` as (name, bound arguments)."""
+    real ones' signatures and recorded in :attr:`calls` as (name, bound arguments); its classes
+    ``Stream``, ``CUDAGraph`` and ``graph`` replaced by subclasses of :class:`FakeStream`,
+    :class:`FakeGraph` and :class:`FakeCapture` (still classes: ``X | None`` and isinstance
+    work) whose constructors are bound and recorded the same way."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
@@ -67,15 +84,29 @@ class FakeCuda:
             "device_count": lambda: 2,
             "current_device": lambda: GPU.index,
             "get_device_name": lambda device=None: NAME,
-            "synchronize": lambda device=None: None,
+            "synchronize": self._synchronize,
             "empty_cache": lambda: None,
             "set_device": lambda device: None,
-            "current_stream": self._stream,
+            "current_stream": self._current_stream,
             "get_rng_state_all": lambda: [state.clone() for state in self.rng],
             "set_rng_state_all": self._set_rng,
+            "stream": self._stream_context,
+            "graph_pool_handle": self._pool,
+            "is_current_stream_capturing": lambda: self.capturing is not None,
         }
         for name, fake in fakes.items():
             monkeypatch.setattr(torch.cuda, name, self._checked(name, fake))
+        for fake_class in (FakeStream, FakeGraph, FakeCapture):
+            name = fake_class.replaces
+            monkeypatch.setattr(torch.cuda, name, type(name, (fake_class,), {"cuda": self}))
+        # each GPU's default stream (its raw handle: STREAM + index) and the streams entered with
+        # torch.cuda.stream; every side stream, pool and graph made; the graph being captured
+        self.default = {i: torch.cuda.Stream.default(i) for i in range(2)}
+        self.entered: dict[int, list[FakeStream]] = {i: [] for i in range(2)}
+        self.side_streams: list[FakeStream] = []
+        self.pools: list[FakePool] = []
+        self.graphs: list[FakeGraph] = []
+        self.capturing: FakeGraph | None = None
 
     def _checked(self, name: str, fake: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(getattr(torch.cuda, name))
@@ -88,13 +119,37 @@ class FakeCuda:
         return call
 
     @staticmethod
-    def _stream(device: Any = None) -> types.SimpleNamespace:
+    def index(device: Any = None) -> int:
+        """The GPU a ``device`` argument names (None: the current one)."""
         if isinstance(device, int):
-            index = device
-        else:
-            index = GPU.index if device is None else torch.device(device).index
-            index = GPU.index if index is None else index
-        return types.SimpleNamespace(cuda_stream=STREAM + index)
+            return device
+        index = GPU.index if device is None else torch.device(device).index
+        return GPU.index if index is None else index
+
+    def _synchronize(self, device: Any = None) -> None:
+        if self.capturing is not None:  # what CUDA answers during a capture
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    def _current_stream(self, device: Any = None) -> FakeStream:
+        index = self.index(device)
+        return (self.entered[index] or [self.default[index]])[-1]
+
+    @contextmanager
+    def _stream_context(self, stream: FakeStream | None) -> Iterator[None]:
+        """``torch.cuda.stream``: makes ``stream`` its GPU's current stream (None: no-op)."""
+        if stream is None:
+            yield
+            return
+        assert isinstance(stream, FakeStream), f"torch.cuda.stream({stream!r}): not a stream"
+        self.entered[stream.device_index].append(stream)
+        try:
+            yield
+        finally:
+            self.entered[stream.device_index].pop()
+
+    def _pool(self) -> FakePool:
+        self.pools.append(FakePool())
+        return self.pools[-1]
 
     def _set_rng(self, new_states: Any) -> None:
         states = list(new_states)
@@ -105,6 +160,146 @@ class FakeCuda:
     def called(self, name: str) -> list[dict[str, Any]]:
         """The bound arguments of every call of ``torch.cuda.<name>``, in order."""
         return [arguments for called, arguments in self.calls if called == name]
+
+
+class FakeStream:
+    """``torch.cuda.Stream``: a side stream of GPU ``device_index`` with a raw handle of its
+    own; its waits are recorded in the fake's calls as ``Stream.wait_stream``."""
+
+    replaces = "Stream"
+    cuda: FakeCuda  # set on the subclass each FakeCuda installs
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = STREAM_NEW.bind(*args, **kwargs)  # TypeError as from the real class
+        # the real class passes **kwargs on to its C constructor, which takes these only
+        unknown = set(bound.arguments.get("kwargs", {})) - {
+            "stream_id",
+            "device_index",
+            "device_type",
+        }
+        if unknown:
+            raise TypeError(f"Stream() got unexpected keyword arguments {sorted(unknown)}")
+        self.cuda.calls.append(("Stream", dict(bound.arguments)))
+        self.device_index = self.cuda.index(bound.arguments.get("device"))
+        self.cuda_stream = STREAM + 0x100 * (len(self.cuda.side_streams) + 1)
+        self.cuda.side_streams.append(self)
+
+    @classmethod
+    def default(cls, index: int) -> FakeStream:
+        """GPU ``index``'s default stream (made without the constructor: nothing records it)."""
+        stream = object.__new__(cls)
+        stream.device_index, stream.cuda_stream = index, STREAM + index
+        return stream
+
+    def wait_stream(self, *args: Any, **kwargs: Any) -> None:
+        bound = WAIT_STREAM.bind(self, *args, **kwargs)  # TypeError as from the real method
+        other = bound.arguments["stream"]
+        assert isinstance(other, FakeStream), f"wait_stream({other!r}): not a stream"
+        self.cuda.calls.append(("Stream.wait_stream", dict(bound.arguments)))
+
+    def __repr__(self) -> str:
+        return f"FakeStream(cuda:{self.device_index}, {self.cuda_stream:#x})"
+
+
+class FakePool:
+    """What ``torch.cuda.graph_pool_handle()`` returns: an opaque handle."""
+
+
+class FakeGraph:
+    """``torch.cuda.CUDAGraph``: captured once (the module types its body ran, in order, and
+    the pool it captured into), then replayed (counted)."""
+
+    replaces = "CUDAGraph"
+    cuda: FakeCuda
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = CUDA_GRAPH_NEW.bind(*args, **kwargs)  # TypeError as from the real class
+        if not isinstance(bound.arguments.get("keep_graph", False), bool):  # as its C++ does
+            raise TypeError(f"CUDAGraph(): keep_graph must be a bool, got {bound.arguments}")
+        self.cuda.calls.append(("CUDAGraph", dict(bound.arguments)))
+        self.captured = False
+        self.modules: list[str] = []
+        self.pool: FakePool | None = None
+        self.replays = 0
+        self.cuda.graphs.append(self)
+
+    def replay(self, *args: Any, **kwargs: Any) -> None:
+        REPLAY.bind(self, *args, **kwargs)  # TypeError as from the real method
+        assert self.captured, "replay of a graph that was never captured"
+        assert self.cuda.capturing is None, "a replay inside a capture"
+        self.replays += 1
+
+
+# what a capture may not do to a tensor on the GPU: each waits for the GPU (or reads its memory
+# from the host), which CUDA refuses while a stream is capturing
+HOST_SYNCS = {
+    "item",
+    "tolist",
+    "cpu",
+    "numpy",
+    "__array__",
+    "__bool__",
+    "__int__",
+    "__float__",
+    "__index__",
+    "nonzero",
+    "unique",
+    "masked_select",
+    "equal",
+    "allclose",
+}
+
+
+class FakeCapture(TorchFunctionMode):
+    """``with torch.cuda.graph(graph, pool=...)``: checks it got a :class:`FakeGraph` never
+    captured and a pool from ``graph_pool_handle``, then runs the body eagerly, recording the
+    modules it runs into the graph and refusing host synchronisations of GPU tensors (and,
+    through :meth:`FakeCuda._synchronize`, ``torch.cuda.synchronize``)."""
+
+    replaces = "graph"
+    cuda: FakeCuda
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        bound = GRAPH_NEW.bind(*args, **kwargs)  # TypeError as from the real class
+        self.cuda.calls.append(("graph", dict(bound.arguments)))
+        graph = bound.arguments["cuda_graph"]
+        pool = bound.arguments.get("pool")
+        stream = bound.arguments.get("stream")
+        assert isinstance(graph, FakeGraph), f"torch.cuda.graph({graph!r}): not a CUDAGraph"
+        assert pool is None or any(pool is p for p in self.cuda.pools), f"{pool!r}: no pool"
+        assert stream is None or isinstance(stream, FakeStream), f"stream {stream!r}"
+        self.graph, self.pool = graph, pool
+
+    def __enter__(self) -> FakeCapture:
+        assert self.cuda.capturing is None, "a capture inside a capture"
+        assert not self.graph.captured, "a graph captured twice"
+        self.cuda.capturing = self.graph
+        self.hook = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, args, out: self.graph.modules.append(type(module).__name__)
+        )
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.hook.remove()
+        self.cuda.capturing = None
+        self.graph.captured, self.graph.pool = exc[0] is None, self.pool
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        leaves = _leaves(args, kwargs)
+        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+        # a boolean index's result has as many rows as it has True values: the host reads them
+        masked = name == "__getitem__" and any(t.dtype == torch.bool for t in tensors[1:])
+        # (not .to: the fake GPU's tensors say they are on the CPU, so .to(x.device) of two
+        # GPU tensors would look like a copy to the host)
+        if (name in HOST_SYNCS or masked) and any(on_gpu(t) for t in tensors):
+            raise RuntimeError(
+                f"CUDA error: operation not permitted when stream is capturing ({name})"
+            )
+        return func(*args, **kwargs)
 
 
 @pytest.fixture
@@ -200,6 +395,51 @@ def test_the_gpu_mode_marks_what_is_made_or_computed_on_the_gpu() -> None:
             moved.numpy()
 
 
+def test_the_fake_graphs_refuse_what_cuda_refuses(fake_cuda: FakeCuda) -> None:
+    """The graph fakes bind the real signatures and refuse, as CUDA does, a host
+    synchronisation inside a capture, a capture inside one, a second capture of one graph and a
+    replay of a graph never captured."""
+    with OnFakeGpu():
+        x = torch.ones(3, device=GPU)
+        pool = torch.cuda.graph_pool_handle()
+        with pytest.raises(TypeError, match="mempool"):
+            torch.cuda.graph(torch.cuda.CUDAGraph(), mempool=pool)
+        with pytest.raises(TypeError):
+            torch.cuda.CUDAGraph().replay(True)
+        with pytest.raises(AssertionError, match="never captured"):
+            torch.cuda.CUDAGraph().replay()
+        for sync in (
+            lambda: x.sum().item(),
+            lambda: bool(x.all()),
+            lambda: x[x > 0],
+            lambda: x.cpu(),
+            lambda: torch.cuda.synchronize(GPU),
+        ):
+            capture = torch.cuda.graph(torch.cuda.CUDAGraph(), pool=pool)
+            with pytest.raises(RuntimeError, match="stream is capturing"), capture:
+                sync()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            assert torch.cuda.is_current_stream_capturing()
+            y = torch.nn.functional.relu(x + 1)  # run eagerly (a GPU runs it at each replay)
+            inner = torch.cuda.graph(torch.cuda.CUDAGraph())
+            with pytest.raises(AssertionError, match="capture inside a capture"), inner:
+                pass
+        assert on_gpu(y) and torch.equal(y.cpu(), torch.full((3,), 2.0))
+        assert (
+            graph.captured and graph.pool is pool and not torch.cuda.is_current_stream_capturing()
+        )
+        with pytest.raises(AssertionError, match="captured twice"), torch.cuda.graph(graph):
+            pass
+        graph.replay()
+        assert graph.replays == 1
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            assert torch.cuda.current_stream() is side
+        assert torch.cuda.current_stream() is fake_cuda.default[GPU.index]
+        assert isinstance(side, torch.cuda.Stream) and isinstance(graph, torch.cuda.CUDAGraph)
+
+
 # --- CuPy ----------------------------------------------------------------------------------------
 
 _KERNEL = re.compile(r'extern "C" __global__ void (\w+)\(([^)]*)\)')
@@ -237,6 +477,7 @@ class FakeCupy(types.ModuleType):
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__("cupy")
+        self.__version__ = "0.0.0+fake"
         self.rng = random.Random(seed)
         self.devices: list[int] = []  # the current device: the last entered
         self.streams: list[int] = []
@@ -740,3 +981,125 @@ def test_exit_table_rates_on_a_gpu_use_the_cuda_table_and_synchronize(
     assert geep.exit_table(0.4).backend == "cuda"
     assert {x["kernel"] for x in fake_cupy.launches} == {"exit_table_insert", "exit_table_lookup"}
     assert fake_cuda.called("synchronize") == [{"device": GPU}] * 21  # the lookup, 20 dense
+
+
+# --- geep/gpu_check.py ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_graphs(monkeypatch: pytest.MonkeyPatch) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The graphs check's CUDA grid cut to four points at lengths DRY_SIZE's model holds (its
+    seq_len is 12: GRAPH_LENGTHS' 32 and 128 do not fit) and two timed repeats."""
+    monkeypatch.setattr(gpu_check, "GRAPH_SIZES", (1, 4))
+    monkeypatch.setattr(gpu_check, "GRAPH_LENGTHS", (6, 12))
+    monkeypatch.setattr(gpu_check, "GRAPH_REPEATS", 2)
+    return gpu_check.GRAPH_SIZES, gpu_check.GRAPH_LENGTHS
+
+
+WAYS = ["eager", "layer graphs", "whole graph"]
+
+
+def test_the_graphs_check_on_a_gpu_captures_and_replays_cuda_graphs(
+    tmp_path: Path, fake_cuda: FakeCuda, small_graphs: tuple[tuple[int, ...], tuple[int, ...]]
+) -> None:
+    """check_graphs on cuda:1: each point timed eager, as per-call graphs and as one graph of
+    the whole forward (_graphed: a side-stream warm-up, captures into one pool, replays), every
+    timed run synchronised, the cache emptied after each point, the fits named after the GPU."""
+    sizes, lengths = small_graphs
+    model = gpu_check.make_model(tmp_path, DRY_SIZE)
+    with OnFakeGpu():
+        result = gpu_check.check_graphs(GPU, DRY_SIZE, model)
+    assert result.passed and result.name == "graphs", result.summary
+    points = result.details["points"]
+    assert [(p["length"], p["batch_size"]) for p in points] == [
+        (t, b) for t in lengths for b in sizes
+    ]
+    assert all(list(p["seconds"]) == WAYS for p in points)
+    models = result.details["models"]
+    assert [(w, m["name"], m["overlap"]) for w, m in models.items()] == [
+        (w, f"{NAME} ({w})", True) for w in WAYS
+    ]
+    assert "whole graph" in result.summary
+
+    layers, runs = DRY_SIZE.layers, 1 + gpu_check.GRAPH_REPEATS  # an untimed call, the timed
+    per_point = layers + 3  # the whole forward; embeddings, each layer, the head
+    assert len(fake_cuda.graphs) == len(points) * per_point
+    assert len(fake_cuda.side_streams) == len(fake_cuda.pools) == len(points)
+    default, expected = fake_cuda.default[GPU.index], []
+    for n, (side, pool) in enumerate(zip(fake_cuda.side_streams, fake_cuda.pools, strict=True)):
+        graphs = fake_cuda.graphs[n * per_point : (n + 1) * per_point]
+        kinds = [
+            [m for m in g.modules if m in ("BertEmbeddings", "BertLayer", "PoolerClassifier")]
+            for g in graphs
+        ]
+        assert kinds == [
+            ["BertEmbeddings", *["BertLayer"] * layers, "PoolerClassifier"],  # the whole
+            ["BertEmbeddings"],
+            *[["BertLayer"]] * layers,
+            ["PoolerClassifier"],
+        ]
+        assert all(g.captured for g in graphs) and [g.replays for g in graphs] == [runs] * per_point
+        # a side stream of the GPU waits for the current one, runs the warm-up, is waited for;
+        # then each graph is captured into the point's pool
+        assert side.device_index == GPU.index
+        expected += [
+            ("Stream", {}),
+            ("Stream.wait_stream", {"self": side, "stream": default}),
+            ("stream", {"stream": side}),
+            ("Stream.wait_stream", {"self": default, "stream": side}),
+            *(("graph", {"cuda_graph": g, "pool": pool}) for g in graphs),
+        ]
+    names = ("Stream", "Stream.wait_stream", "stream", "graph")
+    assert [(n, a) for n, a in fake_cuda.calls if n in names] == expected
+    assert fake_cuda.called("synchronize") == [{"device": GPU}] * (len(points) * len(WAYS) * runs)
+    assert fake_cuda.called("empty_cache") == [{}] * len(points)
+
+
+def test_the_check_on_a_gpu_writes_its_name_and_the_datasheet_model(
+    tmp_path: Path,
+    fake_cupy: FakeCupy,
+    fake_cuda: FakeCuda,
+    monkeypatch: pytest.MonkeyPatch,
+    small_graphs: tuple[tuple[int, ...], tuple[int, ...]],
+) -> None:
+    """run_checks without --dry-run on the fake GPU (at DRY_SIZE): the current device, the CUDA
+    exit table against the CPU's, the calibration (the only check that reaches _datasheet: the
+    fake's name holds "H200") and the graphs; gpu-check.json names the GPU."""
+    small = replace(DRY_SIZE, table_keys=500, calibration_lengths=(6,))  # 3 calibration points
+    monkeypatch.setattr(gpu_check, "GPU_SIZE", small)
+    monkeypatch.setattr(runner.Method, "device", property(lambda self: GPU))
+    table_syncs = []  # the synchronisations of the exit-table check
+    check_exit_table = gpu_check.check_exit_table
+
+    def spied(*args: Any, **kwargs: Any) -> gpu_check.CheckResult:
+        before = len(fake_cuda.called("synchronize"))
+        result = check_exit_table(*args, **kwargs)
+        table_syncs.extend(fake_cuda.called("synchronize")[before:])
+        return result
+
+    monkeypatch.setattr(gpu_check, "check_exit_table", spied)
+    only = ("exit-table", "calibration", "graphs")
+    _, path = gpu_check.run_checks(dry_run=False, out=tmp_path, commit="x", only=only)
+    assert path == tmp_path / gpu_check.CHECK_FILE
+    document = json.loads(path.read_text())
+    checks = {c["name"]: c for c in document["checks"]}
+    assert list(checks) == list(only) and all(c["passed"] for c in checks.values()), checks
+    assert document["passed"] and not document["dry_run"] and document["device"] == NAME
+    assert document["versions"]["cupy"] == fake_cupy.__version__
+    assert checks["exit-table"]["details"]["backend"] == "cuda"
+    assert table_syncs == [{"device": GPU}]  # before the CUDA table's time is read
+    assert {(x["device"], x["stream"]) for x in fake_cupy.launches} == {(1, STREAM + 1)}
+    models = checks["calibration"]["details"]["models"]
+    assert models["fitted"]["name"] == NAME and models["fitted"]["overlap"]
+    datasheet = models["datasheet"]
+    assert datasheet["name"] == f"{NAME} (datasheet, float32)" and datasheet["overlap"]
+    assert datasheet["flops_per_second"] == pytest.approx(0.6 * 67e12)
+    assert datasheet["bytes_per_second"] == pytest.approx(0.8 * 4.8e12)
+    assert list(checks["graphs"]["details"]["models"]) == WAYS and fake_cuda.graphs
+    assert document["size"] == json.loads(json.dumps(asdict(small)))
+    assert fake_cuda.called("current_device") == [{}]  # run_checks' device: cuda:1
+    for name in ("get_device_name", "synchronize"):
+        assert fake_cuda.called(name) and {str(a) for a in fake_cuda.called(name)} == {
+            str({"device": GPU})
+        }
+    assert f"on {NAME}" in (tmp_path / "tables.md").read_text()
