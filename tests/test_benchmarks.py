@@ -96,7 +96,9 @@ def test_report_and_notebook_draw_the_runs(smoke, capsys, monkeypatch) -> None:
     assert {"results.csv", "tables.md", "realised-speedup.png"} <= names
     assert "speed-accuracy-rotten-tomatoes.png" in names
     assert "modelled-speedup-rotten-tomatoes.png" in names  # the smoke run calibrates the model
+    assert "paper-regime.png" in names  # modelled from every row's exits (geep.regime)
     assert "## Latency model" in (results / "tables.md").read_text()
+    assert "## The paper's regime, modelled" in (results / "tables.md").read_text()
     assert "| tokenizing | " in (results / "tables.md").read_text()  # the encoding benchmark
     tables = (results / "tables.md").read_text()
     assert all(f"`{m}`" in tables for m in method_names())
@@ -110,7 +112,7 @@ def test_report_and_notebook_draw_the_runs(smoke, capsys, monkeypatch) -> None:
         for o in cell.outputs
         if "image/png" in o.get("data", {})
     ]
-    assert len(images) == 3  # speed-accuracy and modelled speedup (one dataset), realised speedup
+    assert len(images) == 4  # speed-accuracy, modelled speedup (one dataset), realised, regime
 
 
 # --- the units spread over pytest-xdist workers -------------------------------------------------
