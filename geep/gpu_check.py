@@ -51,7 +51,7 @@ from geep.encoding import Encoded
 from geep.errors import GeepError
 from geep.exit_table import ExitTable
 from geep.exits import DynamicExitMethod, first_exit_layer
-from geep.latency import LAUNCH_SECONDS, SUSTAINED_BANDWIDTH, SUSTAINED_COMPUTE, Device, fit_device
+from geep.latency import Device, fit_device, published_gpu
 from geep.latency import Measurement as Point
 from geep.runner import Method, get_method, method_names
 from geep.storage import atomic_write_text
@@ -544,14 +544,7 @@ def _datasheet(device: torch.device) -> Device | None:
     name = torch.cuda.get_device_name(device)
     for key, (flops, bandwidth, source) in FLOAT32_DATASHEETS.items():
         if key in name:
-            return Device(
-                name=f"{name} (datasheet, float32)",
-                operator_seconds=LAUNCH_SECONDS,
-                flops_per_second=SUSTAINED_COMPUTE * flops,
-                bytes_per_second=SUSTAINED_BANDWIDTH * bandwidth,
-                overlap=True,
-                source=source,
-            )
+            return published_gpu(f"{name}, float32", flops, bandwidth, source, bytes_scale=1.0)
     return None
 
 

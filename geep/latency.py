@@ -63,15 +63,18 @@ SUSTAINED_BANDWIDTH = 0.8
 LAUNCH_SECONDS = 5e-6
 
 
-def published_gpu(name: str, peak_flops: float, peak_bandwidth: float, source: str) -> Device:
-    """A GPU modelled from its datasheet: the sustained shares of its peaks, BF16 data."""
+def published_gpu(
+    name: str, peak_flops: float, peak_bandwidth: float, source: str, bytes_scale: float = 0.5
+) -> Device:
+    """A GPU modelled from its datasheet: the sustained shares of its peaks, BF16 data (or
+    another element size, as a share of float32's)."""
     return Device(
         name=f"{name} (modelled)",
         operator_seconds=LAUNCH_SECONDS,
         flops_per_second=SUSTAINED_COMPUTE * peak_flops,
         bytes_per_second=SUSTAINED_BANDWIDTH * peak_bandwidth,
         overlap=True,
-        bytes_scale=0.5,
+        bytes_scale=bytes_scale,
         source=source,
     )
 

@@ -1092,7 +1092,7 @@ def test_the_check_on_a_gpu_writes_its_name_and_the_datasheet_model(
     models = checks["calibration"]["details"]["models"]
     assert models["fitted"]["name"] == NAME and models["fitted"]["overlap"]
     datasheet = models["datasheet"]
-    assert datasheet["name"] == f"{NAME} (datasheet, float32)" and datasheet["overlap"]
+    assert datasheet["name"] == f"{NAME}, float32 (modelled)" and datasheet["overlap"]
     assert datasheet["flops_per_second"] == pytest.approx(0.6 * 67e12)
     assert datasheet["bytes_per_second"] == pytest.approx(0.8 * 4.8e12)
     assert list(checks["graphs"]["details"]["models"]) == WAYS and fake_cuda.graphs

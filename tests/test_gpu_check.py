@@ -93,6 +93,7 @@ def test_the_datasheet_model_is_the_gpus_float32_figures(monkeypatch) -> None:
     model = gpu_check._datasheet(torch.device("cuda", 0))
     assert model.flops_per_second == pytest.approx(0.6 * 67e12)
     assert model.bytes_per_second == pytest.approx(0.8 * 4.8e12) and model.overlap
+    assert model.bytes_scale == 1.0  # the check runs in float32, as its calls are counted
     assert gpu_check._datasheet(torch.device("cpu")) is None
 
 
