@@ -153,7 +153,9 @@ class Backbone(nn.Module):
         rows, tokens = input_ids.shape
         # three lookups summed and normalised: read three [B, T, H] blocks, write one
         itemsize = self.encoder.embeddings.word_embeddings.weight.element_size()
-        work.record("embed", rows, tokens, 0, 4 * rows * tokens * self.hidden_size * itemsize)
+        work.record(
+            "embed", rows, tokens, 0, work.embedding_bytes(rows, tokens, self.hidden_size, itemsize)
+        )
         hidden = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         return hidden, self.layer_mask(hidden, attention_mask)
 

@@ -132,7 +132,9 @@ def dynamic_exit(
             break
         # the rows that go on are copied into a smaller batch: read and written once
         rows, tokens, width = int(keep.sum()), hidden.shape[1], hidden.shape[2]
-        work.record("select", rows, tokens, 0, 2 * rows * tokens * width * hidden.element_size())
+        work.record(
+            "select", rows, tokens, 0, work.copy_bytes(rows, tokens, width, hidden.element_size())
+        )
         running, hidden, attention_mask = running[keep], hidden[keep], attention_mask[keep]
         mask = mask[keep] if mask is not None else None
     assert out_logits is not None
@@ -216,7 +218,9 @@ def _take(pool: list[_Rows], count: int) -> _Rows:
 def _record_copy(hidden: torch.Tensor) -> None:
     """Count a copy of hidden [r, T, H] into a new batch: read and written once."""
     rows, tokens, width = hidden.shape
-    work.record("select", rows, tokens, 0, 2 * rows * tokens * width * hidden.element_size())
+    work.record(
+        "select", rows, tokens, 0, work.copy_bytes(rows, tokens, width, hidden.element_size())
+    )
 
 
 def regrouped_exit(

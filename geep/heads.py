@@ -60,15 +60,8 @@ class FastBERTHead(nn.Module):
         if not work.recording():
             return
         b, t, h = hidden.shape
-        w, c, heads = self.narrow.out_features, self.final.out_features, self.num_heads
-        shapes = [
-            (b, t, h, w),  # narrow
-            (4 * b, t, w, w),  # query, key, value, output
-            (b * heads, t, w // heads, t),  # scores
-            (b * heads, t, t, w // heads),  # context
-            (b, 1, w, w),  # prelim
-            (b, 1, w, c),  # final
-        ]
+        w, c = self.narrow.out_features, self.final.out_features
+        shapes = work.fastbert_head_shapes(b, t, h, w, self.num_heads, c)
         itemsize = hidden.element_size()
         moved = work.parameter_bytes(self) + work.matmul_bytes(shapes, itemsize)
         work.record("head", b, t, b * flops.fastbert_head(h, t, c, "full"), moved)
@@ -124,7 +117,7 @@ def record_pooler_head(pooler: nn.Linear, classifier: nn.Linear, sentence: torch
         return
     b, h = sentence.shape
     c = classifier.out_features
-    shapes = [(b, 1, h, h), (b, 1, h, c)]
+    shapes = work.pooler_head_shapes(b, h, c)
     moved = work.parameter_bytes(pooler) + work.parameter_bytes(classifier)
     moved += work.matmul_bytes(shapes, sentence.element_size())
     work.record("head", b, 1, b * flops.pooler_classifier(h, c), moved)

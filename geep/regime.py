@@ -39,7 +39,15 @@ from matplotlib.figure import Figure
 from geep import flops
 from geep.flops import NAMED_DIMS, EncoderDims
 from geep.latency import GPUS, SUSTAINED_COMPUTE, Device
-from geep.work import Call, layer_activation_bytes, matmul_bytes
+from geep.work import (
+    Call,
+    copy_bytes,
+    embedding_bytes,
+    fastbert_head_shapes,
+    layer_activation_bytes,
+    matmul_bytes,
+    pooler_head_shapes,
+)
 
 SAMPLES = 4096
 LENGTH = 128
@@ -97,11 +105,11 @@ def head_call(dims: EncoderDims, rows: int, tokens: int, kind: str, num_labels: 
     h, c, w = dims.hidden, num_labels, flops.FASTBERT_HEAD_WIDTH
     if kind == "pooler":
         weights = ITEMSIZE * (h * h + h + h * c + c)
-        shapes = [(1, rows, h, h), (1, rows, h, c)]
+        shapes = pooler_head_shapes(rows, h, c)
         executed = rows * flops.pooler_classifier(h, c)
     else:
         weights = ITEMSIZE * (h * w + 5 * (w * w + w) + w * c + c)
-        shapes = [(1, rows * tokens, h, w), (4, rows * tokens, w, w), (2, rows, w, w)]
+        shapes = fastbert_head_shapes(rows, tokens, h, w, flops.FASTBERT_HEAD_HEADS, c)
         executed = rows * flops.fastbert_head(h, tokens, c, "full")
     return Call(
         "head",
@@ -113,11 +121,11 @@ def head_call(dims: EncoderDims, rows: int, tokens: int, kind: str, num_labels: 
 
 
 def embed_call(dims: EncoderDims, rows: int, tokens: int) -> Call:
-    return Call("embed", rows, tokens, 0, 4 * rows * tokens * dims.hidden * ITEMSIZE)
+    return Call("embed", rows, tokens, 0, embedding_bytes(rows, tokens, dims.hidden, ITEMSIZE))
 
 
 def select_call(dims: EncoderDims, rows: int, tokens: int) -> Call:
-    return Call("select", rows, tokens, 0, 2 * rows * tokens * dims.hidden * ITEMSIZE)
+    return Call("select", rows, tokens, 0, copy_bytes(rows, tokens, dims.hidden, ITEMSIZE))
 
 
 def pattern_calls(

@@ -112,6 +112,36 @@ def layer_activation_bytes(
     return matmul_bytes(shapes, itemsize) + operands
 
 
+def embedding_bytes(rows: int, tokens: int, hidden: int, itemsize: int) -> int:
+    """The embeddings: three lookups of [rows, tokens, hidden] summed and normalised (read three
+    blocks, write one)."""
+    return 4 * rows * tokens * hidden * itemsize
+
+
+def copy_bytes(rows: int, tokens: int, hidden: int, itemsize: int) -> int:
+    """Rows of hidden states [rows, tokens, hidden] copied into a new batch: read and written."""
+    return 2 * rows * tokens * hidden * itemsize
+
+
+def fastbert_head_shapes(
+    rows: int, tokens: int, hidden: int, width: int, heads: int, labels: int
+) -> list[tuple[int, int, int, int]]:
+    """The matmuls of a FastBERT head on [rows, tokens, hidden], for :func:`matmul_bytes`."""
+    return [
+        (rows, tokens, hidden, width),  # narrow
+        (4 * rows, tokens, width, width),  # query, key, value, output
+        (rows * heads, tokens, width // heads, tokens),  # scores
+        (rows * heads, tokens, tokens, width // heads),  # context
+        (rows, 1, width, width),  # prelim
+        (rows, 1, width, labels),  # final
+    ]
+
+
+def pooler_head_shapes(rows: int, hidden: int, labels: int) -> list[tuple[int, int, int, int]]:
+    """The matmuls of a pooler and classifier on [rows, hidden] sentence vectors."""
+    return [(rows, 1, hidden, hidden), (rows, 1, hidden, labels)]
+
+
 def work_counts(calls: Counter[Call], samples: int) -> dict[str, float]:
     """The counts a run reports, from its calls, for a split of ``samples`` samples."""
     layers = [(c, n) for c, n in calls.items() if c.kind == "layer"]
