@@ -214,14 +214,9 @@ def regime_frame(
 ) -> pd.DataFrame:
     """The modelled speedup over ``bert`` (same dataset and seed) of every row of ``frame`` (the
     report's measured rows) on ``model``'s shape at :data:`LENGTH`, per batch size and device
-    (default: every GPU of :data:`geep.latency.GPUS` at every :data:`LAUNCH_COSTS`)."""
+    (default: :data:`DEVICES`, every GPU of :data:`geep.latency.GPUS` at every launch cost)."""
     dims = NAMED_DIMS[model]
-    if devices is None:
-        devices = {
-            f"{name} {launch}": gpu(name, cost)
-            for name in GPUS
-            for launch, cost in LAUNCH_COSTS.items()
-        }
+    devices = DEVICES if devices is None else devices
     records = []
     for (dataset, seed), group in frame.groupby(["dataset", "seed"]):
         full = group[group["method"] == "bert"].iloc[0]
@@ -283,19 +278,29 @@ def lead_over_dynamic(means: pd.DataFrame) -> pd.DataFrame:
     return geep / dynamic
 
 
-def regime_section(frame: pd.DataFrame) -> str:
-    """The report's section: modelled speedups of the settings nearest 2x FLOPs on BERT-base at
-    length 128 for every batch size and cost per operator, where each crosses 1x, GEEP's lead,
-    the embedded MiniLM for comparison and a sensitivity sweep."""
+DEVICES = {
+    f"{name.upper()}, {launch}": gpu(name, cost)
+    for name in GPUS
+    for launch, cost in LAUNCH_COSTS.items()
+}
+"""Every GPU of :data:`geep.latency.GPUS` at every cost of :data:`LAUNCH_COSTS`."""
+
+
+def paper_regime(frame: pd.DataFrame) -> pd.DataFrame:
+    """The report's regime: :func:`regime_frame` of the settings nearest 2x FLOPs on BERT-base,
+    every batch size, on :data:`DEVICES`; the section and the plot both read it."""
+    return regime_frame(nearest_2x(frame), devices=DEVICES)
+
+
+def regime_section(frame: pd.DataFrame, regime: pd.DataFrame) -> str:
+    """The report's section from ``regime`` (:func:`paper_regime` of ``frame``): modelled speedups
+    of the settings nearest 2x FLOPs on BERT-base at length 128 for every batch size and cost per
+    operator, where each crosses 1x, GEEP's lead, the embedded MiniLM for comparison and a
+    sensitivity sweep."""
     picked = nearest_2x(frame)
     flops_speedup = picked.groupby(["dataset", "variant"], sort=False)["speedup_full"].mean()
-    devices = {
-        f"{name.upper()}, {launch}": gpu(name, cost)
-        for name in GPUS
-        for launch, cost in LAUNCH_COSTS.items()
-    }
-    means = _means(regime_frame(picked, devices=devices))
-    minilm = _means(regime_frame(picked, "minilm-l6", devices))
+    means = _means(regime)
+    minilm = _means(regime_frame(picked, "minilm-l6", DEVICES))
     parts = [
         "## The paper's regime, modelled",
         "",
@@ -382,18 +387,17 @@ def sensitivity_table(picked: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot_regime(frame: pd.DataFrame) -> Figure:
-    """Modelled speedup over `bert` against batch size on BERT-base at length 128, one panel per
-    cost per operator, one line per variant (settings nearest 2x FLOPs, seed and dataset means)."""
-    devices = {k: gpu("h100", v) for k, v in LAUNCH_COSTS.items()}
-    regime = regime_frame(nearest_2x(frame), devices=devices)
+def plot_regime(regime: pd.DataFrame) -> Figure:
+    """Modelled speedup over `bert` against batch size on BERT-base at length 128 on the H100, one
+    panel per cost per operator, one line per variant (``regime``: :func:`paper_regime`; seed
+    and dataset means)."""
     means = regime.groupby(["device", "variant", "batch_size"], sort=False)[
         "modelled_speedup"
     ].mean()
     fig = Figure(figsize=(13, 4.2))
-    axes = fig.subplots(1, len(devices), sharey=True)
-    for ax, launch in zip(axes, devices, strict=True):
-        for variant, line in means.xs(launch).groupby(level="variant", sort=False):
+    axes = fig.subplots(1, len(LAUNCH_COSTS), sharey=True)
+    for ax, launch in zip(axes, LAUNCH_COSTS, strict=True):
+        for variant, line in means.xs(f"H100, {launch}").groupby(level="variant", sort=False):
             style = "--" if "shrink" in variant else "-"
             ax.plot(
                 line.index.get_level_values("batch_size"),

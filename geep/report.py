@@ -32,7 +32,7 @@ from geep.exits import BATCHINGS
 from geep.gpu_check import CHECK_FILE
 from geep.gpu_check import tables_markdown as gpu_tables
 from geep.latency import GPUS, Device, fit_device, load_calibration
-from geep.regime import has_regime, plot_regime, regime_section
+from geep.regime import has_regime, paper_regime, plot_regime, regime_section
 from geep.run_files import DamagedRunFile, read_run_file
 from geep.runner import method_names
 from geep.serving_report import plot_server_latency, serving_files, serving_section
@@ -550,7 +550,8 @@ def write_report(results: str | Path) -> list[Path]:
     frame, device = with_latency_model(with_realised_speedup(load_runs(results)), results)
     served = serving_files(results)
     encoding, serving = encoding_section(results), serving_section(served)
-    regime = regime_section(frame) if has_regime(frame) else None
+    regime = paper_regime(frame) if has_regime(frame) else None
+    section = regime_section(frame, regime) if regime is not None else None
     datasets = frame["dataset"].unique()
     plots = [(f"speed-accuracy-{d}.png", plot_speed_accuracy, (frame, d)) for d in datasets]
     plots.append(("realised-speedup.png", plot_realised_speedup, (frame,)))
@@ -560,14 +561,14 @@ def write_report(results: str | Path) -> list[Path]:
         ]
     plots += [(f"serving-{d}.png", plot_server_latency, (doc,)) for d, doc in served.items()]
     if regime is not None:
-        plots.append(("paper-regime.png", plot_regime, (frame,)))
+        plots.append(("paper-regime.png", plot_regime, (regime,)))
     names = ["results.csv", "tables.md", *(name for name, _, _ in plots)]
     for name in names:
         check_target(results / name, "geep report's output", "file", _report_ownership)
     columns = [c for c in COLUMNS if c in frame.columns]
     outputs = {
         results / "results.csv": frame[columns].to_csv(index=False).encode(),
-        results / "tables.md": tables_markdown(frame, device, encoding, serving, regime).encode(),
+        results / "tables.md": tables_markdown(frame, device, encoding, serving, section).encode(),
     }
     outputs |= {results / name: figure_png(plot(*args)) for name, plot, args in plots}
     atomic_write_files(outputs)
