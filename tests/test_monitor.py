@@ -79,4 +79,5 @@ def test_on_a_cpu_it_gives_cpu_utilisation_and_no_gpu_fields(monkeypatch) -> Non
             pass
     result = monitor.result
     assert [getattr(result, f.name) for f in fields(Utilisation)][:3] == [None, None, None]
-    assert result.utilisation_samples == 0 and 0 < result.cpu_util_percent <= 25
+    # about 25%: one busy thread of four (a little more where a second thread of the process runs)
+    assert result.utilisation_samples == 0 and 0 < result.cpu_util_percent <= 30
