@@ -4,8 +4,8 @@ run uses.
 Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
 
 - ``smoke``: one offline dataset, a few hundred samples, three fixed speeds and two dev-chosen
-  settings per method, both batching policies of ``compare``; a couple of minutes on 2 CPU
-  cores, for tests and CI.
+  settings per method, both batching policies of ``compare``, and a serving plan of seconds per
+  LoadGen run; a few minutes on 2 CPU cores, for tests and CI.
 - ``quick``: the embedded encoder on rotten-tomatoes (binary) and tweet-sentiment (3 classes),
   600 training samples for 2 epochs, every method over its fixed grid plus four settings chosen
   on dev, and the latency calibration; the default of ``tox -e reproduce`` (under 20 minutes on
@@ -13,8 +13,8 @@ Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
   English.
 - ``compare``: the same datasets with 2000 training samples, three seeds and six dev-chosen
   settings, the dynamic-exit methods with shrinking and with regrouped batches, plus GEEP's
-  efficiency and the training-speed benchmarks, for comparing methods (about 1.5 hours on 2
-  cores).
+  efficiency and the training-speed benchmarks, for comparing methods (about 2.5 hours on 2
+  cores); and the serving benchmark under LoadGen (docs/serving.md, about 25 minutes more).
 - ``offline``: all six offline datasets at full size (hours on a CPU, minutes on a GPU).
 - ``paper``: the twelve paper datasets with bert-base-uncased / bert-base-chinese and the papers'
   recipe (lr 2e-5, batch 32, length 128, 3 epochs, plainly shuffled batches; HashEE lr 5e-5, 4
@@ -33,7 +33,7 @@ from geep.data.registry import OFFLINE_TIER, REGISTRY, get_spec
 from geep.errors import GeepError
 from geep.exits import Batching
 from geep.runner import method_names
-from geep.serving import ServingPlan
+from geep.serving import BatcherConfig, LoadSettings, ServingPlan
 from geep.sweeps import DEV_SETTINGS
 
 PAPER = tuple(name for name, spec in REGISTRY.items() if spec.paper)
@@ -114,6 +114,14 @@ PROFILES = {
         batchings=("shrink", "regroup"),
         max_eval=128,
         rounds=1,
+        serving=ServingPlan(  # every method through all three scenarios, in seconds
+            datasets=("rotten-tomatoes",),
+            batcher=BatcherConfig(max_batch=16, max_wait=0.005, max_dispatch=32),
+            load=LoadSettings(min_duration=0.3, min_queries=16, target_latency=0.5),
+            max_samples=64,
+            settings=("matched",),
+            rate_steps=2,
+        ),
     ),
     "quick": Profile(
         name="quick",
@@ -137,6 +145,13 @@ PROFILES = {
         batchings=("shrink", "regroup"),
         max_eval=1275,
         rounds=1,
+        serving=ServingPlan(  # docs/serving.md; about 25 minutes on 2 cores
+            datasets=("rotten-tomatoes", "tweet-sentiment"),
+            batcher=BatcherConfig(max_batch=32, max_wait=0.010, max_dispatch=64),
+            load=LoadSettings(min_duration=2.0, min_queries=64, target_latency=0.5),
+            max_samples=512,
+            rate_steps=5,
+        ),
     ),
     "offline": Profile(
         name="offline",

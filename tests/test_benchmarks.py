@@ -88,6 +88,33 @@ def test_every_method_has_the_measurements(smoke) -> None:
             assert regrouped["mean_layer_batch_rows"] >= shrunk["mean_layer_batch_rows"]
 
 
+def test_every_method_is_served_in_every_loadgen_scenario(smoke) -> None:
+    """The smoke profile's serving plan: every method (the dynamic-exit ones under every
+    batching policy), ``bert`` in float32 and int8 and the best variant in int8, each with
+    LoadGen's summary of its accuracy, SingleStream, Offline and Server runs."""
+    results, _ = smoke
+    document = json.loads((results / "serving" / "rotten-tomatoes.json").read_text())
+    rows = {row["unit"]: row for row in document["rows"]}
+    served = {(r["method"], r["batching"], r["precision"]) for r in rows.values()}
+    dynamic = {"fastbert", "deebert", "pabee"}
+    expected = {(m, b, "fp32") for m in dynamic for b in ("shrink", "regroup", "keep")}
+    expected |= {(m, None, "fp32") for m in set(method_names()) - dynamic}
+    best = rows["rotten-tomatoes-best-int8-matched"]
+    assert (best["method"], best["batching"], "fp32") in expected - {("bert", None, "fp32")}
+    assert served == expected | {("bert", None, "int8"), (best["method"], best["batching"], "int8")}
+    for unit, row in rows.items():
+        logs = results / "serving" / "logs" / "rotten-tomatoes" / unit
+        runs = {path.parent.name for path in logs.glob("*/mlperf_log_summary.txt")}
+        assert {"accuracy", "SingleStream", "Offline"} <= runs, unit
+        assert {f"Server-{run['rate']:.1f}" for run in row["server_runs"]} <= runs, unit
+        assert len(row["server_runs"]) == 2 and row["n"] == 64  # the plan's rate steps, samples
+        for run in runs - {"accuracy"}:  # an accuracy run's summary holds no figures
+            summary = (logs / run / "mlperf_log_summary.txt").read_text()
+            assert f"Scenario : {run.split('-')[0]}" in summary, (unit, run)
+        assert row["served_agreement"] >= 0.95, unit  # LoadGen's labels are evaluate's
+        assert row["offline_samples_per_s"] > 0 and row["single_stream_p90_ms"] > 0
+
+
 def test_report_and_notebook_draw_the_runs(smoke, capsys, monkeypatch) -> None:
     results, _ = smoke
     assert main(["report", str(results)]) == 0
@@ -97,9 +124,11 @@ def test_report_and_notebook_draw_the_runs(smoke, capsys, monkeypatch) -> None:
     assert "speed-accuracy-rotten-tomatoes.png" in names
     assert "modelled-speedup-rotten-tomatoes.png" in names  # the smoke run calibrates the model
     assert "paper-regime.png" in names  # modelled from every row's exits (geep.regime)
+    assert "serving-rotten-tomatoes.png" in names  # the serving benchmark's p99 plot
     assert "## Latency model" in (results / "tables.md").read_text()
     assert "## The paper's regime, modelled" in (results / "tables.md").read_text()
     assert "| tokenizing | " in (results / "tables.md").read_text()  # the encoding benchmark
+    assert "## Serving under load (MLPerf LoadGen)" in (results / "tables.md").read_text()
     tables = (results / "tables.md").read_text()
     assert all(f"`{m}`" in tables for m in method_names())
     notebook = nbformat.read(ROOT / "notebooks" / "figures.ipynb", as_version=4)
