@@ -7,28 +7,43 @@ distributions of its tokens before any layer runs, so samples can be sorted and 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
+from geep.errors import GeepError
 from geep.exit_table import ExitTable
 
-ExitRule = Literal["quantile", "mean"]
+ExitRule = Literal["quantile", "mean", "loglik", "idf", "deepest"]
+EXIT_RULES: tuple[ExitRule, ...] = get_args(ExitRule)
+SMOOTHING = 1.0
+"""``loglik``'s additive (Laplace) smoothing: a token never seen exiting at a layer keeps
+probability 1 / (n + L) there, so one token cannot veto a layer."""
 
 
 def predict_exit_layers(
     table: ExitTable, keys: torch.Tensor, rule: ExitRule, quantile: float, margin: int
 ) -> torch.Tensor:
-    """keys [N, K] (rows padded with -1) -> predicted exit layer [N] in 1..L.
+    """keys [N, K] (rows padded with -1) -> predicted exit layer [N] in 1..L (docs/methods.md,
+    "geep", prediction).
 
-    Each known token contributes its exit distribution (its counts, normalised); the sample's
-    distribution is their mean, so a frequent token weighs no more than a rare one. Tokens absent
-    from the table are ignored; a sample with no known token runs all L layers.
-    - ``quantile``: the first layer where the sample's cumulative distribution reaches
-      ``quantile`` (0.5: the median; higher is more conservative).
-    - ``mean``: the expected exit layer, rounded up.
-    ``margin`` extra layers are added to either (more conservative), capped at L.
+    Token t's counts c_t [L] (training samples holding t that exit at each layer, n_t = sum c_t)
+    give its exit distribution p_t = c_t / n_t. Tokens absent from the table are ignored; a
+    sample with no known token runs all L layers. The rules combine a sample's tokens T:
+
+    - ``quantile``: q = the mean of p_t over T; the first layer where q's cumulative sum
+      reaches ``quantile`` (0.5: the median; higher is more conservative);
+    - ``mean``: the expected layer under that q, rounded up;
+    - ``loglik``: q proportional to exp(mean over T of log p'_t), p'_t = (c_t + a) / (n_t + a L)
+      smoothed (:data:`SMOOTHING`): the tokens' per-token log-likelihood of each layer, a
+      geometric mean of their distributions; then its ``quantile``;
+    - ``idf``: q = the mean of p_t weighted by log((N + 1) / n_t), N the training samples of
+      the table, so a token in most samples (a stop word) weighs little; then its ``quantile``;
+    - ``deepest``: each token's own ``quantile`` layer of p_t, and the deepest of them (a
+      conservative rule: no token of the sample asks for more layers).
+
+    ``margin`` extra layers are added to any of them (more conservative), capped at L.
     """
     num_layers = table.num_layers
     n = keys.shape[0]
@@ -37,22 +52,49 @@ def predict_exit_layers(
     counts = table.lookup(keys[present]).float()  # [M, L]
     totals = counts.sum(dim=1)  # [M]; 0 for tokens the table does not hold
     known = totals > 0
-    distributions = counts[known] / totals[known].unsqueeze(1)  # [M', L]
-    summed = torch.zeros(n, num_layers, device=keys.device).index_add_(
-        0, sample[known], distributions
-    )  # [N, L]
-    num_known = torch.bincount(sample[known], minlength=n)  # [N]
-    mean = summed / num_known.clamp(min=1).unsqueeze(1)  # [N, L]
-    if rule == "quantile":
-        below = mean.cumsum(dim=1) < quantile - 1e-6  # [N, L]
-        layers = below.sum(dim=1) + 1
-    elif rule == "mean":
-        depth = torch.arange(1, num_layers + 1, device=keys.device, dtype=mean.dtype)
-        layers = torch.ceil((mean * depth).sum(dim=1) - 1e-6).long()
+    sample, counts, totals = sample[known], counts[known], totals[known]  # [M'], ...
+    distributions = counts / totals.unsqueeze(1)  # [M', L]
+    num_known = torch.bincount(sample, minlength=n)  # [N]
+    if rule == "deepest":
+        token_layers = _quantile_layer(distributions, quantile)  # [M']
+        layers = torch.zeros(n, dtype=torch.long, device=keys.device)
+        layers.scatter_reduce_(0, sample, token_layers, reduce="amax")  # [N]
     else:
-        raise ValueError(f"unknown exit rule {rule!r}")
+        if rule == "loglik":
+            smoothed = (counts + SMOOTHING) / (totals + SMOOTHING * num_layers).unsqueeze(1)
+            terms, weights = smoothed.log(), torch.ones_like(totals)  # [M', L], [M']
+        elif rule == "idf":
+            if table.samples < 1:
+                raise GeepError(
+                    "exit_rule=idf needs the table's sample count: build it with "
+                    "ExitTable.from_samples"
+                )
+            terms, weights = distributions, torch.log((table.samples + 1) / totals)
+        elif rule in ("quantile", "mean"):
+            terms, weights = distributions, torch.ones_like(totals)
+        else:
+            raise GeepError(f"unknown exit rule {rule!r}: choose one of {', '.join(EXIT_RULES)}")
+        summed = torch.zeros(n, num_layers, device=keys.device).index_add_(
+            0, sample, terms * weights.unsqueeze(1)
+        )  # [N, L]
+        weight = torch.zeros(n, device=keys.device).index_add_(0, sample, weights)  # [N]
+        combined = summed / weight.clamp(min=1e-12).unsqueeze(1)  # [N, L]
+        if rule == "loglik":
+            combined = torch.softmax(combined, dim=1)  # the geometric mean, normalised
+        if rule == "mean":
+            depth = torch.arange(1, num_layers + 1, device=keys.device, dtype=combined.dtype)
+            layers = torch.ceil((combined * depth).sum(dim=1) - 1e-6).long()
+        else:
+            layers = _quantile_layer(combined, quantile)
     layers = (layers + margin).clamp(1, num_layers)
     return torch.where(num_known > 0, layers, torch.full_like(layers, num_layers))
+
+
+def _quantile_layer(distributions: torch.Tensor, quantile: float) -> torch.Tensor:
+    """[R, L] distributions -> [R]: the first layer (1..L) where the cumulative sum reaches
+    ``quantile``."""
+    below = distributions.cumsum(dim=1) < quantile - 1e-6  # [R, L]
+    return below.sum(dim=1) + 1
 
 
 def exit_quality(predicted: np.ndarray, oracle: np.ndarray) -> dict[str, float]:

@@ -155,6 +155,7 @@ class ExitTable:
         else:
             raise GeepError(f"exit table: device must be cpu or cuda, got {self.device}")
         self._size = 0
+        self.samples = 0  # training samples counted (from_samples); 0 when built by add()
         self._allocate(capacity)
 
     def _check_cuda(self) -> None:
@@ -437,6 +438,7 @@ class ExitTable:
         )
         table._reserve(torch.unique(keys).numel())
         table._insert(keys, layers, amounts)
+        table.samples = len(sample_keys)
         return table
 
 

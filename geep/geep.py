@@ -32,7 +32,8 @@ measured on one model.
 
 Where the paper is silent (its text is not available): tokens are counted once per sample and
 special tokens ([CLS], [SEP], padding) are not keys; a token's exit distribution is its counts
-normalised and a sample's is the mean over its known tokens; exit tables are built per speed
+normalised, and an exit rule combines a sample's (:mod:`geep.exit_prediction`; the profiles
+choose it on dev, :meth:`Geep.choose_on_dev`); exit tables are built per speed
 from stored training-sample uncertainties, before inference is timed. ``exit_layers`` reports
 the layers a sample ran: k for the student exit, k + 1 for the shared exit below layer L.
 """
@@ -52,12 +53,13 @@ from geep.backbone import Backbone
 from geep.config import TrainConfig, inference_option
 from geep.encoding import Encoded
 from geep.errors import GeepError
-from geep.exit_prediction import exit_quality, predict_exit_layers
+from geep.exit_prediction import EXIT_RULES, ExitRule, exit_quality, predict_exit_layers
 from geep.exit_table import ExitTable, sample_keys
 from geep.exits import DynamicExitOptions, first_exit_layer
+from geep.metrics import accuracy
 from geep.runner import FORWARD_ONLY, BatchResult, Predictions, register
 from geep.student_teacher import ExitHead, StudentTeacherMethod, StudentTeacherModel
-from geep.sweeps import Calibration, gap_midpoints
+from geep.sweeps import Calibration, gap_midpoints, matched_speed
 from geep.training import train_loop
 
 
@@ -70,7 +72,7 @@ class GeepOptions(DynamicExitOptions):
     training: Literal["one-step", "two-step"] = "one-step"
     mode: Literal["predict", "dynamic"] = inference_option("predict")
     exit_head: ExitHead = inference_option("student")
-    exit_rule: Literal["quantile", "mean"] = inference_option("quantile")
+    exit_rule: ExitRule = inference_option("quantile")
     exit_quantile: float = inference_option(0.5)
     exit_margin: int = inference_option(0)
     ngram: Literal[1, 2] = inference_option(1)
@@ -84,6 +86,10 @@ class GeepOptions(DynamicExitOptions):
             raise GeepError(
                 f"option batching={self.batching} batches dynamic exits: give mode=dynamic too"
             )
+
+
+RULE_SPEEDUP = 2.0
+"""The dev FLOPs speedup (``full`` convention) at which the exit rules are compared."""
 
 
 @dataclass
@@ -231,6 +237,42 @@ class Geep(StudentTeacherMethod):
             return float(self.sample_flops(lengths, self.layers_run(layers), 1, "full").mean())
 
         return Calibration(gap_midpoints(uncertainty, 1.0), flops_at)
+
+    def choose_on_dev(self, dev: Encoded, batch_size: int) -> dict[str, Any]:
+        """Predict mode: the exit rule chosen on ``dev`` (docs/methods.md, "geep", choosing the
+        rule). Each rule of :data:`EXIT_RULES` runs at its slowest speed whose mean dev FLOPs
+        are at most full depth's / :data:`RULE_SPEEDUP`; the rule with the best dev accuracy
+        there is chosen (ties: the smaller exit-layer error against the students' own first
+        confident layer). A rule that cannot reach that speedup is not chosen; when none can,
+        ``quantile`` is. Returns every rule's figures and the choice."""
+        if self.options.mode != "predict":
+            return {}
+        labels = dev.labels.numpy()
+        full = float(self.full_depth_flops(dev.lengths.numpy(), "full").mean())
+        compared = []
+        for rule in EXIT_RULES:
+            self.configure([f"exit_rule={rule}"])
+            matched = matched_speed(self.calibrate(dev), full / RULE_SPEEDUP)
+            row: dict[str, Any] = {"rule": rule, "reached": matched is not None}
+            if matched is not None:
+                speed, flops = matched
+                out = self.run(dev, speed, batch_size)
+                row |= {"speed": speed, "dev_speedup_full": full / flops}
+                row |= {"dev_accuracy": accuracy(labels, out.labels)}
+                row |= self.diagnostics(dev, speed, out)
+            compared.append(row)
+        reached = [r for r in compared if r["reached"]]
+        best = max(reached, key=lambda r: (r["dev_accuracy"], -r["exit_mae"])) if reached else None
+        chosen = best["rule"] if best else "quantile"
+        self.configure([f"exit_rule={chosen}"])
+        return {
+            "option": "exit_rule",
+            "chosen": chosen,
+            "split": "dev",
+            "samples": len(dev),
+            "target_speedup": RULE_SPEEDUP,
+            "compared": compared,
+        }
 
     def plan(self, data: Encoded, speed: float, batch_size: int) -> ExitPlan:
         """Predict every sample's exit layer, group the samples by it and cut the batches.

@@ -344,10 +344,15 @@ class Trained:
 
 def load_unit(profile: Profile, method: str, dataset: str, seed: int) -> Trained:
     """The trained method (:func:`geep.evaluation.prepare_checkpoint`), its test split and its
-    dev sweep, both capped at the profile's ``max_eval`` samples (:func:`load_split`)."""
+    dev sweep, both capped at the profile's ``max_eval`` samples (:func:`load_split`). With
+    dev-chosen settings, the options it chooses on dev (:meth:`Method.choose_on_dev`) are
+    chosen first and recorded in the sweep's ``choice``."""
     trained = prepare_checkpoint(checkpoint(profile, method, dataset, seed))
     sweep = {}
     if trained.dev_sweep and profile.dev_settings:
         dev = load_split(trained, dataset, "dev", profile.max_eval)
+        choice = trained.choose_on_dev(dev.data, profile.batch_size)  # GEEP: its exit rule
         sweep = dev_sweep(trained, dev.data, profile.dev_settings)
+        if choice:
+            sweep["choice"] = choice
     return Trained(trained, load_split(trained, dataset, "test", profile.max_eval).data, sweep)

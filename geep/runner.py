@@ -275,6 +275,12 @@ class Method(ABC):
         on the dev split (:mod:`geep.sweeps`); None unless ``dev_sweep``."""
         return None
 
+    def choose_on_dev(self, dev: Encoded, batch_size: int) -> dict[str, Any]:
+        """Choose inference options on the ``dev`` split before its speeds are (GEEP: the exit
+        rule), configure them, and return the record of the choice; {} (the default) for none.
+        Profiles call it with the speeds they choose on dev (geep.reproduce)."""
+        return {}
+
     def diagnostics(self, data: Encoded, speed: float, out: Predictions) -> dict[str, float]:
         """Method-specific figures for one speed's run on ``data`` (not timed); none by default."""
         return {}

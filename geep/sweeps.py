@@ -64,40 +64,63 @@ def gap_midpoints(values: torch.Tensor, ceiling: float) -> np.ndarray:
     return mids
 
 
+class _DevFlops:
+    """A calibration's dev FLOPs at its candidate speeds, each computed once when first asked."""
+
+    def __init__(self, calibration: Calibration) -> None:
+        self.calibration, self._cache = calibration, {}
+
+    def __call__(self, i: int) -> float:
+        if i not in self._cache:
+            self._cache[i] = self.calibration.flops_at(float(self.calibration.candidates[i]))
+        return self._cache[i]
+
+    def first_reaching(self, target: float) -> int:
+        """The smallest candidate index whose dev FLOPs are at most ``target`` (bisection: the
+        FLOPs do not increase with the speed); the last index when none is."""
+        low, high = 0, len(self.calibration.candidates) - 1
+        while low < high:
+            mid = (low + high) // 2
+            if self(mid) <= target * (1 + 1e-12):
+                high = mid
+            else:
+                low = mid + 1
+        return high
+
+
 def even_flops_speeds(calibration: Calibration, count: int) -> list[tuple[float, float]]:
     """Speeds whose dev FLOPs step evenly from full depth to the fastest candidate.
 
     With F0 the dev FLOPs at speed 0 (full depth) and Fn those at the last candidate, step k of
     ``count`` targets F0 - k (F0 - Fn) / count and takes the smallest candidate whose dev FLOPs
-    reach it (bisection: the FLOPs do not increase with the speed). Returns (speed, dev FLOPs)
-    pairs, each speed once: a step the next one already reaches adds nothing.
+    reach it. Returns (speed, dev FLOPs) pairs, each speed once: a step the next one already
+    reaches adds nothing.
     """
     candidates = calibration.candidates
     if len(candidates) == 0:  # every value in one cluster at the ceiling: nothing to choose
         return []
-    cache: dict[int, float] = {}
-
-    def flops(i: int) -> float:
-        if i not in cache:
-            cache[i] = calibration.flops_at(float(candidates[i]))
-        return cache[i]
-
+    flops = _DevFlops(calibration)
     full = calibration.flops_at(0.0)
     fastest = flops(len(candidates) - 1)
     chosen: list[tuple[float, float]] = []
     for k in range(1, count + 1):
-        target = full - k * (full - fastest) / count
-        low, high = 0, len(candidates) - 1  # flops(high) <= target always holds
-        while low < high:
-            mid = (low + high) // 2
-            if flops(mid) <= target * (1 + 1e-12):
-                high = mid
-            else:
-                low = mid + 1
-        speed = float(candidates[high])
+        i = flops.first_reaching(full - k * (full - fastest) / count)
+        speed = float(candidates[i])
         if not chosen or speed != chosen[-1][0]:
-            chosen.append((speed, flops(high)))
+            chosen.append((speed, flops(i)))
     return chosen
+
+
+def matched_speed(calibration: Calibration, target: float) -> tuple[float, float] | None:
+    """The smallest candidate speed whose mean dev FLOPs are at most ``target``, with those
+    FLOPs; None when even the fastest candidate does not reach it."""
+    if len(calibration.candidates) == 0:
+        return None
+    flops = _DevFlops(calibration)
+    i = flops.first_reaching(target)
+    if flops(i) > target * (1 + 1e-12):
+        return None
+    return float(calibration.candidates[i]), flops(i)
 
 
 def dev_sweep(method: Method, dev: Encoded, count: int) -> dict[str, Any]:

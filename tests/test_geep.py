@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,10 +14,12 @@ import torch.nn.functional as F
 from geep import student_teacher
 from geep.encoding import Encoded
 from geep.errors import GeepError
-from geep.exit_prediction import exit_quality, predict_exit_layers
+from geep.exit_prediction import EXIT_RULES, exit_quality, predict_exit_layers
 from geep.exit_table import ExitTable
 from geep.exits import first_exit_layer
 from geep.geep import Geep, GeepOptions
+from geep.profiles import PROFILES
+from geep.reproduce import load_unit
 from geep.runner import load_checkpoint
 from tests.helpers import (
     LOGIT_NOISE,
@@ -139,12 +142,18 @@ def test_two_step_training_freezes_the_first_step(tiny_model: Path, monkeypatch)
 # --- exit prediction -----------------------------------------------------------------------------
 
 
-def test_predicted_layer_follows_the_rule_on_a_hand_built_table() -> None:
+def hand_table() -> ExitTable:
+    """Four layers. Token 10 exits at layer 1 three times: counts (3, 0, 0, 0); token 11 at
+    layers 2, 4, 4, 4: (0, 1, 0, 3); token 12 at layer 4: (0, 0, 0, 1)."""
     table = ExitTable(num_layers=4)
-    # token 10: exits at layer 1 three times; token 11: layers 2, 4, 4, 4; token 12: layer 4
     table.add(
         torch.tensor([10, 10, 10, 11, 11, 11, 11, 12]), torch.tensor([1, 1, 1, 2, 4, 4, 4, 4])
     )
+    return table
+
+
+def test_predicted_layer_follows_the_rule_on_a_hand_built_table() -> None:
+    table = hand_table()
     keys = torch.tensor([[10, -1], [11, -1], [10, 11], [99, -1], [10, 12]])
     median = predict_exit_layers(table, keys, "quantile", 0.5, 0)
     # [10, 11] averages (1,0,0,0) and (0,.25,0,.75) -> (.5,.125,0,.375): the median is layer 1
@@ -155,10 +164,105 @@ def test_predicted_layer_follows_the_rule_on_a_hand_built_table() -> None:
     assert predict_exit_layers(table, keys, "quantile", 0.5, 1).tolist() == [2, 4, 2, 4, 2]
 
 
+def test_the_loglik_rule_combines_smoothed_token_distributions_geometrically() -> None:
+    table = hand_table()
+    keys = torch.tensor([[10, -1], [11, -1], [10, 11], [99, -1], [12, 11]])
+    # smoothed: 10 -> (4,1,1,1)/7, 11 -> (1,2,1,4)/8, 12 -> (1,1,1,2)/5. [10, 11]: the
+    # geometric mean is proportional to sqrt(4*1, 1*2, 1*1, 1*4) = (2, 1.41, 1, 2): cumulative
+    # 0.31, 0.53 -> the median is layer 2 (the mean of the distributions gives layer 1).
+    # [12, 11]: sqrt(1, 2, 1, 8) = (1, 1.41, 1, 2.83) -> 0.16, 0.38, 0.54: layer 3.
+    # token 11 alone: (1,2,1,4)/8 reaches 0.5 at layer 3
+    assert predict_exit_layers(table, keys, "loglik", 0.5, 0).tolist() == [1, 3, 2, 4, 3]
+    # at 0.6: token 10 alone, (4,1,1,1)/7, has 0.57 at layer 1; [10, 11] 0.69 at layer 3
+    assert predict_exit_layers(table, keys, "loglik", 0.6, 0).tolist() == [2, 4, 3, 4, 4]
+
+
+def test_the_idf_rule_discounts_tokens_most_samples_hold() -> None:
+    # 8 training samples: token 1 (a stop word) in all of them, token 2 in the first two only
+    keys = torch.tensor([[1, 2]] * 2 + [[1, -1]] * 6)
+    table = ExitTable.from_samples(keys, torch.tensor([1, 1, 3, 3, 3, 3, 3, 3]), num_layers=3)
+    # the mean of (2, 0, 6)/8 and (1, 0, 0) is (0.625, 0, 0.375): layer 1; with idf weights
+    # log(9/8) = 0.118 and log(9/2) = 1.504, the stop word weighs 7% and layer 1 holds 95%
+    sample = torch.tensor([[1, 2]])
+    assert predict_exit_layers(table, sample, "quantile", 0.7, 0).tolist() == [3]
+    assert predict_exit_layers(table, sample, "idf", 0.7, 0).tolist() == [1]
+    assert predict_exit_layers(table, sample, "idf", 0.98, 0).tolist() == [3]
+    assert table.samples == 8
+    by_hand = ExitTable(num_layers=3)
+    by_hand.add(torch.tensor([1]), torch.tensor([1]))
+    with pytest.raises(GeepError, match="idf needs the table's sample count"):
+        predict_exit_layers(by_hand, sample, "idf", 0.5, 0)
+
+
+def test_the_deepest_rule_takes_the_deepest_of_the_tokens_own_layers() -> None:
+    table = hand_table()
+    keys = torch.tensor([[10, -1], [11, -1], [10, 11], [99, -1], [10, 99]])
+    # own median layers: 10 -> 1, 11 -> 4 (cumulative 0, .25, .25, 1); 12 -> 4
+    assert predict_exit_layers(table, keys, "deepest", 0.5, 0).tolist() == [1, 4, 4, 4, 1]
+    # at 0.25 token 11's own layer is 2
+    assert predict_exit_layers(table, keys, "deepest", 0.25, 0).tolist() == [1, 2, 2, 4, 1]
+    assert predict_exit_layers(table, keys, "deepest", 0.25, 1).tolist() == [2, 3, 3, 4, 2]
+
+
 def test_exit_quality_counts_early_and_late_exits() -> None:
     q = exit_quality(np.array([1, 2, 3, 4]), np.array([2, 2, 2, 4]))
     assert q["exit_mae"] == 0.5 and q["exit_exact"] == 0.5
     assert q["exit_too_early"] == 0.25 and q["exit_too_late"] == 0.25
+
+
+def choose_rule(method: Geep, dev: Encoded, monkeypatch, speedup: float) -> dict:
+    monkeypatch.setattr("geep.geep.RULE_SPEEDUP", speedup)
+    return method.choose_on_dev(dev, 8)
+
+
+def test_the_exit_rule_with_the_best_dev_accuracy_at_matched_flops_is_chosen(
+    spread: Geep, monkeypatch
+) -> None:
+    texts, labels = toy(40, seed=5)
+    dev = spread.encode(texts, labels=labels)
+    try:
+        choice = choose_rule(spread, dev, monkeypatch, 1.1)
+        assert [row["rule"] for row in choice["compared"]] == list(EXIT_RULES)
+        reached = [row for row in choice["compared"] if row["reached"]]
+        assert len(reached) >= 3 and all(row["dev_speedup_full"] >= 1.1 for row in reached)
+        best = max(reached, key=lambda row: (row["dev_accuracy"], -row["exit_mae"]))
+        assert choice["chosen"] == best["rule"] == spread.options.exit_rule
+        assert len({row["exit_mae"] for row in reached}) > 1  # the rules do differ here
+        never = choose_rule(spread, dev, monkeypatch, 100.0)
+        assert not any(row["reached"] for row in never["compared"])
+        assert never["chosen"] == "quantile" == spread.options.exit_rule
+    finally:
+        spread.configure(["exit_rule=quantile"])
+
+
+def test_the_exit_rule_choice_does_not_change_with_the_test_labels(
+    spread: Geep, monkeypatch
+) -> None:
+    """Through the profiles' loading of a unit (geep.reproduce.load_unit): its test split's
+    labels flipped, the rule chosen and every figure of the comparison stay the same."""
+    monkeypatch.setattr("geep.geep.RULE_SPEEDUP", 1.1)
+    texts, labels = toy(40, seed=5)
+    dev = spread.encode(texts, labels=labels)
+    test = toy_test_split(spread)
+    flipped = spread.encode(toy(40, seed=3)[0], labels=[1 - y for y in toy(40, seed=3)[1]])
+    profile = PROFILES["smoke"]
+    monkeypatch.setattr("geep.reproduce.checkpoint", lambda *args: Path("unused"))
+    monkeypatch.setattr("geep.reproduce.prepare_checkpoint", lambda path: spread)
+    choices = []
+    for split in (test, flipped):
+        splits = {"dev": dev, "test": split}
+        monkeypatch.setattr(
+            "geep.reproduce.load_split",
+            lambda method, dataset, name, n, splits=splits: SimpleNamespace(data=splits[name]),
+        )
+        try:
+            loaded = load_unit(profile, "geep", "toy", 1)
+            assert loaded.test is split
+            choices.append(loaded.sweep["choice"])
+        finally:
+            spread.configure(["exit_rule=quantile"])
+    assert choices[0] == choices[1]
+    assert choices[0]["split"] == "dev" and choices[0]["samples"] == len(dev)
 
 
 def test_speed_zero_runs_every_sample_through_all_layers(trained: Geep, test_data) -> None:
