@@ -148,7 +148,7 @@ PROFILES = {
         serving=ServingPlan(  # docs/serving.md; about 25 minutes on 2 cores
             datasets=("rotten-tomatoes", "tweet-sentiment"),
             batcher=BatcherConfig(max_batch=32, max_wait=0.010, max_dispatch=64),
-            load=LoadSettings(min_duration=2.0, min_queries=64, target_latency=0.5),
+            load=LoadSettings(min_duration=2.0, min_queries=64, target_latency=0.2),
             max_samples=512,
             rate_steps=5,
         ),
