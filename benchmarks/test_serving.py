@@ -114,6 +114,8 @@ def chosen(profile: Profile, dataset: str, name: str) -> Chosen:
         picks = choose_settings(speedups, accuracies, bert_dev, plan)
         record = {"samples": len(dev), "speeds": list(speeds), "dev_accuracy": accuracies}
         record |= {"dev_speedup": speedups, "bert_dev_accuracy": bert_dev, "chosen": picks}
+        if "choice" in loaded.sweep:  # options chosen on dev first (GEEP: its exit rule)
+            record["options"] = loaded.sweep["choice"]
         _chosen.clear()
         _chosen[key] = Chosen(method, test, {s: float(speeds[i]) for s, i in picks.items()}, record)
     return _chosen[key]
