@@ -96,16 +96,33 @@ def serving_section(documents: dict[str, dict[str, Any]]) -> str | None:
     return "\n".join(parts)
 
 
+LINESTYLES = {None: "-", "shrink": "-", "regroup": "--", "keep": ":"}
+MARKERS = {"full": "o", "matched": "o", "within": "s"}
+
+
 def plot_server_latency(document: dict[str, Any]) -> Figure:
-    """p99 latency against the offered Poisson rate, one line per served unit (float32)."""
-    fig = Figure(figsize=(7, 4.5))
+    """p99 latency against the offered Poisson rate, one line per served unit: a colour per
+    method, the line's style its batching policy (solid shrink, dashed regroup, dotted keep),
+    the marker its setting (circle matched, square within), int8 in a thick line."""
+    fig = Figure(figsize=(8, 5))
     ax = fig.subplots()
+    colours = {}
     for r in document["rows"]:
         runs = sorted(r["server_runs"], key=lambda run: run["rate"])
-        if r["precision"] != "fp32" or not runs:
+        if not runs:
             continue
-        label = f"{r['method']} {r['batching'] or ''} {r['setting']}".replace("  ", " ")
-        ax.plot([x["rate"] for x in runs], [x["p99_ms"] for x in runs], marker="o", label=label)
+        colour = colours.setdefault(r["method"], f"C{len(colours) % 10}")
+        int8 = r["precision"] == "int8"
+        ax.plot(
+            [x["rate"] for x in runs],
+            [x["p99_ms"] for x in runs],
+            color=colour,
+            linestyle=LINESTYLES.get(r["batching"], "-"),
+            marker=MARKERS.get(r["setting"], "o"),
+            linewidth=2.5 if int8 else 1.2,
+            markersize=4,
+            label=f"{_name(r).replace('`', '')} {r['setting']}",
+        )
     target = document["rows"][0]["server_target_ms"]
     ax.axhline(target, color="grey", linestyle="--", linewidth=1, label="p99 target")
     ax.set_yscale("log")
@@ -113,6 +130,6 @@ def plot_server_latency(document: dict[str, Any]) -> Figure:
     ax.set_ylabel("p99 latency (ms)")
     ax.set_title(f"{document['dataset']}: serving under load (LoadGen Server scenario)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig

@@ -325,7 +325,16 @@ def test_the_serving_table_gives_ratios_to_float32_bert(tmp_path) -> None:
     assert "none met it" in lines["| `bert` int8"]
     assert "0.800 ± 0.020" in lines["| `bert`"]
     fig = plot_server_latency(document)
-    assert len(fig.axes[0].lines) == 3  # two float32 units and the target line
+    lines = {line.get_label(): line for line in fig.axes[0].lines}
+    assert sorted(lines) == [
+        "bert full",
+        "bert int8 full",
+        "fastbert regroup within",
+        "p99 target",
+    ]
+    assert lines["bert full"].get_color() == lines["bert int8 full"].get_color()  # one method
+    assert lines["bert int8 full"].get_linewidth() > lines["bert full"].get_linewidth()
+    assert lines["fastbert regroup within"].get_linestyle() == "--"
     (tmp_path / "serving" / "rt.json").write_text('{"dataset": "rt", "rows": []}')
     with pytest.raises(GeepError, match="damaged"):
         serving_files(tmp_path)
