@@ -404,12 +404,54 @@ def encoding_section(results: Path) -> str | None:
     return "\n".join(lines)
 
 
+def exit_rule_section(results: Path) -> str | None:
+    """Markdown: the exit rules each GEEP run file compared on dev and the one it chose
+    (:meth:`geep.geep.Geep.choose_on_dev`, recorded as ``dev_sweep.choice``); None when no run
+    file records a choice."""
+    rows, first = [], None
+    for path in sorted(results.glob("runs/*/*.json")):
+        run = read_run_file(path)
+        choice = run["provenance"].get("dev_sweep", {}).get("choice")
+        if not choice:
+            continue
+        first = first or choice
+        for r in choice["compared"]:
+            chosen = " (chosen)" if r["rule"] == choice["chosen"] else ""
+            cells = [run["dataset"], f"`{run['method']}`", str(run["provenance"]["seed"])]
+            cells.append(f"`{r['rule']}`{chosen}")
+            if r["reached"]:
+                cells += [f"{r['dev_speedup_full']:.2f}x", f"{r['dev_accuracy']:.3f}"]
+                cells += [f"{r[k]:.2f}" for k in ("exit_mae", "exit_too_early", "exit_too_late")]
+            else:
+                cells += ["not reached", "", "", "", ""]
+            rows.append("| " + " | ".join(cells) + " |")
+    if first is None:
+        return None
+    return "\n".join(
+        [
+            "## GEEP's exit rule, chosen on dev",
+            "",
+            f"On {first['samples']} dev samples, each rule runs at its slowest speed whose mean "
+            f"dev FLOPs are at most 1/{first['target_speedup']:g} of full depth's; the rule with "
+            "the best dev accuracy there is chosen (ties: the smaller exit MAE). Exit layers "
+            "against the oracle, the students' own first confident layer: mean absolute error "
+            "in layers, and the shares predicted too early and too late.",
+            "",
+            "| dataset | method | seed | rule | dev speedup | dev accuracy | exit MAE | too early "
+            "| too late |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+
+
 def tables_markdown(
     frame: pd.DataFrame,
     device: Device | None = None,
     encoding: str | None = None,
     serving: str | None = None,
     regime: str | None = None,
+    rules: str | None = None,
 ) -> str:
     """All datasets' tables, with how they were made."""
     first = frame.iloc[0]
@@ -444,7 +486,7 @@ def tables_markdown(
         parts += ["", model_section(frame, device)]
         for dataset in frame["dataset"].unique():
             parts += ["", f"### {dataset}", "", work_table(frame, dataset)]
-    for section in (encoding, serving, regime):
+    for section in (rules, encoding, serving, regime):
         if section is not None:
             parts += ["", section]
     return "\n".join(parts) + "\n"
@@ -568,7 +610,9 @@ def write_report(results: str | Path) -> list[Path]:
     columns = [c for c in COLUMNS if c in frame.columns]
     outputs = {
         results / "results.csv": frame[columns].to_csv(index=False).encode(),
-        results / "tables.md": tables_markdown(frame, device, encoding, serving, section).encode(),
+        results / "tables.md": tables_markdown(
+            frame, device, encoding, serving, section, exit_rule_section(results)
+        ).encode(),
     }
     outputs |= {results / name: figure_png(plot(*args)) for name, plot, args in plots}
     atomic_write_files(outputs)

@@ -18,7 +18,15 @@ from geep.data.registry import get_spec
 from geep.errors import GeepError
 from geep.flops import dims_for
 from geep.profiles import PROFILES, get_profile
-from geep.report import fastest_table, load_runs, matched_table, variant, with_realised_speedup
+from geep.report import (
+    exit_rule_section,
+    fastest_table,
+    load_runs,
+    matched_table,
+    variant,
+    with_realised_speedup,
+    write_report,
+)
 from geep.reproduce import Unit, record, recorded, run_file, settings_for, speeds_for, units
 from geep.runner import get_method
 from tests.helpers import new_method, run_row, toy_test_split, trained_on_toy
@@ -259,3 +267,34 @@ def test_written_files_get_the_usual_mode(tmp_path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_the_report_prints_each_run_files_exit_rule_comparison(tiny_model, tmp_path) -> None:
+    """Any run file whose dev sweep records a choice (GEEP's exit rule) gets its rows in the
+    report's table; a rule that never reached the target speedup says so."""
+    method = trained_on_toy(new_method("bert", tiny_model))
+    data = toy_test_split(method)
+    compared = [
+        {"rule": "quantile", "reached": True, "speed": 0.4, "dev_speedup_full": 2.01}
+        | {"dev_accuracy": 0.75, "exit_mae": 0.9, "exit_too_early": 0.3, "exit_too_late": 0.2},
+        {"rule": "loglik", "reached": True, "speed": 0.5, "dev_speedup_full": 2.04}
+        | {"dev_accuracy": 0.78, "exit_mae": 0.7, "exit_too_early": 0.25, "exit_too_late": 0.1},
+        {"rule": "deepest", "reached": False},
+    ]
+    choice = {"option": "exit_rule", "chosen": "loglik", "split": "dev", "samples": 40}
+    choice |= {"target_speedup": 2.0, "compared": compared}
+    sweep = {"split": "dev", "speeds": [0.5], "choice": choice}
+    smoke = PROFILES["smoke"]
+    record(tmp_path, smoke, method, "toy", data, run_row("dev1", 0.6, 2.0), sweep)
+    section = exit_rule_section(tmp_path)
+    assert "On 40 dev samples" in section and "at most 1/2 of full depth's" in section
+    rows = [line for line in section.splitlines() if line.startswith("| toy")]
+    assert rows == [
+        "| toy | `bert` | 42 | `quantile` | 2.01x | 0.750 | 0.90 | 0.30 | 0.20 |",
+        "| toy | `bert` | 42 | `loglik` (chosen) | 2.04x | 0.780 | 0.70 | 0.25 | 0.10 |",
+        "| toy | `bert` | 42 | `deepest` | not reached |  |  |  |  |",
+    ]
+    write_report(tmp_path)
+    assert section in (tmp_path / "tables.md").read_text()
+    record(tmp_path, smoke, method, "toy", data, run_row("dev1", 0.6, 2.0), {"speeds": [0.5]})
+    assert exit_rule_section(tmp_path) is None
