@@ -14,7 +14,7 @@ Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
 - ``compare``: the same datasets with 2000 training samples, three seeds and six dev-chosen
   settings, the dynamic-exit methods with shrinking and with regrouped batches, plus GEEP's
   efficiency and the training-speed benchmarks, for comparing methods (about 2.5 hours on 2
-  cores); and the serving benchmark under LoadGen (docs/serving.md, about 25 minutes more).
+  cores); and the serving benchmark under LoadGen (docs/serving.md, about 20 minutes more).
 - ``offline``: all six offline datasets at full size (hours on a CPU, minutes on a GPU).
 - ``paper``: the twelve paper datasets with bert-base-uncased / bert-base-chinese and the papers'
   recipe (lr 2e-5, batch 32, length 128, 3 epochs, plainly shuffled batches; HashEE lr 5e-5, 4
@@ -145,7 +145,7 @@ PROFILES = {
         batchings=("shrink", "regroup"),
         max_eval=1275,
         rounds=1,
-        serving=ServingPlan(  # docs/serving.md; about 25 minutes on 2 cores
+        serving=ServingPlan(  # docs/serving.md; about 20 minutes on 2 cores
             datasets=("rotten-tomatoes", "tweet-sentiment"),
             batcher=BatcherConfig(max_batch=32, max_wait=0.010, max_dispatch=64),
             load=LoadSettings(min_duration=2.0, min_queries=64, target_latency=0.2),
