@@ -64,7 +64,9 @@ def test_unit(benchmark, profile: Profile, results_dir: Path, resume: bool, unit
         loaded.method, loaded.test, fields["speed"], profile.batch_size, profile.rounds, timed_by
     )
     row.update(fields)
-    path = record(results_dir, profile, loaded.method, dataset, loaded.test, row, loaded.sweep)
+    path = record(
+        results_dir, profile, loaded.method, dataset, loaded.test, row, loaded.sweep, name
+    )
     info = {k: v for k, v in row.items() if k != "calls"}  # the run file keeps the calls
     benchmark.extra_info.update(
         {"method": name, "dataset": dataset, "seed": seed, "profile": profile.name, **info}

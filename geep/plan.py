@@ -158,12 +158,13 @@ def forward_flops(profile: Profile, dataset: str, method: str) -> int:
     return dims.num_layers * encoder_layer(dims, seq_len, "full")
 
 
-def passes(profile: Profile, dataset: str, method: str) -> float:
-    """The method's training passes, less those of the method it starts from when the profile
-    trains that one (its checkpoint is reused)."""
+def passes(profile: Profile, dataset: str, entry: str) -> float:
+    """The entry's training passes (a variant's: its method's under its options), less those
+    of the method it starts from when the profile trains that one (its checkpoint is reused)."""
     layers = dims_for(profile.model_for(dataset)).num_layers
+    method, options = profile.method_of(entry)
     cls = get_method(method)
-    total = cls.training_passes(layers, cls.options_class())
+    total = cls.training_passes(layers, cls.options_class().with_settings(options))
     first = cls.starts_from
     if first is not None and first in profile.method_names():
         start = get_method(first)
@@ -179,7 +180,7 @@ def plan(profile: Profile, device: str = "h100") -> Plan:
     rows = tuple(
         cost(profile, dataset, method, measured[dataset, method])
         for dataset in profile.datasets
-        for method in profile.method_names()
+        for method in profile.entries()
     )
     return Plan(profile.name, device, len(profile.seeds), rows)
 
@@ -204,7 +205,8 @@ def cost(profile: Profile, dataset: str, method: str, measured: int) -> Row:
     forward = forward_flops(profile, dataset, method)
     trained = seeds * train * config.epochs * row.passes * (1 + BACKWARD) * forward
     per_setting = profile.rounds * test + 2 * min(profile.batch_size, test)
-    dev_passes = 1 + (get_method(method).dev_sweep and profile.dev_settings > 0)
+    dev_sweep = get_method(profile.method_of(method)[0]).dev_sweep
+    dev_passes = 1 + (dev_sweep and profile.dev_settings > 0)
     evaluated = measured * per_setting + seeds * dev_passes * dev
     return replace(
         row,

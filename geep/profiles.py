@@ -12,9 +12,11 @@ Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
   2 cores, installation included). The Chinese datasets are left out: the embedded encoder is
   English.
 - ``compare``: the same datasets with 2000 training samples, three seeds and six dev-chosen
-  settings, the dynamic-exit methods with shrinking and with regrouped batches, plus GEEP's
-  efficiency and the training-speed benchmarks, for comparing methods (about 2.5 hours on 2
-  cores); and the serving benchmark under LoadGen (docs/serving.md, about 20 minutes more).
+  settings, the dynamic-exit methods with shrinking and with regrouped batches, GEEP's two
+  ablations as variants (its teacher fed the last layer only; FastBERT's two training steps),
+  plus GEEP's efficiency and the training-speed benchmarks, for comparing methods (about 3.5
+  hours on 2 cores); and the serving benchmark under LoadGen (docs/serving.md, about 20
+  minutes more).
 - ``offline``: all six offline datasets at full size (hours on a CPU, minutes on a GPU).
 - ``paper``: the twelve paper datasets with bert-base-uncased / bert-base-chinese and the papers'
   recipe (lr 2e-5, batch 32, length 128, 3 epochs, plainly shuffled batches; HashEE lr 5e-5, 4
@@ -37,6 +39,17 @@ from geep.serving import BatcherConfig, LoadSettings, ServingPlan
 from geep.sweeps import DEV_SETTINGS
 
 PAPER = tuple(name for name, spec in REGISTRY.items() if spec.paper)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A registered method trained with other options and measured as an entry of its own (an
+    ablation): its checkpoints, run files (``runs/<dataset>/<name>-seed<N>.json``) and table
+    rows go by the variant's name."""
+
+    method: str
+    options: tuple[str, ...]  # KEY=VALUE, as `geep train --option` takes them
+    speeds: tuple[float, ...] | None = None  # its fixed sweep; None: its method's
 
 
 @dataclass(frozen=True)
@@ -69,18 +82,28 @@ class Profile:
     efficiency_rounds: int = 5  # its alternating rounds per setting (medians of these)
     training_speed: bool = True  # run the training-step benchmark (test_training_speed.py)
     serving: ServingPlan | None = None  # the serving benchmark (test_serving.py); None skips it
+    variants: dict[str, Variant] = field(default_factory=dict)  # measured after the methods
 
     def method_names(self) -> list[str]:
-        """The methods this profile runs, in the registry's order."""
+        """The registered methods this profile runs, in the registry's order."""
         return list(self.methods) or method_names()
+
+    def entries(self) -> list[str]:
+        """Everything this profile measures: its methods, then its variants."""
+        return self.method_names() + list(self.variants)
+
+    def method_of(self, entry: str) -> tuple[str, tuple[str, ...]]:
+        """The registered method an entry trains and the options it trains it with."""
+        variant = self.variants.get(entry)
+        return (variant.method, variant.options) if variant else (entry, ())
 
     def model_for(self, dataset: str) -> str:
         return self.models[get_spec(dataset).language]
 
-    def train_config(self, method: str, dataset: str, seed: int | None = None) -> TrainConfig:
-        """The training recipe of ``method`` on ``dataset`` under this profile (with ``seed``,
-        else the recipe's own)."""
-        changes = {**self.method_train.get(method, {})}
+    def train_config(self, entry: str, dataset: str, seed: int | None = None) -> TrainConfig:
+        """The training recipe of ``entry`` (a method or variant) on ``dataset`` under this
+        profile (with ``seed``, else the recipe's own); a variant's is its method's."""
+        changes = {**self.method_train.get(self.method_of(entry)[0], {})}
         if dataset in self.seq_len:
             changes["seq_len"] = self.seq_len[dataset]
         if seed is not None:
@@ -89,9 +112,11 @@ class Profile:
 
     def config_hash(self) -> str:
         """A short hash of every setting of the profile that shapes its run files (neither the
-        description nor the serving plan, whose files record it): runs with different hashes
+        description, nor the serving plan, whose files record it, nor the variants, each of
+        which adds run files of its own that record its options): runs with different hashes
         never mix."""
-        settings = {k: v for k, v in asdict(self).items() if k not in ("description", "serving")}
+        unshared = ("description", "serving", "variants")
+        settings = {k: v for k, v in asdict(self).items() if k not in unshared}
         settings["methods"] = self.method_names()
         raw = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(raw.encode()).hexdigest()[:12]
@@ -152,6 +177,11 @@ PROFILES = {
             max_samples=512,
             rate_steps=5,
         ),
+        variants={  # GEEP without each of its training ingredients (docs/methods.md)
+            # full depth and the six dev-chosen settings: the fixed grid would add 9 more each
+            "geep-teacher-last": Variant("geep", ("teacher_inputs=last",), speeds=(0.0,)),
+            "geep-two-step": Variant("geep", ("training=two-step",), speeds=(0.0,)),
+        },
     ),
     "offline": Profile(
         name="offline",

@@ -40,35 +40,42 @@ from geep.work import calls_to_rows, operators_per_call
 Timer = Callable[[Callable[[], None], int], None]  # runs fn ``rounds`` times (pytest-benchmark)
 
 
-def speeds_for(profile: Profile, method: str, dataset: str) -> list[float]:
-    """The fixed sweep of ``method`` on ``dataset``: the profile's, else the method's grid."""
-    if method in profile.speeds:
-        return list(profile.speeds[method])
+def speeds_for(profile: Profile, entry: str, dataset: str) -> list[float]:
+    """The fixed sweep of ``entry`` (a method or variant) on ``dataset``: the profile's (a
+    variant's own), else its method's grid."""
+    variant = profile.variants.get(entry)
+    if variant is not None and variant.speeds is not None:
+        return list(variant.speeds)
+    if entry in profile.speeds:
+        return list(profile.speeds[entry])
     layers = dims_for(profile.model_for(dataset)).num_layers
-    return get_method(method).speed_grid(layers, get_spec(dataset).num_classes)
+    method = get_method(profile.method_of(entry)[0])
+    return method.speed_grid(layers, get_spec(dataset).num_classes)
 
 
-def settings_for(profile: Profile, method: str, dataset: str) -> list[str]:
+def settings_for(profile: Profile, entry: str, dataset: str) -> list[str]:
     """The settings a profile measures: the fixed sweep's speeds (``"0.5"``), then for threshold
     methods ``profile.dev_settings`` chosen on the dev split (``"dev1"``, ...; geep.sweeps)."""
-    grid = [f"{speed:g}" for speed in speeds_for(profile, method, dataset)]
-    if not get_method(method).dev_sweep:
+    grid = [f"{speed:g}" for speed in speeds_for(profile, entry, dataset)]
+    if not get_method(profile.method_of(entry)[0]).dev_sweep:
         return grid
     return grid + [f"dev{k}" for k in range(1, profile.dev_settings + 1)]
 
 
-def batchings_for(profile: Profile, method: str) -> list[str | None]:
-    """The batching policies ``method`` runs under: the profile's ``batchings`` for a method
-    whose default options run dynamic exits (FastBERT, DeeBERT, PABEE), else [None]."""
+def batchings_for(profile: Profile, entry: str) -> list[str | None]:
+    """The batching policies ``entry`` runs under: the profile's ``batchings`` when its options
+    run dynamic exits (FastBERT, DeeBERT, PABEE), else [None]."""
+    method, options = profile.method_of(entry)
     runner = get_method(method)
-    if runner.batching_of(runner.options_class()) is None:
+    if runner.batching_of(runner.options_class().with_settings(options)) is None:
         return [None]
     return list(profile.batchings)
 
 
 class Unit(NamedTuple):
     """One measurement of a profile: a setting of a trained model, under a batching policy
-    (None for methods without dynamic exits)."""
+    (None for methods without dynamic exits). ``method`` is a profile entry: a registered
+    method or a variant."""
 
     dataset: str
     method: str
@@ -83,26 +90,28 @@ class Unit(NamedTuple):
 
 
 def units(profile: Profile) -> list[Unit]:
-    """Every (dataset, method, seed, setting, batching) of the profile, in the order they run:
+    """Every (dataset, entry, seed, setting, batching) of the profile, in the order they run:
     a setting's policies one after the other, so they are timed in the same minutes."""
     return [
         Unit(dataset, method, seed, setting, batching)
         for dataset in profile.datasets
-        for method in profile.method_names()
+        for method in profile.entries()
         for seed in profile.seeds
         for setting in settings_for(profile, method, dataset)
         for batching in batchings_for(profile, method)
     ]
 
 
-def checkpoint(profile: Profile, method: str, dataset: str, seed: int) -> Path:
-    """``method`` trained on ``dataset`` with ``seed`` under ``profile``, trained once and then
-    reused from ``$GEEP_CACHE/checkpoints/`` (keyed by everything that defines the training).
+def checkpoint(profile: Profile, entry: str, dataset: str, seed: int) -> Path:
+    """``entry`` (a method, or a variant: its method trained with the variant's options)
+    trained on ``dataset`` with ``seed`` under ``profile``, trained once and then reused from
+    ``$GEEP_CACHE/checkpoints/`` (keyed by everything that defines the training).
 
     A method whose first stage is another method's training (``starts_from``: DeeBERT's is
     ``bert``'s fine-tuning) starts from that method's checkpoint of the same seed when the
     profile runs it, and trains only the rest.
     """
+    method, options = profile.method_of(entry)
     model = profile.model_for(dataset)
     config = profile.train_config(method, dataset, seed)
     start = None
@@ -117,12 +126,21 @@ def checkpoint(profile: Profile, method: str, dataset: str, seed: int) -> Path:
         "start_from": start.name if start else None,
         "max_dev": profile.max_eval,
     }
+    if options:  # a method's own recipe has no options key, so its cached checkpoints hold
+        recipe["options"] = list(options)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_root() / "checkpoints" / f"{method}-{dataset}-{key}"
+    path = cache_root() / "checkpoints" / f"{entry}-{dataset}-{key}"
     with exclusive(path.with_name(f".{path.name}.lock")):  # one worker trains, the others wait
         if not (path / "config.json").is_file():
             train_method(
-                method, dataset, path, model, config, start_from=start, max_dev=recipe["max_dev"]
+                method,
+                dataset,
+                path,
+                model,
+                config,
+                settings=options,
+                start_from=start,
+                max_dev=recipe["max_dev"],
             )
     return path
 
@@ -267,9 +285,11 @@ def record(
     data: Encoded,
     row: dict,
     sweep: dict[str, Any] | None = None,
+    entry: str | None = None,
 ) -> Path:
     """Add (or replace) ``row``'s setting and batching (:func:`row_key`) in the run file of
-    (dataset, method, seed), atomically; ``sweep`` is the dev sweep's record (:func:`dev_sweep`).
+    (dataset, entry, seed), atomically; ``sweep`` is the dev sweep's record (:func:`dev_sweep`)
+    and ``entry`` the profile entry the method was trained as (default: the method's name).
 
     A run file made under a different profile configuration is replaced, not mixed with; a
     damaged one is set aside (:func:`set_aside`, with a warning) and a new one begun.
@@ -277,7 +297,8 @@ def record(
     read-modify-write whole, so no row is lost.
     """
     meta = provenance(profile, method, data)
-    path = run_file(results, dataset, method.name, meta["seed"])
+    entry = entry or method.name
+    path = run_file(results, dataset, entry, meta["seed"])
     if sweep:
         meta["dev_sweep"] = sweep
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -296,7 +317,7 @@ def record(
         )
         document = {
             "dataset": dataset,
-            "method": method.name,
+            "method": entry,
             "num_layers": method.num_layers,
             "rows": rows,
             "provenance": {**meta, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
@@ -323,6 +344,7 @@ class Trained:
     method: Method
     test: Encoded
     sweep: dict[str, Any]  # dev_sweep's record; {} when the method has none
+    entry: str  # the profile entry it was trained as: a method or a variant
 
     def resolve(self, setting: str) -> dict[str, Any]:
         """A setting id's row fields: ``"0.5"`` is a fixed speed (``speed_source`` "grid"),
@@ -342,12 +364,12 @@ class Trained:
         }
 
 
-def load_unit(profile: Profile, method: str, dataset: str, seed: int) -> Trained:
-    """The trained method (:func:`geep.evaluation.prepare_checkpoint`), its test split and its
+def load_unit(profile: Profile, entry: str, dataset: str, seed: int) -> Trained:
+    """The trained entry (a method or variant) (:func:`geep.evaluation.prepare_checkpoint`), its test split and its
     dev sweep, both capped at the profile's ``max_eval`` samples (:func:`load_split`). With
     dev-chosen settings, the options it chooses on dev (:meth:`Method.choose_on_dev`) are
     chosen first and recorded in the sweep's ``choice``."""
-    trained = prepare_checkpoint(checkpoint(profile, method, dataset, seed))
+    trained = prepare_checkpoint(checkpoint(profile, entry, dataset, seed))
     sweep = {}
     if trained.dev_sweep and profile.dev_settings:
         dev = load_split(trained, dataset, "dev", profile.max_eval)
@@ -355,4 +377,5 @@ def load_unit(profile: Profile, method: str, dataset: str, seed: int) -> Trained
         sweep = dev_sweep(trained, dev.data, profile.dev_settings)
         if choice:
             sweep["choice"] = choice
-    return Trained(trained, load_split(trained, dataset, "test", profile.max_eval).data, sweep)
+    test = load_split(trained, dataset, "test", profile.max_eval).data
+    return Trained(trained, test, sweep, entry)

@@ -17,7 +17,8 @@ import pytest
 from geep.data.registry import get_spec
 from geep.errors import GeepError
 from geep.flops import dims_for
-from geep.profiles import PROFILES, get_profile
+from geep import reproduce
+from geep.profiles import PROFILES, Variant, get_profile
 from geep.report import (
     exit_rule_section,
     fastest_table,
@@ -103,6 +104,57 @@ def test_dynamic_exit_methods_run_each_setting_under_every_batching(profile) -> 
             mine = [(u.setting, u.batching) for u in found if u[:2] == (dataset, method)]
             assert mine == expected
     assert PROFILES["compare"].batchings == ("shrink", "regroup")
+
+
+def test_a_variant_trains_its_method_with_its_options_and_keeps_runs_of_its_own(
+    tiny_model, tmp_path, monkeypatch
+) -> None:
+    """A variant (an ablation) trains its method with its options into a checkpoint of its own,
+    measures its own sweep, and records run files under its name that join the profile's
+    others; the methods' checkpoints, recipes and configuration stay as they are."""
+    smoke = PROFILES["smoke"]
+    varied = replace(
+        smoke, variants={"geep-last": Variant("geep", ("teacher_inputs=last",), speeds=(0.0,))}
+    )
+    assert varied.config_hash() == smoke.config_hash()
+    assert varied.entries() == [*smoke.method_names(), "geep-last"]
+    dataset = smoke.datasets[0]
+    assert varied.train_config("geep-last", dataset, 3) == smoke.train_config("geep", dataset, 3)
+    mine = [(u.setting, u.batching) for u in units(varied) if u.method == "geep-last"]
+    assert mine == [("0", None), ("dev1", None), ("dev2", None)] * len(smoke.seeds)
+
+    trained = []
+
+    def train(method, dataset, path, model, config, settings=(), **_) -> None:
+        trained.append((method, tuple(settings), path.name.rsplit("-", 1)[0]))
+        path.mkdir(parents=True)
+        (path / "config.json").write_text("{}")
+
+    monkeypatch.setenv("GEEP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(reproduce, "train_method", train)
+    plain = reproduce.checkpoint(varied, "geep", dataset, 1)
+    assert plain == reproduce.checkpoint(smoke, "geep", dataset, 1)  # the method's, unchanged
+    assert reproduce.checkpoint(varied, "geep-last", dataset, 1) != plain
+    assert trained == [
+        ("geep", (), f"geep-{dataset}"),
+        ("geep", ("teacher_inputs=last",), f"geep-last-{dataset}"),
+    ]
+
+    method = trained_on_toy(new_method("geep", tiny_model))
+    data = toy_test_split(method)
+    # rows as measure() makes them, which names the batching policy
+    record(tmp_path, varied, method, "toy", data, run_row("0", 0.7, 1.0, batching=None))
+    row = run_row("0", 0.6, 1.0, batching=None)
+    record(tmp_path, varied, method, "toy", data, row, entry="geep-last")
+    assert recorded(tmp_path, varied, Unit("toy", "geep-last", 42, "0", None))
+    assert json.loads(run_file(tmp_path, "toy", "geep-last", 42).read_text())["method"] == (
+        "geep-last"
+    )
+    frame = load_runs(tmp_path)
+    assert dict(zip(frame["method"], frame["accuracy"], strict=True)) == {
+        "geep": 0.7,
+        "geep-last": 0.6,
+    }
 
 
 def test_deebert_thresholds_are_fractions_of_the_largest_entropy() -> None:
