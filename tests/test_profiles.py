@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from geep import reproduce
 from geep.data.registry import get_spec
 from geep.errors import GeepError
 from geep.flops import dims_for
-from geep import reproduce
 from geep.profiles import PROFILES, Variant, get_profile
 from geep.report import (
     exit_rule_section,
