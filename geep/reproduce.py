@@ -366,9 +366,9 @@ class Trained:
 
 def load_unit(profile: Profile, entry: str, dataset: str, seed: int) -> Trained:
     """The trained entry, a method or variant (:func:`geep.evaluation.prepare_checkpoint`), its
-    test split and its dev sweep, both capped at the profile's ``max_eval`` samples (:func:`load_split`). With
-    dev-chosen settings, the options it chooses on dev (:meth:`Method.choose_on_dev`) are
-    chosen first and recorded in the sweep's ``choice``."""
+    test split and its dev sweep, both capped at the profile's ``max_eval`` samples
+    (:func:`load_split`). With dev-chosen settings, the options it chooses on dev
+    (:meth:`Method.choose_on_dev`) are chosen first and recorded in the sweep's ``choice``."""
     trained = prepare_checkpoint(checkpoint(profile, entry, dataset, seed))
     sweep = {}
     if trained.dev_sweep and profile.dev_settings:
