@@ -40,8 +40,9 @@ from geep.sweeps import Calibration, gap_midpoints
 
 # (layer, logits [b, C], running [b]) -> exits [b]: see dynamic_exit
 ExitRule = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
-# (layer, hidden [b, T, H], attention_mask [b, T]) -> logits [b, C]: the head after a layer
-ExitHead = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+# (layer, hidden [b, T, H], attention_mask [b, T]) -> logits [b, C] of the head after a layer,
+# None where a layer below L has none (GEEP's exit_num)
+ExitHead = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
 Batching = Literal["shrink", "regroup", "keep"]
 BATCHINGS: tuple[Batching, ...] = get_args(Batching)
 
@@ -121,6 +122,8 @@ def dynamic_exit(
     for layer in range(1, num_layers + 1):
         hidden = backbone.run_layers(hidden, mask, layer - 1, layer)
         logits = head(layer, hidden, attention_mask)  # [b, C]
+        if logits is None:  # no head after this layer: nobody exits
+            continue
         if out_logits is None:
             out_logits = logits.new_empty(len(running), logits.shape[1])
         last = layer == num_layers
@@ -159,6 +162,8 @@ def kept_exit(
     for layer in range(1, num_layers + 1):
         hidden = backbone.run_layers(hidden, mask, layer - 1, layer)
         logits = head(layer, hidden, batch.attention_mask)  # [B, C]: the whole batch
+        if logits is None:  # no head after this layer: nobody exits
+            continue
         if out_logits is None:
             out_logits = logits.new_empty(logits.shape)
         last = layer == num_layers
@@ -274,6 +279,9 @@ def regrouped_exit(
         mask = backbone.layer_mask(rows.hidden, rows.attention_mask)
         hidden = backbone.run_layers(rows.hidden, mask, k, layer)  # [b, T, H]
         logits = head(layer, hidden, rows.attention_mask)  # [b, C]
+        if logits is None:  # no head after this layer: every row goes on, as it is
+            pools[layer].append(_Rows(rows.index, hidden, rows.attention_mask))
+            continue
         last = layer == num_layers
         done = torch.ones_like(rows.index, dtype=bool) if last else exits(layer, logits, rows.index)
         finished.append((rows.index[done], logits[done], torch.full_like(rows.index[done], layer)))
@@ -299,7 +307,7 @@ class DynamicExitMethod(Method):
     layer when it is not the model's ``head`` (:meth:`exit_head`), and the exit rule: a
     threshold rule by default, exiting a sample once :meth:`exit_statistic` of its head's logits
     is below the speed (such methods set ``dev_sweep``), or their own :meth:`exit_rule`. FLOPs
-    count every layer a sample ran and a head after each.
+    count every layer a sample ran and the heads after them (:meth:`heads_through`).
     """
 
     options_class = DynamicExitOptions
@@ -310,10 +318,14 @@ class DynamicExitMethod(Method):
 
     def exit_head(
         self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
         """Logits [b, C] of the head after ``layer`` from h_layer [b, T, H] (the model's own
-        ``head`` unless a method says otherwise)."""
+        ``head`` unless a method says otherwise); None after a layer without a head."""
         return self.model.head(layer, hidden, attention_mask)
+
+    def heads_through(self, layers: np.ndarray) -> np.ndarray:
+        """Heads a sample evaluates on its way to ``layers`` [N]: one after every layer."""
+        return layers
 
     def exit_statistic(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [b, C] -> the value [b] that exits a sample when below the speed (threshold
@@ -332,17 +344,19 @@ class DynamicExitMethod(Method):
 
     @torch.inference_mode()
     def exit_statistics(self, data: Encoded, batch_size: int = 64) -> torch.Tensor:
-        """:meth:`exit_statistic` [N, L-1] of the head after every layer below L on every sample:
-        one pass through all layers in batches of similar length, nobody exits."""
+        """:meth:`exit_statistic` [N, L-1] of the head after every layer below L on every sample
+        (+inf, never below a speed, after the layers without one): one pass through the layers
+        in batches of similar length, nobody exits."""
         self.model.eval()
-        out = torch.empty(len(data), self.num_layers - 1)
+        out = torch.full((len(data), self.num_layers - 1), torch.inf)
         for index in torch.argsort(data.lengths, stable=True).split(batch_size):
             batch = data.batch(index).to(self.device)
             hidden, mask = self.backbone.embed(**batch.inputs())
             for layer in range(1, self.num_layers):
                 hidden = self.backbone.run_layers(hidden, mask, layer - 1, layer)
                 logits = self.exit_head(layer, hidden, batch.attention_mask)
-                out[index, layer - 1] = self.exit_statistic(logits).float().cpu()
+                if logits is not None:
+                    out[index, layer - 1] = self.exit_statistic(logits).float().cpu()
         return out
 
     def calibrate(self, dev: Encoded) -> Calibration | None:
@@ -357,7 +371,8 @@ class DynamicExitMethod(Method):
 
         def flops_at(speed: float) -> float:
             layers = first_exit_layer(statistics, speed).numpy()
-            return float(self.sample_flops(lengths, layers, layers, "full").mean())
+            heads = self.heads_through(layers)
+            return float(self.sample_flops(lengths, layers, heads, "full").mean())
 
         return Calibration(gap_midpoints(statistics, ceiling), flops_at)
 
@@ -380,7 +395,8 @@ class DynamicExitMethod(Method):
                 self.backbone, batches, self.exit_head, rule, batch_size
             ):
                 ran = layers.cpu().numpy()
-                yield self.batch_result(index.cpu(), logits, ran, heads=ran, data=data)
+                heads = self.heads_through(ran)
+                yield self.batch_result(index.cpu(), logits, ran, heads=heads, data=data)
             return
         for batch in data.batches(batch_size):
             rule = self.exit_rule(speed, len(batch.index))
@@ -388,11 +404,13 @@ class DynamicExitMethod(Method):
             if batching == "keep":
                 logits, layers, deepest = kept_exit(self.backbone, batch, self.exit_head, rule)
                 exits, ran = layers.cpu().numpy(), np.full(len(layers), deepest)
-                yield self.batch_result(batch.index.cpu(), logits, exits, ran, data, ran=ran)
+                heads = self.heads_through(ran)
+                yield self.batch_result(batch.index.cpu(), logits, exits, heads, data, ran=ran)
             else:
                 logits, layers = dynamic_exit(self.backbone, batch, self.exit_head, rule)
                 ran = layers.cpu().numpy()
-                yield self.batch_result(batch.index.cpu(), logits, ran, heads=ran, data=data)
+                heads = self.heads_through(ran)
+                yield self.batch_result(batch.index.cpu(), logits, ran, heads=heads, data=data)
 
     def batch_result(
         self,

@@ -23,7 +23,9 @@ Speed knob: the uncertainty threshold in [0, 1]; 0 runs every sample through all
 
 Options (:class:`GeepOptions`): the ablations ``teacher_inputs=last`` (teacher reads the full
 stack only) and ``training=two-step`` (FastBERT's recipe: backbone and teacher first, then the
-students by self-distillation at 10x the learning rate); at evaluate time the exit head
+students by self-distillation at 10x the learning rate); ``exit_num=E``, students after layers
+1..E only and the teacher fed sub-networks 1..min(E, L-2), as EasyNLP's GEEP (default 0: a
+student after every layer below L); at evaluate time the exit head
 (``student`` at layer k, or ``shared``: layer L applied to h_k, then the teacher), the
 aggregation rule and its conservativeness, bigram keys (``ngram=2``, beyond the paper), and
 ``mode=dynamic``: FastBERT's dynamic exit on the same weights (a shrinking batch, or
@@ -70,6 +72,7 @@ class GeepOptions(DynamicExitOptions):
 
     teacher_inputs: Literal["diverse", "last"] = "diverse"
     training: Literal["one-step", "two-step"] = "one-step"
+    exit_num: int = 0  # students after layers 1..exit_num (EasyNLP's knob); 0: 1..L-1
     mode: Literal["predict", "dynamic"] = inference_option("predict")
     exit_head: ExitHead = inference_option("student")
     exit_rule: ExitRule = inference_option("quantile")
@@ -82,6 +85,8 @@ class GeepOptions(DynamicExitOptions):
             raise GeepError(f"option exit_quantile must lie in (0, 1], got {self.exit_quantile}")
         if self.exit_margin < 0:
             raise GeepError(f"option exit_margin must be >= 0, got {self.exit_margin}")
+        if self.exit_num < 0:
+            raise GeepError(f"option exit_num must be >= 0 (0: every layer), got {self.exit_num}")
         if self.batching != "shrink" and self.mode != "dynamic":
             raise GeepError(
                 f"option batching={self.batching} batches dynamic exits: give mode=dynamic too"
@@ -121,7 +126,7 @@ class Geep(StudentTeacherMethod):
 
     @classmethod
     def build_model(cls, backbone: Backbone, num_labels: int, options: Any) -> nn.Module:
-        return StudentTeacherModel(backbone, num_labels, options.teacher_inputs)
+        return StudentTeacherModel(backbone, num_labels, options.teacher_inputs, options.exit_num)
 
     # --- training ---------------------------------------------------------------------------
 
@@ -143,11 +148,12 @@ class Geep(StudentTeacherMethod):
     def training_passes(cls, num_layers: int, options: GeepOptions) -> float:
         """One step: the loss of backbone, teacher and students is one fine-tuning pass (the
         two-step recipe: :class:`StudentTeacherMethod`'s); with ``teacher_inputs="diverse"``
-        layer L also runs forward and backward once more on each of the L-2 shorter prefixes
-        ((L-2)/L of a pass). Last, the training split runs forward once through layers 1..L-1
-        for the exit statistics."""
-        diverse = options.teacher_inputs == "diverse" and num_layers > 2
-        passes = (num_layers - 2) / num_layers if diverse else 0.0
+        layer L also runs forward and backward once more on each of the D = min(E, L-2)
+        shorter prefixes (D/L of a pass). Last, the training split runs forward once through
+        layers 1..L-1 for the exit statistics."""
+        students = options.exit_num or num_layers - 1
+        diverse = min(students, num_layers - 2) if options.teacher_inputs == "diverse" else 0
+        passes = max(diverse, 0) / num_layers
         if options.training == "two-step":
             passes += super().training_passes(num_layers, options)
         else:
@@ -197,19 +203,23 @@ class Geep(StudentTeacherMethod):
         self, data: Encoded, speed: float, table: ExitTable | None = None
     ) -> torch.Tensor:
         """Every sample's predicted exit layer [N] (on the CPU), before any layer runs, from
-        ``table`` (default: the cached table at ``speed``)."""
+        ``table`` (default: the cached table at ``speed``); with students after layers 1..E
+        only, a layer between E and L becomes L."""
         options = self.options
         keys = self.keys(data).to(self.device)  # [N, K]
         if work.recording():  # each key is probed and its L int32 counts read (geep.exit_table)
             probes = int((keys >= 0).sum())
             work.record("exit_prediction", *keys.shape, 0, probes * (8 + 4 * self.num_layers))
-        return predict_exit_layers(
+        layers = predict_exit_layers(
             table or self.exit_table(speed),
             keys,
             options.exit_rule,
             options.exit_quantile,
             options.exit_margin,
-        ).cpu()
+        )
+        if options.exit_head == "student":  # no student between E and L: on to L
+            layers[layers > len(self.model.students)] = self.num_layers
+        return layers.cpu()
 
     def queue_keys(self, data: Encoded, speed: float) -> torch.Tensor | None:
         """Predict mode: each sample's predicted exit layer, so that a server's batches hold

@@ -1,8 +1,8 @@
 """FastBERT-style students and teacher on one backbone: the model FastBERT and GEEP share.
 
 - :class:`StudentTeacherModel`: FastBERT's classifier (:class:`~geep.heads.FastBERTHead`) as a
-  student after each of layers 1..L-1 and as the teacher after layer L, with the loss terms of
-  both methods (docs/methods.md).
+  student after each of layers 1..E (E = L-1 unless GEEP's ``exit_num`` says fewer) and as the
+  teacher after layer L, with the loss terms of both methods (docs/methods.md).
 - :class:`StudentTeacherMethod`: what the two methods share on the runner interface: FastBERT's
   two training steps (and their cost for ``geep plan``), its exit rule and heads for dynamic
   exit, and the speed grid.
@@ -21,6 +21,7 @@ from geep import flops
 from geep.backbone import Backbone
 from geep.config import TrainConfig
 from geep.encoding import Batch, Encoded
+from geep.errors import GeepError
 from geep.exits import DynamicExitMethod, normalized_entropy
 from geep.heads import FastBERTHead
 from geep.runner import FORWARD_ONLY
@@ -30,14 +31,26 @@ ExitHead = Literal["student", "shared"]
 
 
 class StudentTeacherModel(nn.Module):
-    """Backbone with FastBERT-style students after layers 1..L-1 and a teacher after layer L."""
+    """Backbone with FastBERT-style students after layers 1..E and a teacher after layer L.
 
-    def __init__(self, backbone: Backbone, num_labels: int, teacher_inputs: str) -> None:
+    ``exit_num`` is E, 1..L-1 (0: L-1, a student after every layer below L). EasyNLP's GEEP
+    places students after layers 1..E only; samples then exit at one of them or at L.
+    """
+
+    def __init__(
+        self, backbone: Backbone, num_labels: int, teacher_inputs: str, exit_num: int = 0
+    ) -> None:
         super().__init__()
+        num_layers = backbone.num_layers
+        if not 0 <= exit_num < num_layers:
+            raise GeepError(
+                f"option exit_num must lie in 1..{num_layers - 1} for this {num_layers}-layer "
+                f"encoder (0: {num_layers - 1}), got {exit_num}"
+            )
         self.backbone = backbone
         self.students = nn.ModuleList(
             FastBERTHead(backbone.hidden_size, num_labels, backbone.dropout)
-            for _ in range(backbone.num_layers - 1)
+            for _ in range(exit_num or num_layers - 1)
         )
         self.teacher = FastBERTHead(backbone.hidden_size, num_labels, backbone.dropout)
         self.teacher_inputs = teacher_inputs
@@ -52,13 +65,16 @@ class StudentTeacherModel(nn.Module):
     ) -> torch.Tensor:
         """Logits [B, C] of the exit at ``layer`` from h_layer [B, T, H].
 
-        Layer L exits through the teacher. Below it, ``student`` is the student at ``layer``;
-        ``shared`` applies layer L to h_layer, then the teacher (GEEP's shared exit).
+        Layer L exits through the teacher. Below it, ``student`` is the student at ``layer``
+        (GeepError above layer E); ``shared`` applies layer L to h_layer, then the teacher
+        (GEEP's shared exit).
         """
         num_layers = self.backbone.num_layers
         if layer == num_layers:
             return self.teacher(hidden, attention_mask)
         if head == "student":
+            if layer > len(self.students):
+                raise GeepError(f"no student after layer {layer}: exit_num is {len(self.students)}")
             return self.students[layer - 1](hidden, attention_mask)
         top = self.backbone.run_layers(hidden, mask, num_layers - 1, num_layers)
         return self.teacher(top, attention_mask)
@@ -67,7 +83,8 @@ class StudentTeacherModel(nn.Module):
         """Training loss; ``terms``: ``all`` (GEEP's one step), ``teacher`` (the cross-entropy
         terms: backbone and teacher; FastBERT's step 1) or ``students`` (the KL terms, backbone
         and teacher frozen; FastBERT's step 2). With ``teacher_inputs="diverse"`` the teacher
-        also reads every sub-network (layers 1..k, then L); with ``"last"``, the full stack only.
+        also reads the sub-networks k = 1..min(E, L-2) (layers 1..k, then L); with ``"last"``,
+        the full stack only. Students are distilled after layers 1..E.
         """
         num_layers = self.backbone.num_layers
         attention_mask, labels = batch.attention_mask, batch.labels  # [B, T], [B]
@@ -81,17 +98,17 @@ class StudentTeacherModel(nn.Module):
         loss = teacher_full.new_zeros(())
         if terms != "students":
             loss = loss + F.cross_entropy(teacher_full, labels)
-            diverse = num_layers - 2  # sub-networks 1..k + L for k = 1..L-2
+            diverse = min(len(self.students), num_layers - 2)  # sub-networks 1..k + L, k <= D
             if self.teacher_inputs == "diverse" and diverse > 0:
-                prefixes = torch.cat(states[:diverse])  # [(L-2)B, T, H]: h_1 .. h_{L-2}
+                prefixes = torch.cat(states[:diverse])  # [DB, T, H]: h_1 .. h_D
                 repeated = mask.repeat(diverse, 1, 1, 1) if mask is not None else None
                 tops = self.backbone.run_layers(prefixes, repeated, num_layers - 1, num_layers)
-                logits = self.teacher(tops, attention_mask.repeat(diverse, 1))  # [(L-2)B, C]
-                # mean over (L-2)B samples times L-2 = the sum over k of each batch-mean CE
+                logits = self.teacher(tops, attention_mask.repeat(diverse, 1))  # [DB, C]
+                # mean over DB samples times D = the sum over k of each batch-mean CE
                 loss = loss + diverse * F.cross_entropy(logits, labels.repeat(diverse))
         if terms != "teacher":
             target = F.log_softmax(teacher_full.detach(), dim=-1)  # [B, C]
-            for student, state in zip(self.students, states, strict=False):
+            for student, state in zip(self.students, states, strict=False):  # layers 1..E
                 log_p = F.log_softmax(student(state, attention_mask), dim=-1)
                 loss = loss + F.kl_div(log_p, target, log_target=True, reduction="batchmean")
         return loss
@@ -128,8 +145,16 @@ class StudentTeacherMethod(DynamicExitMethod):
 
     def exit_head(
         self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
+        """The student at ``layer`` (the teacher at L); None between E and L, where none is."""
+        if len(self.model.students) < layer < self.num_layers:
+            return None
         return self.model.exit_logits(layer, hidden, None, attention_mask, "student")
+
+    def heads_through(self, layers: np.ndarray) -> np.ndarray:
+        """Heads a sample evaluates on its way to ``layers``: the students up to E, and the
+        teacher at L."""
+        return np.minimum(layers, len(self.model.students)) + (layers == self.num_layers)
 
     def exit_statistic(self, logits: torch.Tensor) -> torch.Tensor:
         """FastBERT's rule: exit once the student's normalized entropy is below the speed."""

@@ -55,8 +55,10 @@ thread counts and batch shapes (docs/reproducibility.md)."""
 def gap_midpoints(values: torch.Tensor, ceiling: float) -> np.ndarray:
     """Increasing midpoints of the gaps wider than :data:`MIN_GAP` between neighbouring distinct
     ``values``, then the midpoint between the largest value and ``ceiling`` (the statistic's
-    maximum) when that gap is wide enough too."""
+    maximum) when that gap is wide enough too. Infinite values (no head after that layer) are
+    no threshold."""
     distinct = np.unique(values.double().flatten().numpy())
+    distinct = distinct[np.isfinite(distinct)]
     wide = np.diff(distinct) > MIN_GAP
     mids = ((distinct[:-1] + distinct[1:]) / 2)[wide]
     if ceiling - distinct[-1] > MIN_GAP:

@@ -108,6 +108,97 @@ def test_one_step_loss_equals_the_formula(tiny_model: Path, teacher_inputs: str)
     assert fast.item() == pytest.approx(slow.item(), rel=1e-5)
 
 
+def easynlp_loss(method: Geep, batch, exit_num: int) -> torch.Tensor:
+    """EasyNLP's GEEP training loss, transcribed on the suite's heads: the encoder's train mode
+    (``GEEPEncoder.forward``, easynlp/modelzoo/models/geep/modeling_geep.py) runs, for each
+    skip in 1..L-1 chosen (1..exit_num, and L-1: the full stack), layers 1..skip then the last
+    layer, keeping the last layer's input; ``compute_loss``
+    (easynlp/appzoo/geep_classification/model.py) sums the teacher's NLL on every output and
+    KL(batchmean) from the full output's teacher to the students on the kept inputs but the
+    last."""
+    backbone, model = method.backbone, method.model
+    num_layers = backbone.num_layers
+    embedded, mask = backbone.embed(**batch.inputs())
+    am, y = batch.attention_mask, batch.labels
+    chosen = [*range(1, exit_num + 1), num_layers - 1]  # 0-based skip: layers 0..skip-1
+    outputs, sub_hidden_states = [], []
+    for skip_layer in range(1, num_layers):
+        if skip_layer not in chosen:
+            continue
+        hidden = embedded
+        for i in [*range(skip_layer), num_layers - 1]:
+            if i == num_layers - 1:
+                sub_hidden_states.append(hidden)
+            hidden = backbone.run_layers(hidden, mask, i, i + 1)
+        outputs.append(hidden)
+    logits_list = [model.teacher(hidden, am) for hidden in outputs]
+    log_softmax, criterion = torch.nn.LogSoftmax(dim=-1), torch.nn.NLLLoss()
+    loss1 = sum(criterion(log_softmax(logits), y) for logits in logits_list)
+    teacher_probs = F.softmax(logits_list[-1], dim=1).detach()
+    soft_criterion = torch.nn.KLDivLoss(reduction="batchmean")
+    loss2 = sum(
+        soft_criterion(log_softmax(model.students[i](sub_hidden_states[i], am)), teacher_probs)
+        for i in range(len(logits_list) - 1)
+    )
+    return loss1 + loss2
+
+
+def test_the_loss_with_exit_num_l_minus_2_is_easynlps(tiny_model: Path) -> None:
+    """With students after layers 1..L-2 (``exit_num=L-2``) the one-step loss is EasyNLP's on
+    the same weights and batch; the default adds one KL term, its student after layer L-1."""
+    texts, labels = toy(6)
+    easy = new_method("geep", tiny_model, "exit_num=2")  # the tiny encoder has L = 4
+    easy.model.eval()  # no dropout, so both computations see the same network
+    batch = easy.encode(texts, labels=labels).batch(torch.arange(6))
+    assert len(easy.model.students) == 2
+    assert easy.model(batch).item() == pytest.approx(easynlp_loss(easy, batch, 2).item(), rel=1e-5)
+
+    default = new_method("geep", tiny_model)
+    default.model.eval()
+    hidden, mask = default.backbone.embed(**batch.inputs())
+    h3 = default.backbone.run_layers(hidden, mask, 0, 3)
+    full = default.model.teacher(default.backbone.run_layers(h3, mask, 3, 4), batch.attention_mask)
+    log_q = F.log_softmax(default.model.students[2](h3, batch.attention_mask), dim=-1)
+    extra = F.kl_div(log_q, F.softmax(full, dim=-1), reduction="batchmean")
+    expected = easynlp_loss(default, batch, 2) + extra
+    assert default.model(batch).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["mode=predict", "mode=dynamic", "batching=regroup"])
+def test_with_students_after_layers_1_to_e_samples_exit_there_or_at_l(
+    tiny_model: Path, mode: str
+) -> None:
+    """``exit_num=1`` on a 4-layer encoder: one student, after layer 1; no statistic, exit or
+    head after layers 2 and 3; every FLOPs count has a head at layer 1 and the teacher at 4."""
+    method = trained_on_toy(new_method("geep", tiny_model, "exit_num=1", epochs=2))
+    settings = [mode] if mode != "batching=regroup" else ["mode=dynamic", mode]
+    method.configure(settings)
+    data = toy_test_split(method)
+    statistics = method.exit_statistics(data)
+    assert torch.isfinite(statistics[:, 0]).all() and torch.isinf(statistics[:, 1:]).all()
+    for speed in (0.3, 0.7, 1.0):
+        out = method.run(data, speed, 8)
+        assert set(out.exit_layers.tolist()) <= {1.0, 4.0}
+        layers = out.exit_layers.astype(int)
+        heads = 1 + (layers == 4) if mode != "mode=predict" else 1
+        expected = method.sample_flops(data.lengths.numpy(), layers, heads, "full")
+        np.testing.assert_allclose(out.flops_full, expected)
+    if mode != "mode=predict":
+        return
+    for rule in EXIT_RULES:  # at speed 1 nearly every training sample exits at layer 1
+        method.configure([f"exit_rule={rule}", "exit_margin=0"])
+        assert set(method.predict_layers(data, 1.0).tolist()) <= {1, 4}  # `mean`: 2 -> 4
+        method.configure(["exit_margin=1"])  # no student after layer 2: on to layer 4
+        assert set(method.predict_layers(data, 1.0).tolist()) == {4}
+
+
+def test_exit_num_must_leave_a_layer_for_the_teacher(tiny_model: Path) -> None:
+    with pytest.raises(GeepError, match=r"exit_num must lie in 1\.\.3 for this 4-layer encoder"):
+        new_method("geep", tiny_model, "exit_num=4")
+    with pytest.raises(GeepError, match="exit_num must be >= 0"):
+        new_method("geep", tiny_model, "exit_num=-1")
+
+
 def test_student_step_leaves_backbone_and_teacher_untouched(tiny_model: Path) -> None:
     method = new_method("geep", tiny_model)
     texts, labels = toy(6)
