@@ -84,6 +84,13 @@ class Profile:
     serving: ServingPlan | None = None  # the serving benchmark (test_serving.py); None skips it
     variants: dict[str, Variant] = field(default_factory=dict)  # measured after the methods
 
+    def __post_init__(self) -> None:
+        for name, variant in self.variants.items():
+            if not name.startswith(f"{variant.method}-"):  # tables list it after its method
+                raise GeepError(
+                    f"variant {name!r} of {variant.method}: name it {variant.method}-..."
+                )
+
     def method_names(self) -> list[str]:
         """The registered methods this profile runs, in the registry's order."""
         return list(self.methods) or method_names()

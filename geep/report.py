@@ -141,11 +141,21 @@ def _name_cells(name: str) -> list[str]:
 
 
 def _method_order(column: pd.Series) -> pd.Series:
-    """Methods in the registry's order (unknown ones last), batching policies in
+    """Methods in the registry's order, each followed by its variants (named ``<method>-...``,
+    geep.profiles.Variant), unknown ones last; batching policies in
     :data:`~geep.exits.BATCHINGS`' order; other columns as they are."""
     if column.name == "method":
         order = method_names()
-        return column.map(lambda m: order.index(m) if m in order else len(order))
+
+        def rank(name: str) -> str:  # a variant sorts after its method, then by its name
+            base = (
+                name
+                if name in order
+                else next((m for m in order if name.startswith(f"{m}-")), None)
+            )
+            return f"{order.index(base) if base else len(order):04d}|{name != base:d}|{name}"
+
+        return column.map(rank)
     if column.name == "batching":
         return column.map(lambda b: BATCHINGS.index(b) if b in BATCHINGS else len(BATCHINGS))
     return column

@@ -20,6 +20,7 @@ from geep.errors import GeepError
 from geep.flops import dims_for
 from geep.profiles import PROFILES, Variant, get_profile
 from geep.report import (
+    _method_order,
     exit_rule_section,
     fastest_table,
     load_runs,
@@ -155,6 +156,15 @@ def test_a_variant_trains_its_method_with_its_options_and_keeps_runs_of_its_own(
         "geep": 0.7,
         "geep-last": 0.6,
     }
+
+
+def test_tables_list_each_variant_after_its_method() -> None:
+    names = ["pabee", "geep-two-step", "zeta", "geep", "bert", "geep-teacher-last", "hashee"]
+    frame = pd.DataFrame({"method": names}).sort_values("method", key=_method_order)
+    expected = ["bert", "geep", "geep-teacher-last", "geep-two-step", "hashee", "pabee", "zeta"]
+    assert frame["method"].tolist() == expected
+    with pytest.raises(GeepError, match=r"variant 'last' of geep: name it geep-\.\.\."):
+        replace(PROFILES["smoke"], variants={"last": Variant("geep", ("teacher_inputs=last",))})
 
 
 def test_deebert_thresholds_are_fractions_of_the_largest_entropy() -> None:
