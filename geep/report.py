@@ -161,13 +161,22 @@ def _method_order(column: pd.Series) -> pd.Series:
     return column
 
 
+def _bert_of_the_same_run(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """Each row's ``column`` in the full-depth ``bert`` run of its dataset and seed made by the
+    same commit (NaN where there is none): times are compared only within one run, since a
+    later run may land on a faster or slower machine."""
+    commits = frame["git_commit"].fillna("")
+    bert = frame[frame["method"] == "bert"].assign(git_commit=commits)
+    reference = bert.set_index(["dataset", "seed", "git_commit"])[column]
+    keys = pd.MultiIndex.from_frame(frame[["dataset", "seed"]].assign(git_commit=commits))
+    return reference.reindex(keys).to_numpy()
+
+
 def with_realised_speedup(frame: pd.DataFrame) -> pd.DataFrame:
     """Add ``wall_speedup``: throughput over that of the full-depth ``bert`` run on the same
-    dataset and seed (NaN where the profile has no ``bert`` run)."""
-    bert = frame[frame["method"] == "bert"].set_index(["dataset", "seed"])["throughput"]
-    keys = pd.MultiIndex.from_frame(frame[["dataset", "seed"]])
+    dataset and seed, measured by the same commit (NaN where there is none)."""
     out = frame.copy()
-    out["wall_speedup"] = out["throughput"].to_numpy() / bert.reindex(keys).to_numpy()
+    out["wall_speedup"] = out["throughput"].to_numpy() / _bert_of_the_same_run(frame, "throughput")
     return out
 
 
@@ -177,7 +186,8 @@ def with_latency_model(frame: pd.DataFrame, results: Path) -> tuple[pd.DataFrame
 
     - ``modelled_seconds``: the time of the row's run predicted by the model fitted on the
       calibration run's ``bert`` points alone (the device the benchmarks ran on), and
-      ``model_error``: that over the measured median run time, minus 1;
+      ``model_error``: that over the measured median run time, minus 1, for rows of the
+      ``bert`` run's commit (the calibration runs beside it);
     - ``modelled_<gpu>_speedup``: the modelled GPU time of the full-depth ``bert`` run on the
       same dataset and seed over the row's (modelled, never measured).
 
@@ -200,7 +210,10 @@ def with_latency_model(frame: pd.DataFrame, results: Path) -> tuple[pd.DataFrame
             np.nan if c is None else model.seconds(c, ops)
             for c, ops in zip(calls, out["operators"], strict=True)
         ]
-    out["model_error"] = out["modelled_seconds"] / out["round_seconds_median"] - 1
+    # the calibration run is the bert run's: other runs' times may come from another machine
+    same_run = ~np.isnan(_bert_of_the_same_run(out, "throughput"))
+    measured = out["round_seconds_median"].where(same_run)
+    out["model_error"] = out["modelled_seconds"] / measured - 1
     keys = pd.MultiIndex.from_frame(out[["dataset", "seed"]])
     bert = out[out["method"] == "bert"].set_index(["dataset", "seed"])
     for gpu in GPUS:
@@ -333,7 +346,7 @@ def _work_row(
         f"{pick}: {settings}",
         f"{mean['accuracy']:.3f}",
         f"{mean['speedup_full']:.2f}x",
-        f"{mean['wall_speedup']:.2f}x",
+        f"{mean['wall_speedup']:.2f}x" if chosen["wall_speedup"].notna().all() else "-",
         f"{mean['layer_batches']:.0f}",
         f"{mean['mean_layer_batch_rows']:.1f}",
         f"{mean['head_calls']:.0f}",
@@ -466,16 +479,19 @@ def tables_markdown(
     """All datasets' tables, with how they were made."""
     first = frame.iloc[0]
     seeds = sorted(frame["seed"].unique())
+    runs = frame.groupby(frame["git_commit"].fillna("none"), sort=False)["method"].unique()
+    commits = "; ".join(f"commit {c} ({', '.join(runs[c])})" for c in runs.index)
     parts = [
         f"# Results: profile `{first['profile']}` (config {first['config_hash']})",
         "",
-        f"Device: {first['device']}; commit {first['git_commit']}; seeds "
-        f"{', '.join(str(s) for s in seeds)}. Accuracy on the test split, ± the half-width of "
-        "its 95% bootstrap interval"
+        f"Device: {first['device']}; {commits if len(runs) > 1 else f'commit {runs.index[0]}'}; "
+        f"seeds {', '.join(str(s) for s in seeds)}. Accuracy on the test split, ± the "
+        "half-width of its 95% bootstrap interval"
         + (", and the standard deviation across seeds" if len(seeds) > 1 else "")
         + ". Speedups are FLOPs at full depth over FLOPs at the setting (`full` convention, "
         "every head evaluated counted); wall-clock speedups are throughput over the full-depth "
-        "`bert` run's, every method batching its samples in order of length.",
+        "`bert` run's of the same commit (none where `bert` ran at another), every method "
+        "batching its samples in order of length.",
     ]
     for dataset in frame["dataset"].unique():
         n = int(frame[frame["dataset"] == dataset]["n"].iloc[0])

@@ -252,11 +252,29 @@ def _frame(*rows: tuple[str, dict]) -> pd.DataFrame:
     row's throughput says otherwise."""
     frame = pd.DataFrame(
         [
-            {"dataset": "d", "method": m, "variant": variant(m, row.get("batching")), **row}
+            {
+                "dataset": "d",
+                "method": m,
+                "variant": variant(m, row.get("batching")),
+                "git_commit": "c1",
+                **row,
+            }
             for m, row in rows
         ]
     )
     return with_realised_speedup(frame)
+
+
+def test_wall_clock_speedups_compare_runs_of_one_commit_only() -> None:
+    """A run made later (another commit) may have had a faster machine: no ratio to `bert`."""
+    frame = _frame(
+        ("bert", run_row("0", 0.82, 1.0)),
+        ("geep", run_row("0.5", 0.80, 2.0)),
+        ("fastbert", run_row("0.5", 0.80, 2.0, git_commit="c2")),
+    )
+    wall = dict(zip(frame["method"], frame["wall_speedup"], strict=True))
+    assert wall["bert"] == 1.0 and wall["geep"] == pytest.approx(2.0)
+    assert math.isnan(wall["fastbert"])
 
 
 def test_matched_table_takes_the_slowest_setting_reaching_each_speedup() -> None:
