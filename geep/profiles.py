@@ -9,8 +9,8 @@ Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
 - ``quick``: the embedded encoder on rotten-tomatoes (binary) and tweet-sentiment (3 classes),
   1000 training samples for 2 epochs, the threshold methods at full depth and four settings
   chosen on dev, the others over their fixed grids, and the latency calibration; the default of
-  ``tox -e reproduce`` (under 20 minutes on 2 cores, installation included). The Chinese datasets are left out: the embedded encoder is
-  English.
+  ``tox -e reproduce`` (under 20 minutes on 2 cores, installation included). The Chinese
+  datasets are left out: the embedded encoder is English.
 - ``compare``: the same datasets with 2000 training samples, three seeds and six dev-chosen
   settings, the dynamic-exit methods with shrinking and with regrouped batches, GEEP's two
   ablations as variants (its teacher fed the last layer only; FastBERT's two training steps),
