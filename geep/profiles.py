@@ -14,7 +14,7 @@ Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
 - ``compare``: the same datasets with 2000 training samples, three seeds and six dev-chosen
   settings, the dynamic-exit methods with shrinking and with regrouped batches, GEEP's two
   ablations as variants (its teacher fed the last layer only; FastBERT's two training steps),
-  plus GEEP's efficiency and the training-speed benchmarks, for comparing methods (about 3.5
+  plus GEEP's efficiency and the training-speed benchmarks, for comparing methods (about 3
   hours on 2 cores); and the serving benchmark under LoadGen (docs/serving.md, about 20
   minutes more).
 - ``offline``: all six offline datasets at full size (hours on a CPU, minutes on a GPU).
@@ -174,7 +174,7 @@ PROFILES = {
     "compare": Profile(
         name="compare",
         description="the quick datasets with twice the training samples and three seeds, "
-        "1275 dev and test samples each, for comparing methods (2-core CPU, about 2.5 hours)",
+        "1275 dev and test samples each, for comparing methods (2-core CPU, about 3 hours)",
         datasets=("rotten-tomatoes", "tweet-sentiment"),
         train=TrainConfig(max_train=2000, epochs=2, seq_len=64),
         seeds=(1, 2, 3),
