@@ -211,7 +211,7 @@ def with_latency_model(frame: pd.DataFrame, results: Path) -> tuple[pd.DataFrame
             for c, ops in zip(calls, out["operators"], strict=True)
         ]
     # the calibration run is the bert run's: other runs' times may come from another machine
-    same_run = ~np.isnan(_bert_of_the_same_run(out, "throughput"))
+    same_run = ~np.isnan(_bert_of_the_same_run(out, "round_seconds_median"))
     measured = out["round_seconds_median"].where(same_run)
     out["model_error"] = out["modelled_seconds"] / measured - 1
     keys = pd.MultiIndex.from_frame(out[["dataset", "seed"]])

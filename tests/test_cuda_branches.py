@@ -941,6 +941,7 @@ def test_calibration_on_a_gpu_is_fitted_with_overlap(
             "calls": [point["calls"]],
             "operators": [point["operators"]],
             "round_seconds_median": [point["seconds"]],
+            "git_commit": ["c1"],
         }
     )
     out, device = report.with_latency_model(frame, tmp_path)
