@@ -77,13 +77,17 @@ class _DevFlops:
             self._cache[i] = self.calibration.flops_at(float(self.calibration.candidates[i]))
         return self._cache[i]
 
+    def reaches(self, i: int, target: float) -> bool:
+        """Whether candidate ``i``'s dev FLOPs are at most ``target`` (up to float rounding)."""
+        return self(i) <= target * (1 + 1e-12)
+
     def first_reaching(self, target: float) -> int:
         """The smallest candidate index whose dev FLOPs are at most ``target`` (bisection: the
         FLOPs do not increase with the speed); the last index when none is."""
         low, high = 0, len(self.calibration.candidates) - 1
         while low < high:
             mid = (low + high) // 2
-            if self(mid) <= target * (1 + 1e-12):
+            if self.reaches(mid, target):
                 high = mid
             else:
                 low = mid + 1
@@ -120,7 +124,7 @@ def matched_speed(calibration: Calibration, target: float) -> tuple[float, float
         return None
     flops = _DevFlops(calibration)
     i = flops.first_reaching(target)
-    if flops(i) > target * (1 + 1e-12):
+    if not flops.reaches(i, target):
         return None
     return float(calibration.candidates[i]), flops(i)
 
