@@ -1,9 +1,11 @@
 """Benchmark options: ``--profile`` (else ``$GEEP_PROFILE``, else ``quick``), ``--results``
-(else ``$GEEP_RESULTS``, else ``results/<profile>``) and ``--resume`` (else ``$GEEP_RESUME=1``):
-skip the units whose rows the run files already hold, so an interrupted run goes on where it
-stopped. A damaged run file is set aside first, with a line saying so, and its units run
-again. The latency calibration's rounds are spread evenly over the run (first and last
-included), so the model is fitted on the machine as the other units found it.
+(else ``$GEEP_RESULTS``, else ``geep-results/<profile>`` in the system's temporary folder, so a
+run writes nothing into the checkout unless asked: ``tox -e reproduce`` asks for
+``results/<profile>``) and ``--resume`` (else ``$GEEP_RESUME=1``): skip the units whose rows
+the run files already hold, so an interrupted run goes on where it stopped. A damaged run
+file is set aside first, with a line saying so, and its units run again. The latency
+calibration's rounds are spread evenly over the run (first and last included), so the model
+is fitted on the machine as the other units found it.
 
 With pytest-xdist (``pytest benchmarks/ -n 2 --dist loadgroup``) the units are spread over
 workers: one (dataset, method, seed) stays on one worker (its model is loaded once), the
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,7 +34,11 @@ from geep.storage import check_folder
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("geep")
     group.addoption("--profile", choices=sorted(PROFILES), help="reproduction profile")
-    group.addoption("--results", help="folder for run files (default: results/<profile>)")
+    group.addoption(
+        "--results",
+        help="folder for run files (default: $GEEP_RESULTS, else geep-results/<profile> in the "
+        "system's temporary folder)",
+    )
     group.addoption("--resume", action="store_true", help="skip units already in the run files")
 
 
@@ -50,8 +57,12 @@ def resume(request: pytest.FixtureRequest) -> bool:
 
 
 def results_of(config: pytest.Config) -> Path:
+    """The folder the run files go to: ``--results``, else ``$GEEP_RESULTS``, else one per
+    profile in the temporary folder (the same on every run, so ``--resume`` finds it)."""
     chosen = config.getoption("--results") or os.environ.get("GEEP_RESULTS")
-    return Path(chosen or Path("results") / profile_of(config).name)
+    if chosen:
+        return Path(chosen)
+    return Path(tempfile.gettempdir()) / "geep-results" / profile_of(config).name
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +83,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     for line in recover_run_files(results, profile_of(config)):
         reporter.write_line(line) if reporter else print(line, file=sys.stderr)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """Say where the run files went (``geep report FOLDER`` makes the tables)."""
+    terminalreporter.write_line(f"geep: run files in {results_of(config)}")
 
 
 def worker() -> tuple[int, int] | None:

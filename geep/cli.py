@@ -379,7 +379,7 @@ def _sweep_line(ev: Evaluation) -> str:
 def cmd_flops(args: argparse.Namespace) -> int:
     from geep.flops import breakdown, dims_for
 
-    dims = dims_for(args.config)
+    dims = dims_for(args.config, args.seq_len)
     rows = breakdown(dims, args.seq_len, args.num_labels, args.convention)
     if args.json:
         print(

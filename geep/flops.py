@@ -19,6 +19,7 @@ from typing import Literal
 from transformers import PretrainedConfig
 
 from geep.errors import GeepError
+from geep.schema import document, first_problem, maybe, whole
 
 Convention = Literal["fastbert", "full"]
 CONVENTIONS: tuple[Convention, ...] = ("fastbert", "full")
@@ -56,8 +57,25 @@ NAMED_DIMS = {
 }
 
 
-def dims_for(config: str) -> EncoderDims:
-    """Dims of a named encoder, a config.json file, or a model folder holding one."""
+CONFIG_FIELDS = document(
+    {
+        "hidden_size": whole(1),
+        "num_hidden_layers": whole(1),
+        "num_attention_heads": whole(1),
+        "intermediate_size": whole(1),
+        "max_position_embeddings": maybe(whole(1)),
+    }
+)
+"""What a BERT config.json must hold for its FLOPs to be counted (geep.schema)."""
+
+
+def dims_for(config: str, seq_len: int | None = None) -> EncoderDims:
+    """Dims of a named encoder, a config.json file, or a model folder holding one.
+
+    A file's fields are checked before anything is computed: each a whole number >= 1, the
+    hidden size divisible by the number of heads and, when the file gives its positions and
+    ``seq_len`` is given, ``seq_len`` within them. GeepError (one line naming the file and the
+    first bad field) otherwise."""
     if config in NAMED_DIMS:
         return NAMED_DIMS[config]
     path = Path(config)
@@ -70,17 +88,27 @@ def dims_for(config: str) -> EncoderDims:
         )
     try:
         raw = json.loads(path.read_text())
-        return EncoderDims(
-            hidden=raw["hidden_size"],
-            num_layers=raw["num_hidden_layers"],
-            num_heads=raw["num_attention_heads"],
-            intermediate=raw["intermediate_size"],
-        )
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise GeepError(f"{path} is not a BERT config.json (not JSON)") from err
+    if problem := first_problem(raw, CONFIG_FIELDS):
+        raise GeepError(f"{path} is not a BERT config.json: {problem}")
+    hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
+    if hidden % heads:
         raise GeepError(
-            f"{path} is not a BERT config.json (needs hidden_size, num_hidden_layers, "
-            "num_attention_heads, intermediate_size)"
-        ) from err
+            f"{path} is not a BERT config.json: hidden_size {hidden} must be divisible by "
+            f"num_attention_heads {heads}"
+        )
+    positions = raw.get("max_position_embeddings")
+    if seq_len is not None and positions is not None and seq_len > positions:
+        raise GeepError(
+            f"--seq-len {seq_len} is longer than {path}'s max_position_embeddings {positions}"
+        )
+    return EncoderDims(
+        hidden=hidden,
+        num_layers=raw["num_hidden_layers"],
+        num_heads=heads,
+        intermediate=raw["intermediate_size"],
+    )
 
 
 def linear(tokens: int, d_in: int, d_out: int) -> int:

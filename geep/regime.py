@@ -198,12 +198,11 @@ def gpu(name: str, launch: float, compute_share: float = SUSTAINED_COMPUTE) -> D
 
 
 def nearest_2x(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, variant, seed) the measured row whose FLOPs speedup is nearest 2x."""
+    """Per (dataset, variant, seed) the measured row whose FLOPs speedup is nearest 2x (the
+    first of the frame's order on a tie), in the frame's order: no sort decides between ties."""
     distance = (frame["speedup_full"] - 2.0).abs()
-    picked = frame.assign(distance=distance).sort_values("distance")
-    return (
-        picked.groupby(["dataset", "variant", "seed"], sort=False).head(1).drop(columns="distance")
-    )
+    nearest = distance.groupby([frame["dataset"], frame["variant"], frame["seed"]]).idxmin()
+    return frame[frame.index.isin(nearest)]
 
 
 def regime_frame(

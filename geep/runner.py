@@ -47,7 +47,7 @@ from geep.encoding import Encoded, encode_texts
 from geep.errors import GeepError
 from geep.flops import CONVENTIONS, EncoderDims
 from geep.schema import choice, document, first_problem, listing, maybe, number, text, whole
-from geep.storage import atomic_directory, safetensors_os_error
+from geep.storage import atomic_directory, file_sha256, safetensors_os_error
 from geep.work import Call, counting
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ class CheckpointInfo:
     dev_samples: int | None = None  # how many dev samples dev_accuracy was measured on
     geep_version: str = geep.__version__
     files: list[str] = field(default_factory=list)  # what the save wrote (checkpoint_ownership)
+    sha256: dict[str, str] = field(default_factory=dict)  # file -> its SHA-256, config.json aside
 
     @property
     def num_labels(self) -> int:
@@ -119,6 +120,7 @@ CHECKPOINT_SCHEMA = document(
         "dev_samples": maybe(whole(0)),
         "geep_version": maybe(text()),
         "files": maybe(listing(text())),
+        "sha256": maybe(document({})),
     }
 )
 """What a checkpoint's config.json must hold (:class:`CheckpointInfo`; geep.schema)."""
@@ -520,8 +522,9 @@ class Method(ABC):
             except SafetensorError as err:
                 raise safetensors_os_error(err, path) or err from None
             self.tokenizer.save_pretrained(tmp)
-            files = [f.relative_to(tmp).as_posix() for f in tmp.rglob("*") if f.is_file()]
+            files = sorted(f.relative_to(tmp).as_posix() for f in tmp.rglob("*") if f.is_file())
             self.info.files = sorted([*files, INFO_FILE])
+            self.info.sha256 = {name: file_sha256(tmp / name) for name in files}
             (tmp / INFO_FILE).write_text(json.dumps(asdict(self.info), indent=2) + "\n")
         return path
 
@@ -532,6 +535,24 @@ def check_seq_len(seq_len: int, backbone: Backbone) -> None:
     positions = backbone.config.max_position_embeddings
     if not 8 <= seq_len <= positions:
         raise GeepError(f"--seq-len {seq_len} must lie in 8..{positions}, the model's positions")
+
+
+def checksum_problem(path: Path, sha256: Any) -> str | None:
+    """The first file of checkpoint ``path`` that is missing or whose SHA-256 is not the one
+    its config.json records (``sha256``: file -> digest, as :meth:`Method.save` wrote it); None
+    when every file is as it was saved. A checkpoint saved before checksums were recorded has
+    none to check."""
+    if not isinstance(sha256, dict):
+        return f"{INFO_FILE}'s sha256 must map each file to its digest"
+    for name, digest in sorted(sha256.items()):
+        file = path / name
+        if not isinstance(digest, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+            return f"{INFO_FILE}'s sha256 entry for {name!r} is not a file's digest"
+        if not file.is_file():
+            return f"{name} is missing"
+        if file_sha256(file) != digest:
+            return f"{name} is not the file that was saved (its SHA-256 differs from {INFO_FILE}'s)"
+    return None
 
 
 def checkpoint_ownership(path: Path) -> str | None:
@@ -606,6 +627,8 @@ def load_checkpoint(path: str | Path) -> Method:
         raise GeepError(f"{where} is damaged: {problem}; retrain it")
     if problem := _backbone_problem(raw["backbone"]):
         raise GeepError(f"{where} is damaged: {problem}; retrain it")
+    if problem := checksum_problem(path, raw.get("sha256") or {}):
+        raise GeepError(f"checkpoint {path} is damaged: {problem}; retrain it or copy it again")
     fields_ = {f.name for f in fields(CheckpointInfo)}
     info = CheckpointInfo(**{k: v for k, v in raw.items() if k in fields_})
     try:

@@ -21,6 +21,7 @@ import errno
 import fcntl
 import functools
 import glob
+import hashlib
 import json
 import os
 import re
@@ -299,6 +300,15 @@ def atomic_write_files(files: Mapping[Path, bytes]) -> None:
         raise
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file at ``path``, as 64 hex digits (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -312,7 +322,8 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     A reader sees either the old ``path``, the complete new one, or nothing: never a half-written
     checkpoint or cache entry. Replacing takes two renames (the old folder aside, the new one in):
     a failure or an interrupt between them puts the old folder back, and after a kill between
-    them the next write, or :func:`remove_stale_temporaries` before a read, does.
+    them the next write, or :func:`remove_stale_temporaries` before a read, does. Everything in
+    it gets the modes the umask gives new files and folders, whichever library wrote it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,8 +333,13 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual folder mode
         yield tmp
+        mask = _umask()
         for f in tmp.rglob("*"):
-            if f.is_file():
+            # the usual modes, whatever wrote them (safetensors renames a 0600 temporary in)
+            if f.is_dir():
+                os.chmod(f, 0o777 & ~mask)
+            elif f.is_file():
+                os.chmod(f, 0o666 & ~mask)
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         if path.exists():

@@ -1,14 +1,19 @@
 """Shared fixtures: a tiny random BERT saved as a local model folder, a toy dataset folder,
-and a private cache."""
+and a private cache. Hypothesis keeps its files in the temporary folder: tests write nothing
+into the checkout."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from tests.helpers import toy
+
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "geep-hypothesis")
 
 WORDS = (
     "good great fine nice love best happy bad awful poor hate worst sad boring "

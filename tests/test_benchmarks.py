@@ -46,13 +46,29 @@ EXTRA_INFO = {
 pytestmark = pytest.mark.slow
 
 
+def checkout_extras() -> set[str]:
+    """What the checkout holds that git does not track, ignored files too (bytecode aside)."""
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    return {line[3:] for line in status if line[:2] in ("??", "!!") and "__pycache__" not in line}
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """``GEEP_PROFILE=smoke pytest benchmarks/ --benchmark-json out.json`` into a temp folder."""
+    """``GEEP_PROFILE=smoke pytest benchmarks/ --benchmark-json out.json`` as a user runs it,
+    with no results folder named: the run files go to the temporary folder (``$TMPDIR``, here
+    a test folder). Also returns what the run added to the checkout."""
     out = tmp_path_factory.mktemp("smoke")
-    env = {**os.environ, "GEEP_PROFILE": "smoke", "GEEP_RESULTS": str(out / "results")}
+    env = {k: v for k, v in os.environ.items() if k != "GEEP_RESULTS"}
+    env |= {"GEEP_PROFILE": "smoke", "TMPDIR": str(out)}
     env["GEEP_ENCODING_ROWS"] = "2000"  # the large-split benchmark, small
     command = [sys.executable, "-m", "pytest", "benchmarks/", "-q", "-p", "no:cacheprovider"]
+    before = checkout_extras()
     done = subprocess.run(
         [*command, "--benchmark-json", str(out / "out.json")],
         cwd=ROOT,
@@ -61,11 +77,19 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         text=True,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return out / "results", json.loads((out / "out.json").read_text())
+    added = checkout_extras() - before
+    results = out / "geep-results" / "smoke"
+    assert f"geep: run files in {results}" in done.stdout
+    return results, json.loads((out / "out.json").read_text()), added
+
+
+def test_a_benchmark_run_writes_nothing_into_the_checkout(smoke) -> None:
+    *_, added = smoke
+    assert not added, f"the smoke benchmarks left {sorted(added)} in the checkout"
 
 
 def test_every_method_has_the_measurements(smoke) -> None:
-    _, report = smoke
+    _, report, _ = smoke
     units = [b["extra_info"] for b in report["benchmarks"] if b["name"].startswith("test_unit")]
     assert {info["method"] for info in units} == set(method_names())
     for info in units:
@@ -92,7 +116,7 @@ def test_every_method_is_served_in_every_loadgen_scenario(smoke) -> None:
     """The smoke profile's serving plan: every method (the dynamic-exit ones under every
     batching policy), ``bert`` in float32 and int8 and the best variant in int8, each with
     LoadGen's summary of its accuracy, SingleStream, Offline and Server runs."""
-    results, _ = smoke
+    results, *_ = smoke
     document = json.loads((results / "serving" / "rotten-tomatoes.json").read_text())
     rows = {row["unit"]: row for row in document["rows"]}
     served = {(r["method"], r["batching"], r["precision"]) for r in rows.values()}
@@ -117,7 +141,7 @@ def test_every_method_is_served_in_every_loadgen_scenario(smoke) -> None:
 
 
 def test_report_and_notebook_draw_the_runs(smoke, capsys, monkeypatch) -> None:
-    results, _ = smoke
+    results, *_ = smoke
     assert main(["report", str(results)]) == 0
     written = capsys.readouterr().out.split()
     names = {Path(p).name for p in written}

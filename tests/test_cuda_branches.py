@@ -96,6 +96,19 @@ class FakeCuda:
         }
         for name, fake in fakes.items():
             monkeypatch.setattr(torch.cuda, name, self._checked(name, fake))
+        # torch.accelerator, which the optimizers ask for the current stream: on a CUDA build
+        # of torch the real one would start the driver, on a CPU build it would answer "none"
+        accelerator = {
+            "current_accelerator": lambda check_available=False: torch.device("cuda"),
+            "is_available": lambda: True,
+            "device_count": lambda: 2,
+            "current_device_index": lambda: GPU.index,
+            "current_stream": self._current_stream,
+            "synchronize": self._synchronize,
+        }
+        for name, fake in accelerator.items():
+            checked = self._checked(name, fake, torch.accelerator, "accelerator.")
+            monkeypatch.setattr(torch.accelerator, name, checked)
         for fake_class in (FakeStream, FakeGraph, FakeCapture):
             name = fake_class.replaces
             monkeypatch.setattr(torch.cuda, name, type(name, (fake_class,), {"cuda": self}))
@@ -108,12 +121,14 @@ class FakeCuda:
         self.graphs: list[FakeGraph] = []
         self.capturing: FakeGraph | None = None
 
-    def _checked(self, name: str, fake: Callable[..., Any]) -> Callable[..., Any]:
-        signature = inspect.signature(getattr(torch.cuda, name))
+    def _checked(
+        self, name: str, fake: Callable[..., Any], module: Any = torch.cuda, prefix: str = ""
+    ) -> Callable[..., Any]:
+        signature = inspect.signature(getattr(module, name))
 
         def call(*args: Any, **kwargs: Any) -> Any:
             bound = signature.bind(*args, **kwargs)  # TypeError as from the real function
-            self.calls.append((name, dict(bound.arguments)))
+            self.calls.append((prefix + name, dict(bound.arguments)))
             return fake(*args, **kwargs)
 
         return call
@@ -158,7 +173,8 @@ class FakeCuda:
         self.rng = [s.clone() for s in states]
 
     def called(self, name: str) -> list[dict[str, Any]]:
-        """The bound arguments of every call of ``torch.cuda.<name>``, in order."""
+        """The bound arguments of every call of ``torch.cuda.<name>`` (``accelerator.<name>``:
+        of ``torch.accelerator.<name>``), in order."""
         return [arguments for called, arguments in self.calls if called == name]
 
 
@@ -190,6 +206,10 @@ class FakeStream:
         stream = object.__new__(cls)
         stream.device_index, stream.cuda_stream = index, STREAM + index
         return stream
+
+    def is_capturing(self) -> bool:
+        """Whether a graph is being captured (``torch.Stream.is_capturing``)."""
+        return self.cuda.capturing is not None
 
     def wait_stream(self, *args: Any, **kwargs: Any) -> None:
         bound = WAIT_STREAM.bind(self, *args, **kwargs)  # TypeError as from the real method
@@ -863,6 +883,8 @@ def test_train_loop_asks_accelerate_for_the_gpu(
     method = new_method("bert", tiny_model, epochs=1)
     trained_on_toy(method)
     assert [c.get("cpu") for c in calls] == [False]
+    # AdamW's step asks torch.accelerator whether a graph is being captured: the fake answers
+    assert fake_cuda.called("accelerator.current_stream")
 
 
 def test_training_state_keeps_every_gpus_generator(

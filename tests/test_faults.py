@@ -434,3 +434,39 @@ def test_damaged_checkpoint_metadata_is_one_line(
     err = capsys.readouterr().err
     assert_one_error_line(err, message)
     assert f"{damaged}/config.json is damaged" in err
+
+
+def overwrite(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer_config.json"])
+def test_a_checkpoint_file_changed_after_its_save_is_refused_naming_it(
+    name, checkpoint, tmp_path, capsys
+) -> None:
+    """4 KiB of random bytes in the weights (a bad copy, a disk error), or a changed tokenizer
+    file: the SHA-256 that config.json records no longer matches, and loading says so."""
+    damaged = shutil.copytree(checkpoint, tmp_path / "ck")
+    size = (damaged / name).stat().st_size
+    overwrite(damaged / name, size // 2, os.urandom(min(4096, size // 2)))
+    assert main(["evaluate", "--checkpoint", str(damaged)]) == 2
+    assert_one_error_line(
+        capsys.readouterr().err,
+        f"checkpoint {damaged} is damaged: {name} is not the file that was saved",
+    )
+
+
+def test_a_checkpoint_missing_a_file_it_recorded_is_refused(checkpoint, tmp_path, capsys) -> None:
+    damaged = shutil.copytree(checkpoint, tmp_path / "ck")
+    (damaged / "tokenizer.json").unlink()
+    assert main(["evaluate", "--checkpoint", str(damaged)]) == 2
+    assert_one_error_line(capsys.readouterr().err, "tokenizer.json is missing")
+
+
+def test_a_checkpoint_records_the_sha256_of_every_file_it_wrote(checkpoint) -> None:
+    info = json.loads((checkpoint / "config.json").read_text())
+    assert sorted(info["sha256"]) == sorted(set(info["files"]) - {"config.json"})
+    assert all(len(digest) == 64 for digest in info["sha256"].values())
+    load_checkpoint(checkpoint)  # its own files pass

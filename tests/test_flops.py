@@ -14,7 +14,7 @@ from geep.backbone import Backbone
 from geep.cli import main
 from geep.flops import EncoderDims
 from geep.heads import FastBERTHead
-from tests.helpers import counted_flops, linear_only_flops
+from tests.helpers import assert_one_error_line, counted_flops, linear_only_flops
 
 CONFIGS = ["bert-base", "minilm-l6"]
 
@@ -107,3 +107,38 @@ def test_flops_cli_bad_input(argv, message, capsys) -> None:
         status = exit_.code
     err = capsys.readouterr().err
     assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+BAD_CONFIGS = {
+    "a string": ({"hidden_size": "768"}, "hidden_size must be a whole number >= 1, got '768'"),
+    "zero": ({"num_hidden_layers": 0}, "num_hidden_layers must be a whole number >= 1, got 0"),
+    "negative": ({"intermediate_size": -4}, "intermediate_size must be a whole number >= 1"),
+    "a fraction": ({"num_attention_heads": 1.5}, "num_attention_heads must be a whole number"),
+    "a boolean": ({"num_attention_heads": True}, "num_attention_heads must be a whole number"),
+    "missing": ({"hidden_size": None}, "hidden_size is missing"),
+    "heads not dividing": (
+        {"num_attention_heads": 5},
+        "hidden_size 64 must be divisible by num_attention_heads 5",
+    ),
+    "positions": ({"max_position_embeddings": 0}, "max_position_embeddings must be a whole"),
+    "too long": ({"max_position_embeddings": 8}, "--seq-len 10 is longer than"),
+}
+
+
+@pytest.mark.parametrize("change, message", BAD_CONFIGS.values(), ids=list(BAD_CONFIGS))
+def test_flops_cli_checks_every_field_of_a_config_first(change, message, tmp_path, capsys):
+    fields = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    fields |= {"intermediate_size": 128, "max_position_embeddings": 64} | change
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({k: v for k, v in fields.items() if v is not None}))
+    status = main(["flops", "--config", str(config), "--seq-len", "10"])
+    out, err = capsys.readouterr()
+    assert status == 2 and not out, out
+    assert_one_error_line(err, message)
+
+
+def test_flops_cli_refuses_a_config_that_is_not_json(tmp_path, capsys) -> None:
+    config = tmp_path / "config.json"
+    config.write_text("hidden_size: 64")
+    assert main(["flops", "--config", str(config)]) == 2
+    assert_one_error_line(capsys.readouterr().err, "is not a BERT config.json (not JSON)")

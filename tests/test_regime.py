@@ -9,15 +9,18 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from geep.flops import NAMED_DIMS, EncoderDims
-from geep.regime import Pattern, gpu, pattern_calls, scaled_exits
+from geep.regime import Pattern, gpu, nearest_2x, pattern_calls, scaled_exits
 from geep.work import work_counts
 
 DIMS = EncoderDims(hidden=8, num_layers=3, num_heads=2, intermediate=16)
 EXITS = np.array([1, 2, 2, 3])  # four samples, batch 2: [1, 2] and [2, 3]
 H200 = Path(__file__).parent.parent / "results" / "gpu-nvidia-h200" / "gpu-check.json"
+
+pytestmark = pytest.mark.tables  # orderings: tox -e test runs it again with other numpy kernels
 
 
 def rows_of(calls: Counter, kind: str) -> Counter:
@@ -109,3 +112,27 @@ def test_launch_bound_prediction_wins_and_compute_bound_flops_decide() -> None:
     # no launch cost, large batches: both approach the FLOPs saved (about 2x, heads aside)
     for method, batching in (("geep", None), ("fastbert", "regroup")):
         assert 1.7 < speedup(method, batching, 256, 0.0) < 2.05
+
+
+def test_the_settings_nearest_2x_keep_the_frames_order_and_break_ties_by_it() -> None:
+    """Two policies of one method tie in their distance to 2x; a third variant is nearer. The
+    rows come back in the frame's order, and of two settings of one variant equally near 2x
+    the first is taken: no sort kernel decides."""
+    frame = pd.DataFrame(
+        {
+            "dataset": ["d"] * 6,
+            "variant": ["bert", "f (shrink)", "f (regroup)", "g", "g", "g"],
+            "seed": [1] * 6,
+            "setting": ["0", "dev1", "dev1", "dev1", "dev2", "dev3"],
+            "speedup_full": [1.0, 2.1, 2.1, 1.9, 2.05, 2.1],
+        }
+    )
+    picked = nearest_2x(frame)
+    assert list(zip(picked["variant"], picked["setting"], strict=True)) == [
+        ("bert", "0"),
+        ("f (shrink)", "dev1"),
+        ("f (regroup)", "dev1"),
+        ("g", "dev2"),
+    ]
+    tie = frame.assign(speedup_full=[1.0, 2.1, 2.1, 1.9, 2.1, 1.9])
+    assert nearest_2x(tie)["setting"].tolist() == ["0", "dev1", "dev1", "dev1"]

@@ -12,6 +12,7 @@ import pytest
 from geep.report import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.tables  # orderings: tox -e test runs it again with other numpy kernels
 PROFILES = sorted(p.name for p in (ROOT / "results").iterdir() if (p / "runs").is_dir())
 
 

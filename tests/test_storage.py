@@ -70,3 +70,52 @@ def test_a_save_a_kill_left_aside_is_read_after_all(tmp_path) -> None:
     state = TrainState(folder, {"seed": 1}, every_s=0)
     assert state.saved(0)["steps"] == 3
     assert sorted(p.name for p in folder.iterdir()) == ["latest", "run.json"]
+
+
+@pytest.fixture
+def umask_027():
+    """A umask other than the usual 022, so a mode a library chose shows: new files 0640."""
+    previous = os.umask(0o027)
+    yield 0o027
+    os.umask(previous)
+
+
+def wrong_modes(root: Path, mask: int) -> list[str]:
+    """Every file and folder under ``root`` whose mode is not what ``mask`` gives a new one."""
+    wrong = []
+    for path in sorted([root, *root.rglob("*")]):
+        want = (0o777 if path.is_dir() else 0o666) & ~mask
+        if path.stat().st_mode & 0o777 != want:
+            wrong.append(f"{path.relative_to(root)} {path.stat().st_mode & 0o777:o}")
+    return wrong
+
+
+def test_every_file_the_suite_writes_gets_the_umasks_mode(
+    tiny_model: Path, toy_dir: Path, tmp_path: Path, monkeypatch, umask_027
+) -> None:
+    """Checkpoints (safetensors, tokenizer files), the training state, the caches (encoded
+    splits), predictions, run files and reports: whatever library writes them."""
+    from geep.cli import main
+    from tests.helpers import train_args
+
+    monkeypatch.setenv("GEEP_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "written"
+    options = ["--epochs", "1", "--seq-len", "16", "--batch-size", "8", "--save-every", "0"]
+    assert main(train_args(toy_dir, tiny_model, out / "bert-toy", *options)) == 0
+    predictions = out / "predictions.jsonl"
+    argv = ["evaluate", "--checkpoint", str(out / "bert-toy"), "--predictions", str(predictions)]
+    assert main(argv) == 0
+    method = new_method("bert", tiny_model)
+    record(
+        out / "results",
+        get_profile("smoke"),
+        method,
+        "toy",
+        toy_test_split(method),
+        run_row("0", 0.9, 1.0),
+    )
+    assert main(["report", str(out / "results")]) == 0
+    assert {p.name for p in out.iterdir()} >= {"bert-toy", "predictions.jsonl", "results"}
+    assert (tmp_path / "cache" / "encoded").is_dir()
+    assert wrong_modes(out, umask_027) == []
+    assert wrong_modes(tmp_path / "cache", umask_027) == []
