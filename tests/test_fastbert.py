@@ -27,7 +27,11 @@ pytestmark = pytest.mark.kernels  # per-sample decisions on floats: also run und
 
 @pytest.fixture(scope="module")
 def trained(tiny_model: Path) -> FastBERT:
-    return trained_on_toy(new_method("fastbert", tiny_model))
+    """FastBERT at lr 5e-4 for 24 epochs: its step 2 runs at 10x the rate, and at the toy's
+    usual 3e-3 (students at 3e-2) the students' tanh saturated into inputs-blind, uniform
+    outputs under some CPU kernels (the same uncertainty for every sample: no threshold can
+    make exits differ)."""
+    return trained_on_toy(new_method("fastbert", tiny_model, lr=5e-4, epochs=24))
 
 
 @pytest.fixture(scope="module")
