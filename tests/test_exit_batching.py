@@ -20,6 +20,7 @@ from geep.exits import (
 )
 from geep.work import work_counts
 from tests.helpers import (
+    FASTBERT_TOY,
     LOGIT_NOISE,
     assert_same_where_clear,
     layer_logits,
@@ -34,11 +35,13 @@ pytestmark = pytest.mark.kernels  # per-sample decisions on floats: also run und
 
 POLICIES = ["shrink", "regroup", "keep"]
 CASES = {"fastbert": (), "deebert": (), "pabee": (), "geep": ("mode=dynamic",)}
+RECIPES = {"fastbert": FASTBERT_TOY}  # the others learn the toy at new_method's recipe
 
 
 @pytest.fixture(scope="module", params=list(CASES))
 def trained(request, tiny_model: Path) -> DynamicExitMethod:
-    return trained_on_toy(new_method(request.param, tiny_model, *CASES[request.param]))
+    name = request.param
+    return trained_on_toy(new_method(name, tiny_model, *CASES[name], **RECIPES.get(name, {})))
 
 
 def test_a_samples_exit_and_answer_do_not_depend_on_batching(trained) -> None:

@@ -14,6 +14,7 @@ from geep.encoding import Encoded
 from geep.exits import first_exit_layer
 from geep.runner import load_checkpoint
 from tests.helpers import (
+    FASTBERT_TOY,
     exit_path_flops,
     new_method,
     threshold_in_gap,
@@ -27,11 +28,7 @@ pytestmark = pytest.mark.kernels  # per-sample decisions on floats: also run und
 
 @pytest.fixture(scope="module")
 def trained(tiny_model: Path) -> FastBERT:
-    """FastBERT at lr 5e-4 for 24 epochs: its step 2 runs at 10x the rate, and at the toy's
-    usual 3e-3 (students at 3e-2) the students' tanh saturated into inputs-blind, uniform
-    outputs under some CPU kernels (the same uncertainty for every sample: no threshold can
-    make exits differ)."""
-    return trained_on_toy(new_method("fastbert", tiny_model, lr=5e-4, epochs=24))
+    return trained_on_toy(new_method("fastbert", tiny_model, **FASTBERT_TOY))
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -92,13 +93,26 @@ def test_checkpoint_round_trip_without_pickle(trained: Method, tmp_path: Path) -
     assert loaded.info.label_names == ["negative", "positive"]
 
 
+def without_checksums(damage: Callable[[Path], object]) -> Callable[[Path], None]:
+    """``damage`` to a checkpoint saved before checksums were recorded (no ``sha256``)."""
+
+    def damaged(path: Path) -> None:
+        info = json.loads((path / "config.json").read_text())
+        del info["sha256"]
+        (path / "config.json").write_text(json.dumps(info))
+        damage(path)
+
+    return damaged
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
         (lambda p: (p / "config.json").unlink(), "is not a checkpoint"),
         (lambda p: (p / "config.json").write_text("{not json"), "is corrupted"),
-        (lambda p: (p / "model.safetensors").write_bytes(b"\x00" * 10), "incomplete or corrupted"),
-        (lambda p: (p / "model.safetensors").unlink(), "incomplete or corrupted"),
+        (lambda p: (p / "model.safetensors").write_bytes(b"\x00" * 10), "safetensors is not the"),
+        (lambda p: (p / "model.safetensors").unlink(), "model.safetensors is missing"),
+        (without_checksums(lambda p: (p / "model.safetensors").write_bytes(b"\x00" * 10)), "incom"),
         (
             lambda p: (p / "config.json").write_text(
                 json.dumps({**json.loads((p / "config.json").read_text()), "method": "nope"})
