@@ -107,10 +107,15 @@ def train_argv(model: Path, data: Path, out: Path) -> list[str]:
     return [*argv, "--save-every", "0"]
 
 
+CHILDREN: set[int] = set()
+"""The forked runs not waited for yet."""
+
+
 def fork_train(argv: list[str], log: Path, threads: int | None) -> int:
     """Start ``geep train ARGV`` in a forked child (stdout and stderr to ``log``); its pid."""
     pid = os.fork()
     if pid:
+        CHILDREN.add(pid)
         return pid
     status = 1
     try:
@@ -139,6 +144,7 @@ def fork_train(argv: list[str], log: Path, threads: int | None) -> int:
 def wait(pid: int) -> int:
     """The exit status of child ``pid`` (128 + N when a signal N ended it)."""
     _, status = os.waitpid(pid, 0)
+    CHILDREN.discard(pid)
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
@@ -173,8 +179,8 @@ def wait_for(pid: int, out: Path, condition: Callable[[dict], bool]) -> float | 
         saved = progress(out)
         if saved and condition(saved):
             return time.monotonic()
-        if os.waitpid(pid, os.WNOHANG) != (0, 0):
-            return None
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return None  # it ended (left for wait() to reap)
         time.sleep(0.001)
 
 
@@ -193,6 +199,47 @@ def differences(expected: dict, out: Path) -> str | None:
     if not differ:
         return None
     return f"{len(differ)} tensors differ, by up to {max(differ.values()):.3g}"
+
+
+def stop(signum: int, frame: object) -> None:
+    """SIGTERM's handler: stop the trials."""
+    raise KeyboardInterrupt
+
+
+def trial(
+    model: Path,
+    data: Path,
+    expected: dict,
+    folder: Path,
+    call: int,
+    delay: float,
+    threads: int | None,
+) -> tuple[str, int, str | None]:
+    """Kill a run ``delay`` seconds into ``call`` with SIGINT, resume it: where the kill landed,
+    the steps its last save held, and what differs from the uninterrupted run (None: nothing)."""
+    folder.mkdir()
+    out = folder / "fastbert"
+    pid = fork_train(train_argv(model, data, out), folder / "killed.log", threads)
+    # the clock starts at the run's first save (call 0) or at the end of call 0 (call 1)
+    start = wait_for(pid, out, lambda saved: call == 0 or saved["done"])
+    if start is not None:
+        time.sleep(max(0.0, start + delay - time.monotonic()))
+        os.kill(pid, signal.SIGINT)
+    status = wait(pid)
+    saved = progress(out)
+    if status == 0:
+        landed = "after the training (it ended)"
+    elif status != 130:
+        landed = f"exit status {status}"
+    elif not saved:
+        landed = "before the first save"
+    else:
+        landed = f"call {saved['call']}" + (" (done)" if saved["done"] else "")
+    status = wait(fork_train(train_argv(model, data, out), folder / "resumed.log", threads))
+    problem = f"resumed run's exit status {status}" if status else differences(expected, out)
+    if problem is None and out.parent.joinpath(f".{out.name}.resume").exists():
+        problem = "the saved state was left behind"
+    return landed, saved.get("steps", 0), problem
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,49 +272,32 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     results: Counter[str] = Counter()
     where: Counter[str] = Counter()
-    for trial in range(1, args.trials + 1):
-        t0 = time.monotonic()
-        folder = work / f"trial-{trial}"
-        folder.mkdir()
-        out = folder / "fastbert"
-        call = rng.randrange(2)
-        delay = rng.uniform(0, ends[call] - (ends[0] if call else 0))
-        pid = fork_train(train_argv(model, data, out), folder / "killed.log", args.threads)
-        # the clock starts at the run's first save (call 0) or at its end (call 1)
-        start = wait_for(pid, out, lambda saved, c=call: c == 0 or saved["done"])
-        if start is not None:
-            time.sleep(max(0.0, start + delay - time.monotonic()))
-            os.kill(pid, signal.SIGINT)
-        status = wait(pid)
-        saved = progress(out)
-        if status == 0:
-            landed = "after the training (it ended)"
-        elif status != 130:
-            landed = f"exit status {status}"
-        elif not saved:
-            landed = "before the first save"
-        else:
-            landed = f"call {saved['call']}" + (" (done)" if saved["done"] else "")
-        where[landed] += 1
-        status = wait(
-            fork_train(train_argv(model, data, out), folder / "resumed.log", args.threads)
-        )
-        problem = f"resumed run's exit status {status}" if status else differences(expected, out)
-        if problem is None and out.parent.joinpath(f".{out.name}.resume").exists():
-            problem = "the saved state was left behind"
-        results["identical" if problem is None else "differing"] += 1
-        kill = f"SIGINT {delay:.2f} s into call {call} ({landed}, step {saved.get('steps', 0)})"
-        verdict = "identical" if problem is None else f"DIFFERS: {problem}; kept {folder}"
-        print(
-            f"trial {trial}/{args.trials}: {kill}: {verdict} ({time.monotonic() - t0:.1f} s)",
-            flush=True,
-        )
-        if problem is None:
-            shutil.rmtree(folder)
+    signal.signal(signal.SIGTERM, stop)  # ends the loop; the trials done so far are summed up
+    done = 0
+    try:
+        for done in range(1, args.trials + 1):
+            t0 = time.monotonic()
+            call = rng.randrange(2)
+            delay = rng.uniform(0, ends[call] - (ends[0] if call else 0))
+            folder = work / f"trial-{done}"
+            landed, steps, problem = trial(model, data, expected, folder, call, delay, args.threads)
+            where[landed] += 1
+            results["identical" if problem is None else "differing"] += 1
+            kill = f"SIGINT {delay:.2f} s into call {call} ({landed}, step {steps})"
+            verdict = "identical" if problem is None else f"DIFFERS: {problem}; kept {folder}"
+            seconds = time.monotonic() - t0
+            print(f"trial {done}/{args.trials}: {kill}: {verdict} ({seconds:.1f} s)", flush=True)
+            if problem is None:
+                shutil.rmtree(folder)
+    except KeyboardInterrupt:
+        for pid in list(CHILDREN):
+            os.kill(pid, signal.SIGKILL)
+            wait(pid)
+        print(f"stopped during trial {done}", flush=True)
     wall = time.monotonic() - started
     print("kills landed: " + ", ".join(f"{k}: {n}" for k, n in sorted(where.items())))
     print(
-        f"summary: trials {args.trials}, identical {results['identical']}, "
+        f"summary: trials {results.total()}, identical {results['identical']}, "
         f"differing {results['differing']}, wall time {wall:.0f} s"
     )
     if not results["differing"] and args.work is None:
