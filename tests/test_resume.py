@@ -41,8 +41,15 @@ SAME = [
 pytestmark = pytest.mark.slow
 
 
+def default_sigint() -> None:
+    """SIGINT's default action in the child, so that its python raises KeyboardInterrupt on it
+    even when pytest inherited SIGINT ignored (a background job of a script ignores it, and a
+    python started with SIGINT ignored keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*argv: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``python -m ARGV`` in the repository, as a user would run it."""
+    """``python -m ARGV`` in the repository, as a user would run it from a terminal."""
     return subprocess.Popen(
         [sys.executable, "-m", *argv],
         cwd=ROOT,
@@ -50,6 +57,7 @@ def start(*argv: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
 
 
