@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,8 +41,15 @@ SAME = [
 pytestmark = pytest.mark.slow
 
 
+def default_sigint() -> None:
+    """SIGINT's default action in the child, so that its python raises KeyboardInterrupt on it
+    even when pytest inherited SIGINT ignored (a background job of a script ignores it, and a
+    python started with SIGINT ignored keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*argv: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``python -m ARGV`` in the repository, as a user would run it."""
+    """``python -m ARGV`` in the repository, as a user would run it from a terminal."""
     return subprocess.Popen(
         [sys.executable, "-m", *argv],
         cwd=ROOT,
@@ -49,6 +57,7 @@ def start(*argv: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
 
 
@@ -127,11 +136,15 @@ def test_a_damaged_run_file_is_set_aside_and_its_units_run_again(
     assert [{k: r[k] for k in SAME} for r in result] == [{k: r[k] for k in SAME} for r in expected]
 
 
-def geep_train(out: Path, dataset: Path, model: Path) -> subprocess.Popen:
+def train_argv(out: Path, dataset: Path, model: Path) -> list[str]:
     """`geep train` of FastBERT (two training steps, two epochs each), saving after every step."""
     argv = ["train", "--method", "fastbert", "--dataset", str(dataset), "--model", str(model)]
     argv += ["--out", str(out), "--epochs", "2", "--batch-size", "8", "--seq-len", "16"]
-    return start("geep.cli", *argv, "--save-every", "0")
+    return [*argv, "--save-every", "0"]
+
+
+def geep_train(out: Path, dataset: Path, model: Path) -> subprocess.Popen:
+    return start("geep.cli", *train_argv(out, dataset, model))
 
 
 def saved_progress(out: Path) -> dict:
@@ -192,6 +205,49 @@ def test_killed_training_resumes_to_the_uninterrupted_checkpoint(
     assert not differ, f"{len(differ)} tensors differ, by up to {max(differ.values()):.3g}"
     assert not state_folder(out).exists()  # removed once the checkpoint is written
     assert not list(tmp_path.glob(".*.tmp")), "a temporary was left behind"
+
+
+# saves of the run below to restore: call 0's end; call 1's first step, its epoch boundary (10
+# batches an epoch), the first step of its second epoch and the last save before its end
+RESTORED = ["0-20", "1-1", "1-10", "1-11", "1-19"]
+
+
+def test_every_kind_of_save_resumes_to_the_uninterrupted_checkpoint(
+    toy_dir: Path, tiny_model: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A resume restores the last save before the kill, so what must hold is that a run resumed
+    from any save ends with the uninterrupted checkpoint; this restores chosen saves directly,
+    so no kill's timing decides which are tested. The runs share this process, one thread each
+    (fast, and the same kernels in every run)."""
+    from geep.cli import main
+
+    saves = tmp_path / "saves"
+    save = TrainState.save
+
+    def keep(self: TrainState, call: int, progress: dict, *args, **kwargs) -> None:
+        save(self, call, progress, *args, **kwargs)
+        shutil.copytree(self.folder, saves / f"{call}-{progress['steps']}")  # run.json, latest/
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        monkeypatch.setattr(TrainState, "save", keep)
+        assert main(train_argv(tmp_path / "uninterrupted", toy_dir, tiny_model)) == 0
+        monkeypatch.setattr(TrainState, "save", save)
+        uninterrupted = load_file(tmp_path / "uninterrupted" / "model.safetensors")
+        for name in RESTORED:
+            out = tmp_path / name / "fastbert"
+            shutil.copytree(saves / name, state_folder(out))
+            capsys.readouterr()
+            assert main(train_argv(out, toy_dir, tiny_model)) == 0
+            assert (
+                f"resuming from the state saved in {state_folder(out)}" in capsys.readouterr().err
+            )
+            weights = load_file(out / "model.safetensors")
+            differ = [k for k in weights if not torch.equal(weights[k], uninterrupted[k])]
+            assert not differ, f"resumed from save {name}: {len(differ)} tensors differ"
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_saved_state_of_another_run_is_discarded(tmp_path: Path, capsys) -> None:
