@@ -431,14 +431,23 @@ def test_requests_past_the_queue_limit_are_dropped_at_once_not_labelled() -> Non
         BatcherConfig(max_batch=8, max_dispatch=8, max_queue=4)
 
 
-def test_accuracy_refuses_a_log_with_dropped_samples(tmp_path) -> None:
-    entries = [{"qsl_idx": 0, "data": "0100000000000000"}, {"qsl_idx": 1, "data": ""}]
-    (tmp_path / "mlperf_log_accuracy.json").write_text(json.dumps(entries))
-    with pytest.raises(GeepError, match="sample 1 was dropped by the queue limit"):
-        served_labels(tmp_path, 2)
+def test_accuracy_refuses_a_run_with_dropped_samples_rather_than_count_them_wrong(
+    tmp_path,
+) -> None:
+    data = slow_data()
+    with pytest.raises(GeepError, match="was dropped by the queue limit"):
+        run_scenario(  # Offline issues all 64 at once: 48 are dropped
+            lambda answer: BatchingServer(SlowMethod(0.0), data, 0.0, SLOW, answer),
+            len(data),
+            "Offline",
+            tmp_path,
+            LoadSettings(min_duration=0.0, min_queries=1),
+            accuracy=True,
+        )
+        served_labels(tmp_path, len(data))
     plan = ServingPlan(datasets=(), batcher=BatcherConfig(max_queue=64))
     with pytest.raises(GeepError, match="must not limit its queue"):
-        measure_serving(SlowMethod(0.0), slow_data(), 0.0, plan, tmp_path)
+        measure_serving(SlowMethod(0.0), data, 0.0, plan, tmp_path)
 
 
 def test_the_report_tables_the_overload_runs_beside_the_serving_rows(tmp_path) -> None:
