@@ -665,7 +665,10 @@ def overload_figures(
     if rate_held:
         verdict = "rate held"
     else:
-        reasons = [f"{dropped_share:.0%} dropped"] if queries["dropped"] else []
+        reasons = []
+        if queries["dropped"]:
+            counts = f"{queries['dropped']} of {queries['issued']} queries dropped"
+            reasons.append(f"{counts} ({dropped_share:.1%})")
         if not latency_held:
             reasons.append(f"answered p99 over {target_ms:g} ms")
         verdict = f"rate not held ({', '.join(reasons)})"
