@@ -116,7 +116,9 @@ def overload_section(document: dict[str, Any]) -> str:
     meta, settings = document["provenance"], document["settings"]
     lines = [
         f"Overload: Server runs at {', '.join(f'{m:g}x' for m in _multiples(document))} the "
-        "highest rate held above, behind a queue limit of "
+        "highest rate the unit held in a rate search on the same machine just before (in "
+        "brackets; the file keeps that search's runs, which need not be the table's above), "
+        "behind a queue limit of "
         f"{settings['batcher']['max_queue']} waiting requests: a request past it is dropped "
         "(completed to LoadGen at once with no data, counted). Commit "
         f"{meta['git_commit']}, device {document['rows'][0]['device']}. Answered/s: answered "
