@@ -8,9 +8,13 @@ chosen on the dev split, never on test (``matched``: FLOPs speedup closest to th
 ``within``: the fastest within the plan's accuracy drop of ``bert``;
 geep.serving.choose_settings), the dynamic-exit methods under the plan's batching policies
 (``shrink``, ``regroup``, ``keep``); last, the early-exit variant that served the highest rate
-at the plan's last setting in float32, again in int8 (do the savings stack?).
+at the plan's last setting in float32, again in int8 (do the savings stack?). Then, with the
+plan's ``overload`` multiples, its ``overload_methods`` (``bert`` at full depth, an early-exit
+method at the plan's first setting) in the Server scenario at those multiples of the highest
+rate they held, behind a queue limit (geep.serving.measure_overload).
 
-Rows go to ``<results>/serving/<dataset>.json``; LoadGen's summaries to
+Rows go to ``<results>/serving/<dataset>.json``, the overload rows to
+``<results>/serving/overload/<dataset>.json``; LoadGen's summaries to
 ``<results>/serving/logs/<dataset>/<unit>/<run>/mlperf_log_summary.txt``. Skipped when the
 profile has no serving plan. Run it in one process (no xdist): the runs time themselves.
 """
@@ -34,7 +38,7 @@ from geep.profiles import Profile
 from geep.quantize import int8
 from geep.reproduce import device_name, git_commit, load_unit, speeds_for
 from geep.runner import Method, get_method
-from geep.serving import choose_settings, describe, measure_serving
+from geep.serving import choose_settings, describe, measure_overload, measure_serving
 from geep.storage import atomic_write_text, exclusive
 
 
@@ -44,11 +48,13 @@ class ServingUnit(NamedTuple):
     batching: str | None
     precision: str  # "fp32" or "int8"
     setting: str  # "full" (bert), "matched" or "within"
+    overload: bool = False  # Server runs past the highest rate this unit's row held
 
     @property
     def id(self) -> str:
         parts = [self.dataset, self.method, self.batching, self.precision, self.setting]
-        return "-".join(p for p in parts if p and p != "fp32")
+        overload = "overload" if self.overload else None
+        return "-".join(p for p in [*parts, overload] if p and p != "fp32")
 
 
 def serving_units(profile: Profile) -> list[ServingUnit]:
@@ -67,6 +73,19 @@ def serving_units(profile: Profile) -> list[ServingUnit]:
             for batching in policies:
                 found += [ServingUnit(dataset, name, batching, "fp32", s) for s in plan.settings]
         found.append(ServingUnit(dataset, "best", None, "int8", plan.settings[-1]))
+        if plan.overload:
+            found += [
+                ServingUnit(
+                    dataset,
+                    name,
+                    None,
+                    "fp32",
+                    "full" if name == "bert" else plan.settings[0],
+                    True,
+                )
+                for name in profile.method_names()
+                if name in plan.overload_methods
+            ]
     return found
 
 
@@ -146,28 +165,32 @@ def best_variant(results: Path, dataset: str, setting: str) -> dict[str, Any]:
     return max(rows, key=lambda r: (r["server_rate"] or 0.0, r["offline_samples_per_s"]))
 
 
-def serving_file(results: Path, dataset: str) -> Path:
-    return results / "serving" / f"{dataset}.json"
+def serving_file(results: Path, dataset: str, overload: bool = False) -> Path:
+    return results / "serving" / ("overload" if overload else "") / f"{dataset}.json"
 
 
-def read_serving(results: Path, dataset: str) -> dict[str, Any]:
-    path = serving_file(results, dataset)
+def read_serving(results: Path, dataset: str, overload: bool = False) -> dict[str, Any]:
+    path = serving_file(results, dataset, overload)
     return json.loads(path.read_text()) if path.is_file() else {"rows": []}
 
 
-def record_serving(results: Path, profile: Profile, dataset: str, row: dict[str, Any]) -> None:
-    """Add (or replace) the unit's row in the dataset's serving file, atomically and locked."""
-    path = serving_file(results, dataset)
+def record_serving(
+    results: Path, profile: Profile, dataset: str, row: dict[str, Any], overload: bool = False
+) -> None:
+    """Add (or replace) the unit's row in the dataset's serving file (or its overload file),
+    atomically and locked."""
+    path = serving_file(results, dataset, overload)
     path.parent.mkdir(parents=True, exist_ok=True)
+    plan = profile.serving
     with exclusive(path.parent):
-        old = read_serving(results, dataset)
+        old = read_serving(results, dataset, overload)
         if old.get("provenance", {}).get("config_hash") != profile.config_hash():
             old = {"rows": []}  # another configuration's file is replaced, never mixed with
         rows = [r for r in old["rows"] if r["unit"] != row["unit"]] + [row]
         document = {
             "dataset": dataset,
             "rows": rows,
-            "settings": describe(profile.serving.batcher, profile.serving.load),
+            "settings": describe(plan.overload_batcher if overload else plan.batcher, plan.load),
             "provenance": {
                 "profile": profile.name,
                 "config_hash": profile.config_hash(),
@@ -190,6 +213,9 @@ def keep_summaries(folder: Path) -> None:
 
 def test_serving(benchmark, profile: Profile, results_dir: Path, serving_unit: ServingUnit):
     unit = serving_unit
+    if unit.overload:
+        serve_overload(benchmark, profile, results_dir, unit)
+        return
     plan = profile.serving
     name, batching, setting = unit.method, unit.batching, unit.setting
     if name == "best":
@@ -227,3 +253,48 @@ def test_serving(benchmark, profile: Profile, results_dir: Path, serving_unit: S
     record_serving(results_dir, profile, unit.dataset, row)
     benchmark.extra_info.update({"profile": profile.name, **row})
     assert np.isfinite(row["offline_samples_per_s"]) and row["offline_samples_per_s"] > 0
+
+
+def serve_overload(benchmark, profile: Profile, results_dir: Path, unit: ServingUnit) -> None:
+    """The unit's Server runs at the plan's multiples of the highest rate its float32 row in
+    the serving file held (geep.serving.measure_overload), to the overload file."""
+    plan = profile.serving
+    reference = unit._replace(overload=False).id
+    rows = read_serving(results_dir, unit.dataset)["rows"]
+    base = next((r for r in rows if r["unit"] == reference), None)
+    if base is None or base["server_rate"] is None:
+        pytest.skip(f"{reference} held no rate before this unit: nothing to overload")
+    picked = chosen(profile, unit.dataset, unit.method)
+    speed = picked.speeds[unit.setting]
+    logs = results_dir / "serving" / "logs" / unit.dataset / unit.id
+    shutil.rmtree(logs, ignore_errors=True)
+    runs: list[dict[str, Any]] = []
+
+    def serve() -> None:
+        rate = base["server_rate"]
+        runs.extend(measure_overload(picked.method, picked.test, speed, plan, rate, logs))
+
+    benchmark.pedantic(serve, rounds=1, iterations=1)
+    keep_summaries(logs)
+    row = {
+        "unit": unit.id,
+        "dataset": unit.dataset,
+        "method": unit.method,
+        "batching": None,
+        "precision": "fp32",
+        "setting": unit.setting,
+        "speed": speed,
+        "device": device_name(picked.method.device),
+        "n": len(picked.test),
+        "reference_unit": reference,
+        "reference_rate": base["server_rate"],
+        "reference_runs": [
+            {k: r[k] for k in ("rate", "met", "p99_ms")} for r in base["server_runs"]
+        ],
+        "runs": runs,
+    }
+    record_serving(results_dir, profile, unit.dataset, row, overload=True)
+    benchmark.extra_info.update({"profile": profile.name, **row})
+    for run in runs:
+        assert run["answered"] + run["dropped"] == run["issued"], "a query was lost"
+        assert run["peak_waiting"] <= plan.overload_queue, "more waited than the queue limit"

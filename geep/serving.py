@@ -21,17 +21,25 @@ it), and each request is answered as soon as its model batch is done. Two ways t
 A dispatch takes up to ``max_dispatch`` requests of its queue, whole batches unless its oldest
 request is due: under load, dynamic exit with ``batching=regroup`` then pools the rows of several
 batches layer by layer, as DREX does.
+
+Beyond its capacity a server's queue grows without bound, and so does a LoadGen Server run,
+which waits for every query it issued. ``max_queue`` bounds it: a request that arrives while
+``max_queue`` requests wait (not yet dispatched) is dropped, completed to LoadGen at once with no
+data and counted (:class:`Accounting`), never answered with a label. :func:`measure_overload`
+drives a server past the highest rate it held and says whether the offered rate was held.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -55,12 +63,18 @@ class BatcherConfig:
     max_batch: int = 32  # rows of one model batch
     max_wait: float = 0.010  # seconds a queue's oldest request may wait for its batch to fill
     max_dispatch: int = 128  # requests one dispatch may take from a queue
+    max_queue: int | None = None  # requests that may wait undispatched; more are dropped
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_dispatch < self.max_batch or self.max_wait < 0:
             raise GeepError(
                 "the batcher needs max_batch >= 1, max_dispatch >= max_batch and max_wait >= 0, "
                 f"got {self.max_batch}, {self.max_dispatch} and {self.max_wait}"
+            )
+        if self.max_queue is not None and self.max_queue < self.max_batch:
+            raise GeepError(
+                f"a queue limit below a batch never fills one: max_queue {self.max_queue} < "
+                f"max_batch {self.max_batch}"
             )
 
 
@@ -127,7 +141,30 @@ class Dispatch(NamedTuple):
 
 
 Answer = Callable[[Sequence[Request], np.ndarray], None]
-"""Called with the requests of a finished model batch and their labels [b]."""
+"""Called with the requests of a finished model batch and their labels [b]; with labels
+:data:`DROPPED` for requests the queue limit refused (LoadGen gets no data for them)."""
+
+DROPPED = -2  # the "label" of a refused request: never a class, never sent to LoadGen as one
+
+
+@dataclass
+class Accounting:
+    """What became of a server's requests: ``issued == answered + dropped`` once it stops (an
+    error's label -1 counts as answered), the most that waited at once, and each answered
+    request's latency on the server's clock, from :meth:`BatchingServer.submit` to its answer."""
+
+    issued: int = 0
+    answered: int = 0
+    dropped: int = 0
+    peak_waiting: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds, one per answered request
+
+    def figures(self) -> dict[str, Any]:
+        """The counts and the answered requests' p99 latency (None without any), for a row."""
+        latencies = self.latencies
+        p99 = float(np.percentile(latencies, 99)) * 1000 if latencies else None
+        counts = {k: getattr(self, k) for k in ("issued", "answered", "dropped", "peak_waiting")}
+        return counts | {"answered_p99_ms": p99}
 
 
 class BatchingServer:
@@ -136,7 +173,9 @@ class BatchingServer:
     ``answer`` receives each finished batch (module docstring).
 
     An error in the worker is kept in :attr:`error` and every request from then on is answered
-    with label -1, so a LoadGen run ends; :func:`run_scenario` raises it afterwards.
+    with label -1, so a LoadGen run ends; :func:`run_scenario` raises it afterwards. With
+    ``config.max_queue``, :meth:`submit` drops what would exceed it (:data:`DROPPED`);
+    :attr:`accounting` counts every request.
     """
 
     def __init__(
@@ -154,8 +193,10 @@ class BatchingServer:
         self.answer, self.clock = answer, clock
         self.queues = BatchQueues(config)
         self.dispatches: list[Dispatch] = []
+        self.accounting = Accounting()
         self.error: BaseException | None = None
         self._inbox: list[Request] = []
+        self._waiting = 0  # requests admitted and not yet dispatched: the inbox and the queues
         self._stopped = False
         self._wake = threading.Condition()
         self._worker = threading.Thread(target=self._serve, name="geep-batcher", daemon=True)
@@ -171,11 +212,23 @@ class BatchingServer:
         self._worker.join()
 
     def submit(self, samples: Sequence[tuple[int, int]]) -> None:
-        """Queue (response id, sample index) pairs, all arriving now."""
+        """Queue (response id, sample index) pairs, all arriving now; those that would make
+        more than ``max_queue`` wait are dropped: answered at once with :data:`DROPPED`."""
         now = self.clock()
+        requests = [Request(id_, sample, now) for id_, sample in samples]
+        limit = self.config.max_queue
         with self._wake:
-            self._inbox += [Request(id_, sample, now) for id_, sample in samples]
+            room = len(requests) if limit is None else max(0, limit - self._waiting)
+            admitted, refused = requests[:room], requests[room:]
+            self._inbox += admitted
+            self._waiting += len(admitted)
+            counts = self.accounting
+            counts.issued += len(requests)
+            counts.dropped += len(refused)
+            counts.peak_waiting = max(counts.peak_waiting, self._waiting)
             self._wake.notify()
+        if refused:
+            self.answer(refused, np.full(len(refused), DROPPED, dtype=np.int64))
 
     def keys(self, requests: Sequence[Request]) -> list[int]:
         """Each request's queue (:meth:`Method.queue_keys`: GEEP's predicted exit layer), else 0."""
@@ -201,6 +254,8 @@ class BatchingServer:
                 self.queues.add(request, key)
             taken = self.queues.take(math.inf if stopped else self.clock())  # stopping: drain
             if taken is not None:
+                with self._wake:
+                    self._waiting -= len(taken[1])
                 self._dispatch(*taken)
                 continue
             if stopped:
@@ -219,7 +274,9 @@ class BatchingServer:
 
         def answered(positions: np.ndarray, labels: np.ndarray) -> None:
             waiting.difference_update(positions.tolist())
-            self.answer([requests[p] for p in positions], labels)
+            done = [requests[p] for p in positions]
+            self._count(done)
+            self.answer(done, labels)
 
         index = torch.tensor([r.sample for r in requests])
         try:
@@ -228,8 +285,18 @@ class BatchingServer:
             )
         except BaseException:
             if waiting:
-                self.answer([requests[p] for p in sorted(waiting)], np.full(len(waiting), -1))
+                self._label_failed([requests[p] for p in sorted(waiting)])
             raise
+
+    def _count(self, answered: Sequence[Request]) -> None:
+        """Count answered requests, with their latency up to now (the worker's thread only)."""
+        now = self.clock()
+        self.accounting.answered += len(answered)
+        self.accounting.latencies += [now - r.arrival for r in answered]
+
+    def _label_failed(self, requests: Sequence[Request]) -> None:
+        self._count(requests)
+        self.answer(requests, np.full(len(requests), -1, dtype=np.int64))
 
     def _refuse(self) -> None:
         """After an error: answer every request waiting or still to come with label -1."""
@@ -240,12 +307,13 @@ class BatchingServer:
             with self._wake:
                 waiting += self._inbox
                 self._inbox = []
+                self._waiting = 0
                 if not waiting:
                     if self._stopped:
                         return
                     self._wake.wait()
                     continue
-            self.answer(waiting, np.full(len(waiting), -1, dtype=np.int64))
+            self._label_failed(waiting)
 
 
 # --- LoadGen ------------------------------------------------------------------------------------
@@ -301,23 +369,69 @@ def run_scenario(
         data = np.ascontiguousarray(labels, dtype=np.int64)  # alive while LoadGen copies it
         base, size = data.ctypes.data, data.itemsize
         responses = [
-            lg.QuerySampleResponse(r.id, base + i * size, size) for i, r in enumerate(requests)
+            lg.QuerySampleResponse(r.id, 0, 0)  # dropped: completed, with no data
+            if data[i] == DROPPED
+            else lg.QuerySampleResponse(r.id, base + i * size, size)
+            for i, r in enumerate(requests)
         ]
         lg.QuerySamplesComplete(responses)
 
-    with server(answer) as running:
+    with server(answer) as running, peak_rss() as memory:
         sut = lg.ConstructSUT(
             lambda query: running.submit([(q.id, q.index) for q in query]), lambda: None
         )
         qsl = lg.ConstructQSL(samples, samples, lambda _: None, lambda _: None)
+        start = time.monotonic()
         try:
             lg.StartTestWithLogSettings(sut, qsl, test, logs)
         finally:
+            wall = time.monotonic() - start
             lg.DestroyQSL(qsl)
             lg.DestroySUT(sut)
     if running.error is not None:
         raise running.error
-    return read_results(out) | {"dispatches": _dispatch_stats(running.dispatches)}
+    return read_results(out) | {
+        "dispatches": _dispatch_stats(running.dispatches),
+        "queries": running.accounting.figures(),
+        "wall_s": wall,
+        "memory": memory,
+    }
+
+
+RSS_PERIOD = 0.005  # seconds between two readings of the resident set size
+
+
+@contextmanager
+def peak_rss() -> Iterator[dict[str, float | None]]:
+    """The process's resident set size while the block runs, read from ``/proc/self/statm``
+    every :data:`RSS_PERIOD` by a thread: {"rss_start_mib", "rss_peak_mib"}, filled when the
+    block ends (None where there is no ``/proc``). The high-water mark ``ru_maxrss`` would not
+    do: it keeps whatever the process reached before."""
+    figures: dict[str, float | None] = {"rss_start_mib": None, "rss_peak_mib": None}
+    statm = Path("/proc/self/statm")
+    if not statm.is_file():
+        yield figures
+        return
+    page = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def rss() -> float:
+        return int(statm.read_text().split()[1]) * page
+
+    start, done = rss(), threading.Event()
+    peak = [start]
+
+    def sample() -> None:
+        while not done.wait(RSS_PERIOD):
+            peak[0] = max(peak[0], rss())
+
+    sampler = threading.Thread(target=sample, name="geep-rss", daemon=True)
+    sampler.start()
+    try:
+        yield figures
+    finally:
+        done.set()
+        sampler.join()
+        figures.update(rss_start_mib=start, rss_peak_mib=max(peak[0], rss()))
 
 
 def read_results(out: Path) -> dict[str, Any]:
@@ -337,9 +451,17 @@ def read_results(out: Path) -> dict[str, Any]:
 
 
 def served_labels(out: Path, samples: int) -> np.ndarray:
-    """The label served for each sample [samples] from LoadGen's accuracy log (-1 where none)."""
+    """The label served for each sample [samples] from LoadGen's accuracy log (-1 where none).
+
+    A sample the queue limit dropped has no label to score: rather than count it wrong, this
+    refuses the log (an accuracy run serves without a limit, :func:`measure_serving`)."""
     labels = np.full(samples, -1, dtype=np.int64)
     for entry in json.loads((out / "mlperf_log_accuracy.json").read_text()):
+        if not entry["data"]:
+            raise GeepError(
+                f"sample {entry['qsl_idx']} was dropped by the queue limit in {out}: accuracy "
+                "needs every sample answered"
+            )
         labels[entry["qsl_idx"]] = np.frombuffer(bytes.fromhex(entry["data"]), dtype=np.int64)[0]
     return labels
 
@@ -381,6 +503,19 @@ class ServingPlan:
     matched_speedup: float = 2.0  # the dev setting whose FLOPs speedup is closest to this
     accuracy_drop: float = 0.01  # and the fastest dev setting within this of bert's dev accuracy
     rate_steps: int = 5  # Server runs of the search for the highest rate meeting the target
+    # overload: Server runs at these multiples of the highest rate that met the target, for
+    # these methods (an early-exit one at the first of ``settings``), with this queue limit
+    overload: tuple[float, ...] = ()
+    overload_methods: tuple[str, ...] = ("bert", "geep")
+    overload_queue: int = 64
+
+    def __post_init__(self) -> None:
+        replace(self.batcher, max_queue=self.overload_queue)  # a limit the batcher accepts
+
+    @property
+    def overload_batcher(self) -> BatcherConfig:
+        """The batcher of the overload runs: the plan's, with ``overload_queue`` as its limit."""
+        return replace(self.batcher, max_queue=self.overload_queue)
 
 
 def choose_settings(
@@ -443,6 +578,11 @@ def measure_serving(
     def server(config: BatcherConfig) -> Callable[[Answer], BatchingServer]:
         return lambda answer: BatchingServer(method, data, speed, config, answer)
 
+    if plan.batcher.max_queue is not None:  # Offline issues every query at once
+        raise GeepError(
+            "a serving plan's batcher must not limit its queue (Offline issues every query at "
+            "once): overload_queue limits the overload runs'"
+        )
     start = time.perf_counter()
     run_scenario(server(plan.batcher), n, "Offline", out / "accuracy", plan.load, accuracy=True)
     rough_qps = n / (time.perf_counter() - start)
@@ -495,3 +635,79 @@ def _server_figures(result: dict[str, Any]) -> dict[str, Any]:
         "completed_samples_per_s": result["completed_samples_per_sec"],
         "dispatches": result["dispatches"],
     }
+
+
+# --- beyond the highest rate --------------------------------------------------------------------
+
+
+def planned_duration(rate: float, settings: LoadSettings) -> float:
+    """Seconds over which a Server run at ``rate`` issues its queries: LoadGen schedules at
+    least ``min_queries`` and at least ``min_duration`` of Poisson arrivals, then waits for all
+    of them to complete."""
+    return max(settings.min_duration, settings.min_queries / rate)
+
+
+def overload_figures(
+    result: dict[str, Any], rate: float, config: BatcherConfig, settings: LoadSettings
+) -> dict[str, Any]:
+    """An overload run's row from :func:`run_scenario`'s result: the offered rate, what was
+    answered and dropped, the answered queries' p99 latency (the server's clock: LoadGen's own
+    percentiles count the dropped queries' instant completions), the peak queue and memory,
+    the planned and actual length, and the verdicts. The latency bound held when the answered
+    p99 met the target; the rate held when, besides, nothing was dropped."""
+    queries = result["queries"]
+    planned = planned_duration(rate, settings)
+    target_ms = settings.target_latency * 1000
+    p99 = queries["answered_p99_ms"]
+    latency_held = p99 is not None and p99 <= target_ms
+    rate_held = latency_held and queries["dropped"] == 0
+    dropped_share = queries["dropped"] / queries["issued"] if queries["issued"] else 0.0
+    if rate_held:
+        verdict = "rate held"
+    else:
+        reasons = []
+        if queries["dropped"]:
+            counts = f"{queries['dropped']} of {queries['issued']} queries dropped"
+            reasons.append(f"{counts} ({dropped_share:.1%})")
+        if not latency_held:
+            reasons.append(f"answered p99 over {target_ms:g} ms")
+        verdict = f"rate not held ({', '.join(reasons)})"
+    return {
+        "offered_rate": rate,
+        **queries,
+        "dropped_share": dropped_share,
+        "answered_per_s": queries["answered"] / result["wall_s"],
+        "max_queue": config.max_queue,
+        **result["memory"],
+        "planned_s": planned,
+        "wall_s": result["wall_s"],
+        "target_ms": target_ms,
+        "latency_held": latency_held,
+        "rate_held": rate_held,
+        "verdict": verdict,
+        "loadgen_met": bool(result["perf_constraints_met"]),
+        "loadgen_p99_ms": result["99.00_percentile_latency_ns"] / 1e6,
+        "dispatches": result["dispatches"],
+    }
+
+
+def measure_overload(
+    method: Method, data: Encoded, speed: float, plan: ServingPlan, rate: float, out: Path
+) -> list[dict[str, Any]]:
+    """Server runs at each of ``plan.overload``'s multiples of ``rate`` (the highest rate that
+    met the latency target), behind ``plan.overload_batcher``; LoadGen's logs go under
+    ``out/Server-<multiple>x``. One :func:`overload_figures` row per multiple, with it."""
+    config = plan.overload_batcher
+    rows = []
+    for multiple in plan.overload:
+        offered = multiple * rate
+        result = run_scenario(
+            lambda answer: BatchingServer(method, data, speed, config, answer),
+            len(data),
+            "Server",
+            out / f"Server-{multiple:g}x",
+            plan.load,
+            expected_qps=offered,
+        )
+        rows.append({"multiple": multiple, **overload_figures(result, offered, config, plan.load)})
+    return rows

@@ -1,6 +1,7 @@
 """The serving benchmark's results (``<results>/serving/<dataset>.json``, written by
 benchmarks/test_serving.py) as a table per dataset and a plot of p99 latency against the
-offered rate; :func:`geep.report.write_report` adds both to the report."""
+offered rate, and its overload runs (``<results>/serving/overload/<dataset>.json``) as a table
+beside them; :func:`geep.report.write_report` adds them to the report."""
 
 from __future__ import annotations
 
@@ -13,17 +14,28 @@ from matplotlib.figure import Figure
 from geep.errors import GeepError
 
 SERVING_FOLDER = "serving"
+OVERLOAD_FOLDER = "overload"  # inside the serving folder
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text())
+        document["rows"][0]["unit"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise GeepError(f"{path} is damaged ({type(err).__name__}): re-run it") from None
+    return document
 
 
 def serving_files(results: Path) -> dict[str, dict[str, Any]]:
-    """Each dataset's serving file under ``results``, by dataset name (none: {})."""
+    """Each dataset's serving file under ``results``, by dataset name (none: {}), with its
+    overload file as ``"overload"`` where there is one."""
     found = {}
-    for path in sorted((results / SERVING_FOLDER).glob("*.json")):
-        try:
-            document = json.loads(path.read_text())
-            document["rows"][0]["unit"]
-        except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
-            raise GeepError(f"{path} is damaged ({type(err).__name__}): re-run it") from None
+    folder = results / SERVING_FOLDER
+    for path in sorted(folder.glob("*.json")):
+        document = _read(path)
+        overload = folder / OVERLOAD_FOLDER / path.name
+        if overload.is_file():
+            document["overload"] = _read(overload)
         found[document["dataset"]] = document
     return found
 
@@ -93,7 +105,58 @@ def serving_section(documents: dict[str, dict[str, Any]]) -> str | None:
     ]
     for dataset, document in documents.items():
         parts += ["", f"### {dataset}", "", serving_table(document)]
+        if "overload" in document:
+            parts += ["", overload_section(document["overload"])]
     return "\n".join(parts)
+
+
+def overload_section(document: dict[str, Any]) -> str:
+    """Markdown: the overload runs (geep.serving.measure_overload) with how they were made, one
+    row per (method, multiple of the highest rate it held)."""
+    meta, settings = document["provenance"], document["settings"]
+    lines = [
+        f"Overload: Server runs at {', '.join(f'{m:g}x' for m in _multiples(document))} the "
+        "highest rate the unit held in a rate search on the same machine just before (in "
+        "brackets; the file keeps that search's runs, which need not be the table's above), "
+        "behind a queue limit of "
+        f"{settings['batcher']['max_queue']} waiting requests: a request past it is dropped "
+        "(completed to LoadGen at once with no data, counted). Commit "
+        f"{meta['git_commit']}, device {document['rows'][0]['device']}. Answered/s: answered "
+        "queries over the run's wall time; p99 of the answered queries only, on the server's "
+        "clock; peak RSS of the process, sampled every 5 ms during the run (its growth over the "
+        "start in brackets); planned: the seconds LoadGen issues queries over.",
+        "",
+        "| method | setting | offered q/s | answered/s | dropped | p99 answered ms | peak queue "
+        "| peak RSS MiB | planned s | run s | result |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in document["rows"]:
+        for run in row["runs"]:
+            p99, peak = run["answered_p99_ms"], run["rss_peak_mib"]
+            memory = (
+                "not measured"
+                if peak is None
+                else f"{peak:.0f} (+{peak - run['rss_start_mib']:.0f})"
+            )
+            cells = [
+                f"`{row['method']}`",
+                row["setting"],
+                f"{run['offered_rate']:.0f} ({run['multiple']:g}x {row['reference_rate']:.0f})",
+                f"{run['answered_per_s']:.0f}",
+                f"{run['dropped']} of {run['issued']} ({run['dropped_share']:.0%})",
+                "none" if p99 is None else f"{p99:.0f}",
+                f"{run['peak_waiting']}",
+                memory,
+                f"{run['planned_s']:.1f}",
+                f"{run['wall_s']:.1f}",
+                run["verdict"],
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _multiples(document: dict[str, Any]) -> list[float]:
+    return sorted({run["multiple"] for row in document["rows"] for run in row["runs"]})
 
 
 LINESTYLES = {None: "-", "shrink": "-", "regroup": "--", "keep": ":"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from geep.encoding import Encoded
 from geep.errors import GeepError
 from geep.runner import Method
 from geep.serving import (
+    DROPPED,
     BatcherConfig,
     BatchingServer,
     BatchQueues,
@@ -24,6 +26,8 @@ from geep.serving import (
     choose_settings,
     describe,
     highest_rate,
+    measure_serving,
+    overload_figures,
     run_scenario,
     served_labels,
 )
@@ -338,3 +342,146 @@ def test_the_serving_table_gives_ratios_to_float32_bert(tmp_path) -> None:
     (tmp_path / "serving" / "rt.json").write_text('{"dataset": "rt", "rows": []}')
     with pytest.raises(GeepError, match="damaged"):
         serving_files(tmp_path)
+
+
+# --- overload ------------------------------------------------------------------------------------
+
+
+class SlowMethod:
+    """A stand-in method of known capacity: each dispatch sleeps ``cost`` seconds, then answers
+    label 0 for all its samples (``max_dispatch / cost`` requests a second at most)."""
+
+    name = "slow"
+
+    def __init__(self, cost: float) -> None:
+        self.cost = cost
+
+    def check_speed(self, speed: float) -> None:
+        pass
+
+    def prepare(self, speed: float) -> None:
+        pass
+
+    def queue_keys(self, data: Encoded, speed: float) -> None:
+        return None
+
+    def run(self, data: Encoded, speed: float, batch_size: int, on_batch) -> None:
+        time.sleep(self.cost)
+        on_batch(np.arange(len(data)), np.zeros(len(data), dtype=np.int64))
+
+
+def slow_data(n: int = 64) -> Encoded:
+    ids = torch.randint(5, 100, (n, 8))
+    return Encoded.from_padded(ids, torch.ones_like(ids), torch.zeros_like(ids), torch.zeros(n))
+
+
+SLOW = BatcherConfig(max_batch=8, max_wait=0.005, max_dispatch=8, max_queue=16)
+SLOW_COST = 0.04  # seconds a dispatch of at most 8: 200 requests a second at most
+
+
+def serve_slowly(rate: float, out: Path, config: BatcherConfig = SLOW) -> dict:
+    """A LoadGen Server run of about 1 s at ``rate`` against :class:`SlowMethod`; its row."""
+    data, settings = slow_data(), LoadSettings(min_duration=1.0, min_queries=20, target_latency=0.5)
+    result = run_scenario(
+        lambda answer: BatchingServer(SlowMethod(SLOW_COST), data, 0.0, config, answer),
+        len(data),
+        "Server",
+        out,
+        settings,
+        expected_qps=rate,
+    )
+    return overload_figures(result, rate, config, settings)
+
+
+def test_a_server_at_five_times_its_capacity_drops_past_its_queue_limit_and_ends_on_time(
+    tmp_path,
+) -> None:
+    row = serve_slowly(1000.0, tmp_path)  # 5x the 200/s it can answer
+    assert row["answered"] + row["dropped"] == row["issued"] >= 1000 * 0.8
+    assert row["wall_s"] <= row["planned_s"] + 0.5, (
+        f"the run lasted {row['wall_s']:.2f} s, planned {row['planned_s']:.2f} s"
+    )
+    assert row["peak_waiting"] <= SLOW.max_queue, "more requests waited than the queue limit"
+    assert row["dropped"] > 0 and 0.5 < row["dropped_share"] < 1.0
+    assert row["answered_per_s"] <= 1.1 * SLOW.max_dispatch / SLOW_COST
+    assert row["rss_peak_mib"] - row["rss_start_mib"] < 64  # the process did not grow
+    assert not row["rate_held"] and row["verdict"].startswith("rate not held (")
+    assert f"{row['dropped']} of {row['issued']} queries dropped" in row["verdict"]
+
+
+def test_a_server_below_its_capacity_answers_everything_and_holds_the_rate(tmp_path) -> None:
+    row = serve_slowly(50.0, tmp_path)
+    assert row["dropped"] == 0 and row["answered"] == row["issued"] >= 50
+    assert row["answered_p99_ms"] <= row["target_ms"]
+    assert row["rate_held"] and row["verdict"] == "rate held"
+    assert row["wall_s"] <= row["planned_s"] + 0.5
+
+
+def test_requests_past_the_queue_limit_are_dropped_at_once_not_labelled() -> None:
+    answers: list[tuple[list[int], np.ndarray]] = []
+    answer = lambda requests, labels: answers.append(([r.id for r in requests], labels))  # noqa: E731
+    with BatchingServer(SlowMethod(0.01), slow_data(), 0.0, SLOW, answer) as server:
+        server.submit([(i, i % 64) for i in range(40)])  # one burst: 16 wait, 24 are refused
+        assert answers[0] == (list(range(16, 40)), pytest.approx([DROPPED] * 24))
+    counts = server.accounting
+    assert (counts.issued, counts.answered, counts.dropped, counts.peak_waiting) == (40, 16, 24, 16)
+    assert sorted(i for ids, labels in answers[1:] for i in ids) == list(range(16))
+    assert all((labels == 0).all() for _, labels in answers[1:])
+    with pytest.raises(GeepError, match="never fills one"):
+        BatcherConfig(max_batch=8, max_dispatch=8, max_queue=4)
+
+
+def test_accuracy_refuses_a_run_with_dropped_samples_rather_than_count_them_wrong(
+    tmp_path,
+) -> None:
+    data = slow_data()
+    with pytest.raises(GeepError, match="was dropped by the queue limit"):
+        run_scenario(  # Offline issues all 64 at once: 48 are dropped
+            lambda answer: BatchingServer(SlowMethod(0.0), data, 0.0, SLOW, answer),
+            len(data),
+            "Offline",
+            tmp_path,
+            LoadSettings(min_duration=0.0, min_queries=1),
+            accuracy=True,
+        )
+        served_labels(tmp_path, len(data))
+    plan = ServingPlan(datasets=(), batcher=BatcherConfig(max_queue=64))
+    with pytest.raises(GeepError, match="must not limit its queue"):
+        measure_serving(SlowMethod(0.0), data, 0.0, plan, tmp_path)
+
+
+def test_the_report_tables_the_overload_runs_beside_the_serving_rows(tmp_path) -> None:
+    document = {
+        "dataset": "rt",
+        "rows": [serving_row("bert")],
+        "settings": describe(BatcherConfig(), LoadSettings()),
+        "provenance": {"seed": 1, "git_commit": "abc"},
+    }
+    runs = [
+        {"multiple": m, **serve_slowly(rate, tmp_path / f"{m:g}x")}
+        for m, rate in ((0.25, 50.0), (5.0, 1000.0))
+    ]
+    overload = document | {
+        "rows": [
+            {
+                "unit": "rt-bert-full-overload",
+                "method": "bert",
+                "setting": "full",
+                "device": "a CPU",
+                "reference_rate": 200.0,
+                "runs": runs,
+            }
+        ],
+        "settings": describe(SLOW, LoadSettings()),
+    }
+    (tmp_path / "serving" / "overload").mkdir(parents=True)
+    (tmp_path / "serving" / "rt.json").write_text(json.dumps(document))
+    (tmp_path / "serving" / "overload" / "rt.json").write_text(json.dumps(overload))
+    section = serving_section(serving_files(tmp_path))
+    assert "queue limit of 16 waiting requests" in section
+    held, overloaded = [
+        line for line in section.splitlines() if line.startswith("| `bert` | full | ")
+    ][1:]
+    assert held.endswith(" | rate held |") and "| 0 of " in held
+    assert "| 1000 (5x 200) | " in overloaded
+    assert f"| rate not held ({runs[1]['dropped']} of {runs[1]['issued']} queries" in overloaded
