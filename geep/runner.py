@@ -26,6 +26,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -627,21 +628,29 @@ def load_checkpoint(path: str | Path) -> Method:
         raise GeepError(f"{where} is damaged: {problem}; retrain it")
     if problem := _backbone_problem(raw["backbone"]):
         raise GeepError(f"{where} is damaged: {problem}; retrain it")
-    if problem := checksum_problem(path, raw.get("sha256") or {}):
-        raise GeepError(f"checkpoint {path} is damaged: {problem}; retrain it or copy it again")
-    fields_ = {f.name for f in fields(CheckpointInfo)}
-    info = CheckpointInfo(**{k: v for k, v in raw.items() if k in fields_})
+    with ThreadPoolExecutor(max_workers=1) as pool:  # hashing releases the GIL: it overlaps
+        checked = pool.submit(checksum_problem, path, raw.get("sha256") or {})  # the build
+        fields_ = {f.name for f in fields(CheckpointInfo)}
+        info = CheckpointInfo(**{k: v for k, v in raw.items() if k in fields_})
+        try:
+            cls = get_method(info.method)
+            TrainConfig.from_dict(info.train)
+            options = cls.options_class.from_dict(info.options)
+        except GeepError as err:
+            raise GeepError(f"{where} is damaged: {err}; retrain it") from None
+        backbone_config = dict(info.backbone)
+        try:  # from the config alone: no file of the checkpoint is read before its check
+            config = AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config)
+            model = cls.build_model(
+                Backbone.from_config(config, info.pooling), info.num_labels, options
+            )
+        except CHECKPOINT_FAULTS as err:
+            raise GeepError(
+                f"checkpoint {path} is incomplete or corrupted ({type(err).__name__}): retrain it"
+            ) from err
+        if problem := checked.result():
+            raise GeepError(f"checkpoint {path} is damaged: {problem}; retrain it or copy it again")
     try:
-        cls = get_method(info.method)
-        TrainConfig.from_dict(info.train)
-        options = cls.options_class.from_dict(info.options)
-    except GeepError as err:
-        raise GeepError(f"{where} is damaged: {err}; retrain it") from None
-    backbone_config = dict(info.backbone)
-    try:
-        config = AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config)
-        backbone = Backbone.from_config(config, info.pooling)
-        model = cls.build_model(backbone, info.num_labels, options)
         load_model(model, str(path / WEIGHTS_FILE), strict=True)
         extras = load_file(path / EXTRAS_FILE) if (path / EXTRAS_FILE).exists() else {}
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
