@@ -2,13 +2,13 @@
 ACL 2020), ``--method deebert``. docs/methods.md.
 
 - Heads: a "highway" after each of layers 1..L-1 and the final classifier after layer L, each a
-  pooler (Linear(H, H) + tanh) + dropout + Linear(H, C) (:class:`~geep.heads.PoolerClassifier`),
+  pooler (Linear(H, H) + tanh) + dropout + Linear(H, C) (:class:`~geep.model.heads.PoolerClassifier`),
   all starting from the encoder's pretrained pooler where it has one.
 - Training, two stages: (1) fine-tune backbone + final classifier with cross-entropy; (2) freeze
   them and train the highways with the sum of their cross-entropies.
 - Exit rule: after each layer the running samples' highway gives a distribution; a sample exits
   when its raw entropy (nats, not normalised) is below the threshold. Exited samples leave the
-  batch (``batching``: :mod:`geep.exits`); layer L exits through the final classifier. FLOPs count
+  batch (``batching``: :mod:`geep.core.dynamic_exit`); layer L exits through the final classifier. FLOPs count
   k layers and k heads for an exit at layer k.
 - Speed knob: the entropy threshold; 0 runs every sample through all layers, log C (0.693 for
   two classes) or more exits every sample at layer 1. Default sweep: 0, 0.1, ..., 0.9 times
@@ -29,15 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geep import flops
-from geep.backbone import Backbone
-from geep.config import TrainConfig
-from geep.encoding import Batch, Encoded
-from geep.errors import GeepError
-from geep.exits import DynamicExitMethod, entropy
-from geep.heads import PoolerClassifier
-from geep.runner import FORWARD_ONLY, Method, register
-from geep.training import train_loop
+from geep.common.config import TrainConfig
+from geep.common.errors import GeepError
+from geep.core.dynamic_exit import DynamicExitMethod, entropy
+from geep.core.interface import FORWARD_ONLY, Method
+from geep.core.registry import register
+from geep.data.encoding import Batch, Encoded
+from geep.measure import flops
+from geep.model.backbone import Backbone
+from geep.model.heads import PoolerClassifier
+from geep.model.training import train_loop
 
 
 class HighwayModel(nn.Module):
@@ -89,7 +90,8 @@ class DeeBERT(DynamicExitMethod):
         "is below it; 0 = full depth"
     )
     speed_bounds = (0.0, 10.0)
-    dev_sweep = True
+    calibrates = True
+    speed_reads = "threshold"
     starts_from = "bert"  # stage 1 is bert's fine-tuning (fit_from)
 
     @classmethod

@@ -8,11 +8,11 @@ and Generation", Findings of ACL 2022), ``--method hashee``. docs/methods.md.
   layer L (:func:`frequency_hash`).
 - Inference: a token that has exited keeps its hidden state, copied forward unchanged. At each
   layer only the tokens still active compute queries, attention and the FFN; keys and values
-  come from all tokens (:meth:`~geep.backbone.Backbone.run_layer_on_tokens`). The prediction is
+  come from all tokens (:meth:`~geep.model.backbone.Backbone.run_layer_on_tokens`). The prediction is
   BERT's classifier (pooler + linear) on the top layer's sentence vector. Every sample of a
   batch runs (the batch never shrinks); only its active tokens are updated.
 - Training: ordinary fine-tuning with cross-entropy, with the hashed exits applied.
-- FLOPs are counted per token per layer (:func:`~geep.flops.token_exit_layer`); a sample's exit
+- FLOPs are counted per token per layer (:func:`~geep.measure.flops.token_exit_layer`); a sample's exit
   layer is the mean of its real tokens' exit layers.
 - Speed knob: how many layers below the top the most frequent bucket exits. At speed s the
   buckets are spread evenly over layers L-s .. L, most frequent first, one bucket per layer
@@ -45,13 +45,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from geep import flops
-from geep.backbone import Backbone
-from geep.bert import Bert, FullDepthClassifier
-from geep.config import MethodOptions
-from geep.encoding import Batch, Encoded
-from geep.errors import GeepError
-from geep.runner import BatchResult, Predictions, register
+from geep.baselines.bert import Bert, FullDepthClassifier
+from geep.common.config import MethodOptions
+from geep.common.errors import GeepError
+from geep.core.interface import BatchResult, Inference, Predictions
+from geep.core.registry import register
+from geep.data.encoding import Batch, Encoded
+from geep.measure import flops
+from geep.model.backbone import Backbone
 
 COUNTS = "train_token_counts"  # the extras entry: occurrences of each token id in training
 
@@ -139,6 +140,13 @@ class HashEE(Bert):
     speed_bounds = (0.0, math.inf)
     whole_speeds = True
     options_class = HashEEOptions
+    reference = False
+    speed_reads = "depth"
+
+    @classmethod
+    def inference_of(cls, options: HashEEOptions) -> Inference:
+        """Every layer runs on every sample; a token stops being updated at its exit layer."""
+        return "token-exit"
 
     @classmethod
     def build_model(cls, backbone: Backbone, num_labels: int, options: Any) -> nn.Module:
@@ -157,6 +165,13 @@ class HashEE(Bert):
 
     def fit(self, train: Encoded) -> None:
         """Count the training tokens, then fine-tune with the hash at ``train_speed`` applied."""
+        self.keep_statistics(train)
+        self.prepare(self.train_speed)
+        super().fit(train)
+
+    def keep_statistics(self, train: Encoded, exit_layers: torch.Tensor | None = None) -> None:
+        """The occurrences of every token id in ``train`` (its real, non-special tokens), which
+        the frequency hash ranks; they do not depend on any exit."""
         whole = train.padded()
         self.extras[COUNTS] = token_counts(
             whole.input_ids,
@@ -164,8 +179,6 @@ class HashEE(Bert):
             self.tokenizer.all_special_ids,
             self.backbone.config.vocab_size,
         )
-        self.prepare(self.train_speed)
-        super().fit(train)
 
     def check_speed(self, speed: float) -> None:
         super().check_speed(speed)

@@ -2,13 +2,13 @@
 NeurIPS 2020), ``--method pabee``. docs/methods.md.
 
 - Heads: one pooler shared by all layers and a Linear(H, C) per layer 1..L
-  (:class:`~geep.heads.SharedPoolerClassifiers`).
+  (:class:`~geep.baselines.pabee.SharedPoolerClassifiers`).
 - Training, one step: the weighted average of the per-layer cross-entropies,
   ``sum_j j * CE_j / sum_j j`` (deeper layers weigh more).
-- Exit rule (:class:`~geep.exits.PatienceRule`): after each layer a sample's counter grows when
+- Exit rule (:class:`~geep.baselines.pabee.PatienceRule`): after each layer a sample's counter grows when
   its prediction equals the previous layer's and resets otherwise; it exits when the counter
   reaches the patience, with the current layer's prediction. Exited samples leave the batch
-  (``batching``: :mod:`geep.exits`); layer L always exits. FLOPs count k layers and k heads
+  (``batching``: :mod:`geep.core.dynamic_exit`); layer L always exits. FLOPs count k layers and k heads
   for an exit at layer k.
 - Speed knob: the patience, a whole number; smaller exits earlier. 0 means no early exit (full
   depth). Default sweep: 0, then L-2 down to 1 (the paper sweeps about 3..8 on 12 layers; a
@@ -29,14 +29,54 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geep import flops
-from geep.backbone import Backbone
-from geep.config import TrainConfig
-from geep.encoding import Batch, Encoded
-from geep.exits import DynamicExitMethod, ExitRule, PatienceRule
-from geep.heads import SharedPoolerClassifiers
-from geep.runner import register
-from geep.training import train_loop
+from geep.common.config import TrainConfig
+from geep.core.dynamic_exit import DynamicExitMethod, ExitDecision
+from geep.core.registry import register
+from geep.data.encoding import Batch, Encoded
+from geep.measure import flops
+from geep.model.backbone import Backbone
+from geep.model.heads import record_pooler_head
+from geep.model.training import train_loop
+
+
+class PatienceRule:
+    """PABEE's exit rule for ``samples`` samples (a batch, or all the data).
+
+    After each layer a sample's counter grows by one when its prediction (argmax; the first
+    class on ties) equals the previous layer's, and resets to 0 otherwise; it exits when the
+    counter reaches ``patience``. State is kept per sample, at its position ``running``.
+    """
+
+    def __init__(self, patience: int, samples: int, device: torch.device | str) -> None:
+        self.patience = patience
+        self.previous = torch.full((samples,), -1, dtype=torch.long, device=device)
+        self.count = torch.zeros(samples, dtype=torch.long, device=device)
+
+    def __call__(self, layer: int, logits: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
+        prediction = logits.argmax(dim=-1)  # [b]
+        same = prediction == self.previous[running]
+        self.count[running] = torch.where(same, self.count[running] + 1, 0)
+        self.previous[running] = prediction
+        return self.count[running] >= self.patience
+
+
+class SharedPoolerClassifiers(nn.Module):
+    """PABEE's exits: one pooler (Linear(H, H) + tanh) shared by all layers, then dropout and a
+    Linear(H, C) per layer, on the backbone's sentence vector."""
+
+    def __init__(self, hidden_size: int, num_labels: int, num_layers: int, dropout: float):
+        super().__init__()
+        self.pooler = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.classifiers = nn.ModuleList(
+            nn.Linear(hidden_size, num_labels) for _ in range(num_layers)
+        )
+
+    def forward(self, layer: int, sentence: torch.Tensor) -> torch.Tensor:
+        """sentence [B, H] after ``layer`` (1-based) -> logits [B, C]."""
+        record_pooler_head(self.pooler, self.classifiers[layer - 1], sentence)
+        pooled = torch.tanh(self.pooler(sentence))  # [B, H]
+        return self.classifiers[layer - 1](self.dropout(pooled))
 
 
 class PatienceModel(nn.Module):
@@ -76,6 +116,7 @@ class PABEE(DynamicExitMethod):
     )
     speed_bounds = (0.0, math.inf)
     whole_speeds = True
+    speed_reads = "patience"
 
     @classmethod
     def build_model(cls, backbone: Backbone, num_labels: int, options: Any) -> nn.Module:
@@ -85,7 +126,7 @@ class PABEE(DynamicExitMethod):
         config = TrainConfig.from_dict(self.info.train)
         train_loop(self.model, self.model.parameters(), train, config, desc="pabee: train")
 
-    def exit_rule(self, speed: float, samples: int) -> ExitRule:
+    def exit_rule(self, speed: float, samples: int) -> ExitDecision:
         # speed 0: a patience of L, which no counter reaches before layer L (no early exit)
         return PatienceRule(int(speed) or self.num_layers, samples, self.device)
 

@@ -10,7 +10,7 @@ is fitted on the machine as the other units found it.
 With pytest-xdist (``pytest benchmarks/ -n 2 --dist loadgroup``) the units are spread over
 workers: one (dataset, method, seed) stays on one worker (its model is loaded once), the
 calibration's rounds run on one worker, each worker gets a GPU of its own or an equal share of
-the CPU cores, and the run files are written under a lock (:func:`geep.reproduce.record`).
+the CPU cores, and the run files are written under a lock (:func:`geep.reproduce.units.record`).
 pytest-benchmark switches itself off under xdist, so the units time themselves (their rows
 are the same either way) and the benchmarks that only report to ``--benchmark-json`` (GEEP's
 efficiency, the training speed) are skipped: run those in one process (docs/distributed.md)."""
@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from geep.errors import GeepError
-from geep.profiles import PROFILES, Profile, get_profile
-from geep.reproduce import recover_run_files
-from geep.storage import check_folder
+from geep.common.errors import GeepError
+from geep.common.storage import check_folder
+from geep.reproduce.profiles import PROFILES, Profile, get_profile
+from geep.reproduce.units import recover_run_files
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

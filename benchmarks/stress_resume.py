@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     # imported once, before the forks: a trial does not pay for them
     for module in ("transformers.models.bert.modeling_bert", "geep.cli", "geep.data"):
         importlib.import_module(module)
-    importlib.import_module("geep.runner").get_method("fastbert")
+    importlib.import_module("geep.core.interface").get_method("fastbert")
 
     pid = os.fork()  # torch runs in children only: a forked child gets no half-used thread pool
     if not pid:

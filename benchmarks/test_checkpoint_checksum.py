@@ -1,7 +1,7 @@
 """What verifying a checkpoint's files costs, against the evaluation it guards.
 
-:func:`geep.runner.load_checkpoint` hashes every file a checkpoint recorded and compares the
-SHA-256 digests with its config.json (:func:`geep.runner.checksum_problem`), in a thread while
+:func:`geep.core.registry.load_checkpoint` hashes every file a checkpoint recorded and compares the
+SHA-256 digests with its config.json (:func:`geep.core.checkpoint.checksum_problem`), in a thread while
 it builds the model from the config, and refuses a mismatch before it reads the weights. On the
 profile's ``bert`` checkpoint of its first dataset (trained once and cached), each round times
 the hashing alone, ``load_checkpoint`` with and without the check, and ``geep evaluate`` of the
@@ -29,12 +29,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import geep.runner
+import geep.core.interface
 from geep.cli import main
-from geep.profiles import Profile
-from geep.reproduce import checkpoint
-from geep.runner import INFO_FILE, checksum_problem, load_checkpoint
-from geep.storage import file_sha256
+from geep.common.storage import file_sha256
+from geep.core.checkpoint import INFO_FILE, checksum_problem
+from geep.core.registry import load_checkpoint
+from geep.reproduce.profiles import Profile
+from geep.reproduce.units import checkpoint
 
 EVALUATION_SAMPLES = 1275
 EVALUATION_SEQ_LEN = 64
@@ -74,7 +75,7 @@ def test_checksum_cost(
         rounds["hash"].append(seconds(lambda: checksum_problem(path, sha256)))
         rounds["checked"].append(seconds(lambda: load_checkpoint(path)))
         with monkeypatch.context() as patch:
-            patch.setattr(geep.runner, "checksum_problem", lambda *args: None)
+            patch.setattr(geep.core.interface, "checksum_problem", lambda *args: None)
             rounds["unchecked"].append(seconds(lambda: load_checkpoint(path)))
         rounds["evaluate"].append(seconds(lambda: evaluate(path)))
     median = {name: statistics.median(times) for name, times in rounds.items()}

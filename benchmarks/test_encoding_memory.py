@@ -4,7 +4,7 @@ tokenization throughput, the cache's size on disk and the time of a cached load.
 A seeded dataset of random words from the embedded tokenizer's vocabulary (4 to 120 words a
 text, random labels of 5 classes) is written as Arrow files, so its texts are never all in
 memory. A fresh Python process (so nothing else counts in its memory) encodes it with
-:func:`geep.encoding.encode_split` at length 128 into an empty cache, then cuts
+:func:`geep.data.encoding.encode_split` at length 128 into an empty cache, then cuts
 :data:`BATCHES` random batches of 32 from the memory-mapped token ids; a second process loads
 the split from the cache (its tokenizer made to fail if called), cuts the same batches and takes
 the split's sha256, as ``geep train`` does.
@@ -37,13 +37,13 @@ import torch
 from datasets import ClassLabel, Dataset, Features, Value, concatenate_datasets
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from geep.backbone import resolve_model_dir
-from geep.config import DEFAULT_MODEL
-from geep.encoding import encode_split
-from geep.profiles import Profile
-from geep.report import ENCODING_FILE
-from geep.reproduce import device_name, git_commit
-from geep.storage import atomic_write_text, check_target, json_ownership
+from geep.common.config import DEFAULT_MODEL
+from geep.common.storage import atomic_write_text, check_target, json_ownership
+from geep.data.encoding import encode_split
+from geep.model.backbone import resolve_model_dir
+from geep.report.results import ENCODING_FILE
+from geep.reproduce.profiles import Profile
+from geep.reproduce.units import device_name, git_commit
 
 ROWS = 1_000_000
 PROFILES = ("compare", "offline", "paper")  # the profiles that run it at ROWS samples

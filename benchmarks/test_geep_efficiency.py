@@ -3,7 +3,7 @@
 On the profile's first dataset, with the profile's GEEP checkpoint and test split, at the
 profile's ``efficiency_settings`` (by default ``dev2``, ``dev4``, ``dev6``: settings chosen on the
 dev split a third, two thirds and all of the way from full depth to the fastest in dev FLOPs;
-geep.sweeps): ``efficiency_rounds`` rounds alternate the
+geep.core.sweeps): ``efficiency_rounds`` rounds alternate the
 same model at full depth (speed 0) and at that speed, at the profile's batch size, so both
 medians come from the same minutes of the same machine. ``extra_info`` records:
 
@@ -16,10 +16,10 @@ medians come from the same minutes of the same machine. ``extra_info`` records:
   sort, :meth:`Geep.plan`) over the median run time at that speed; the target is under 2%.
 - ``dynamic_*``: the same weights and speed in ``mode=dynamic`` (FastBERT's exit: a student after
   every layer, the batch shrinks), and ``regroup_*``: ``mode=dynamic`` with ``batching=regroup``
-  (the rows that go on after a layer wait in a pool until it holds a full batch; geep.exits),
+  (the rows that go on after a layer wait in a pool until it holds a full batch; geep.core.dynamic_exit),
   timed in the same rounds, so predicted exits, shrinking and regrouped dynamic exits are
   compared on one model and one machine. ``*layer_batch_rows`` is the mean rows per layer call
-  (geep.work), what keeps the hardware busy; ``regroup_exit_agreement`` the share of samples
+  (geep.measure.work), what keeps the hardware busy; ``regroup_exit_agreement`` the share of samples
   whose exit layer is the same under both policies (1.0 but for padding noise next to the
   threshold).
 
@@ -39,14 +39,14 @@ import pytest
 import torch
 
 from benchmarks.conftest import profile_of
-from geep.encoding import Encoded
-from geep.errors import GeepError
-from geep.evaluation import prepare_checkpoint
-from geep.exit_table import ExitTable
-from geep.geep import Geep
-from geep.profiles import Profile
-from geep.reproduce import Trained, checkpoint, device_name, load_unit
-from geep.work import work_counts
+from geep.common.errors import GeepError
+from geep.data.encoding import Encoded
+from geep.measure.work import work_counts
+from geep.methods.exit_table import ExitTable
+from geep.methods.geep import Geep
+from geep.pipeline.evaluate import prepare_checkpoint
+from geep.reproduce.profiles import Profile
+from geep.reproduce.units import Trained, checkpoint, device_name, load_unit
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

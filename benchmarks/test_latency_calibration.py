@@ -1,5 +1,5 @@
 """The latency model's calibration run: full-depth ``bert`` timed at several batch sizes and
-lengths, on the device the profile's other benchmarks run on (:mod:`geep.latency`).
+lengths, on the device the profile's other benchmarks run on (:mod:`geep.measure.latency`).
 
 The profile's encoder with ``bert``'s classifier (its weights do not change its time) runs
 windows of the profile's first dataset's dev split, sorted by length as every method batches
@@ -21,15 +21,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from geep.common.storage import atomic_write_text, check_target, json_ownership
+from geep.core.interface import Method
+from geep.core.registry import get_method
 from geep.data import load_dataset
-from geep.encoding import Encoded
-from geep.evaluation import load_split
-from geep.profiles import Profile
-from geep.report import CALIBRATION_FILE
-from geep.reproduce import device_name
-from geep.runner import Method, get_method
-from geep.storage import atomic_write_text, check_target, json_ownership
-from geep.work import calls_to_rows, operators_per_call
+from geep.data.encoding import Encoded
+from geep.measure.work import calls_to_rows, operators_per_call
+from geep.pipeline.evaluate import load_split
+from geep.report.results import CALIBRATION_FILE
+from geep.reproduce.profiles import Profile
+from geep.reproduce.units import device_name
 
 SIZES = (1, 2, 4, 8, 16, 32)
 QUANTILES = (0.1, 0.5, 0.9)  # where in the dev split's length order each window sits

@@ -2,12 +2,12 @@
 FLOPs, exits, latency, utilisation.
 
 One benchmark per unit; pytest-benchmark times ``profile.rounds`` runs over the test split after
-a warm-up, and ``extra_info`` carries everything :func:`geep.reproduce.measure` measured (the
-work counts of :mod:`geep.work` included; the calls themselves only in the run files) plus
+a warm-up, and ``extra_info`` carries everything :func:`geep.reproduce.units.measure` measured (the
+work counts of :mod:`geep.measure.work` included; the calls themselves only in the run files) plus
 "method", "dataset", "seed", "setting", "speed_source", "batching" and "batch_size". A setting
-is a speed of the fixed sweep (``0.5``) or one chosen on the dev split (``dev3``: geep.sweeps);
+is a speed of the fixed sweep (``0.5``) or one chosen on the dev split (``dev3``: geep.core.sweeps);
 a dynamic-exit method measures each setting under every batching policy of the profile
-(``shrink``, ``regroup``: geep.exits), one after the other. Each row is also kept in
+(``shrink``, ``regroup``: geep.core.dynamic_exit), one after the other. Each row is also kept in
 ``<results>/runs/<dataset>/<method>-seed<seed>.json`` for ``geep report``.
 Checkpoints are trained once and cached, so a re-run only re-measures; with ``--resume`` it skips
 the units already recorded (those then have no entry in that run's ``--benchmark-json``; the run
@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks.conftest import profile_of
-from geep.errors import GeepError
-from geep.profiles import Profile
-from geep.reproduce import Trained, Unit, load_unit, measure, record, recorded, row_key, units
-from geep.run_files import read_run_file
+from geep.common.errors import GeepError
+from geep.reproduce.profiles import Profile
+from geep.reproduce.run_files import read_run_file
+from geep.reproduce.units import Trained, Unit, load_unit, measure, record, recorded, row_key, units
 
 _loaded: dict[tuple[str, str, int], Trained] = {}
 

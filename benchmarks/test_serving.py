@@ -1,17 +1,17 @@
-"""Serving under load (geep.serving): each method behind a dynamic batcher, driven by MLPerf
+"""Serving under load (geep.serving.server): each method behind a dynamic batcher, driven by MLPerf
 LoadGen in its SingleStream, Offline and Server scenarios, against full-depth ``bert`` in
-float32 and in dynamic int8 (geep.quantize).
+float32 and in dynamic int8 (geep.core.quantize).
 
 One unit per (dataset, method, batching policy, precision, setting) of the profile's ``serving``
 plan: ``bert`` at full depth in float32 and int8; every early-exit method at the plan's settings
 chosen on the dev split, never on test (``matched``: FLOPs speedup closest to the plan's,
 ``within``: the fastest within the plan's accuracy drop of ``bert``;
-geep.serving.choose_settings), the dynamic-exit methods under the plan's batching policies
+geep.serving.server.choose_settings), the dynamic-exit methods under the plan's batching policies
 (``shrink``, ``regroup``, ``keep``); last, the early-exit variant that served the highest rate
 at the plan's last setting in float32, again in int8 (do the savings stack?). Then, with the
 plan's ``overload`` multiples, its ``overload_methods`` (``bert`` at full depth, an early-exit
 method at the plan's first setting) in the Server scenario at those multiples of the highest
-rate they held, behind a queue limit (geep.serving.measure_overload).
+rate they held, behind a queue limit (geep.serving.server.measure_overload).
 
 Rows go to ``<results>/serving/<dataset>.json``, the overload rows to
 ``<results>/serving/overload/<dataset>.json``; LoadGen's summaries to
@@ -31,15 +31,16 @@ import numpy as np
 import pytest
 
 from benchmarks.conftest import profile_of
-from geep.encoding import Encoded
-from geep.evaluation import library_versions, load_split
-from geep.metrics import accuracy
-from geep.profiles import Profile
-from geep.quantize import int8
-from geep.reproduce import device_name, git_commit, load_unit, speeds_for
-from geep.runner import Method, get_method
-from geep.serving import choose_settings, describe, measure_overload, measure_serving
-from geep.storage import atomic_write_text, exclusive
+from geep.common.storage import atomic_write_text, exclusive
+from geep.core.interface import Method
+from geep.core.quantize import int8
+from geep.core.registry import get_method
+from geep.data.encoding import Encoded
+from geep.measure.metrics import accuracy
+from geep.pipeline.evaluate import library_versions, load_split
+from geep.reproduce.profiles import Profile
+from geep.reproduce.units import device_name, git_commit, load_unit, speeds_for
+from geep.serving.server import choose_settings, describe, measure_overload, measure_serving
 
 
 class ServingUnit(NamedTuple):
@@ -257,7 +258,7 @@ def test_serving(benchmark, profile: Profile, results_dir: Path, serving_unit: S
 
 def serve_overload(benchmark, profile: Profile, results_dir: Path, unit: ServingUnit) -> None:
     """The unit's Server runs at the plan's multiples of the highest rate its float32 row in
-    the serving file held (geep.serving.measure_overload), to the overload file."""
+    the serving file held (geep.serving.server.measure_overload), to the overload file."""
     plan = profile.serving
     reference = unit._replace(overload=False).id
     rows = read_serving(results_dir, unit.dataset)["rows"]

@@ -7,8 +7,8 @@ clipping, AdamW) for each case, the cases taking turns step by step so that all 
 same minutes of a shared machine (one model takes all the steps: only time is measured):
 
 - ``before``: plainly shuffled batches (``batching=random``) and AdamW's per-parameter loop;
-- ``bucketed``: length-bucketed batches (:class:`geep.training.EpochBatches`), the same AdamW;
-- ``after``: length-bucketed batches and the fused AdamW (:func:`geep.training.adamw`), what
+- ``bucketed``: length-bucketed batches (:class:`geep.model.training.EpochBatches`), the same AdamW;
+- ``after``: length-bucketed batches and the fused AdamW (:func:`geep.model.training.adamw`), what
   ``geep train`` does.
 
 ``extra_info`` gives, per case, the median milliseconds per step of data (cutting the batch),
@@ -27,12 +27,12 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 
+from geep.core.registry import get_method
 from geep.data import load_dataset
-from geep.encoding import encode_split
-from geep.profiles import Profile
-from geep.reproduce import device_name
-from geep.runner import get_method
-from geep.training import EpochBatches, adamw
+from geep.data.encoding import encode_split
+from geep.model.training import EpochBatches, adamw
+from geep.reproduce.profiles import Profile
+from geep.reproduce.units import device_name
 
 STEPS = 24  # timed steps per case, after one untimed step each
 CASES = {"before": ("random", False), "bucketed": ("length", False), "after": ("length", True)}

@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geep.errors import GeepError
-from geep.storage import describe_os_error
+from geep.common.errors import GeepError
+from geep.common.storage import describe_os_error
 
 if TYPE_CHECKING:
-    from geep.config import TrainConfig
-    from geep.evaluation import Evaluation
+    from geep.common.config import TrainConfig
+    from geep.pipeline.evaluate import Evaluation
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,7 +84,7 @@ EXAMPLES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from geep.config import DEFAULT_MODEL, TrainConfig
+    from geep.common.config import DEFAULT_MODEL, TrainConfig
 
     parser = _Parser(
         prog="geep",
@@ -250,7 +250,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from geep.runner import get_method, method_names
+    from geep.core.registry import get_method, method_names
 
     for name in method_names():
         cls = get_method(name)
@@ -264,7 +264,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The training recipe of `geep train`'s arguments (checked: GeepError when out of range)."""
-    from geep.config import TrainConfig
+    from geep.common.config import TrainConfig
 
     return TrainConfig(
         epochs=args.epochs,
@@ -288,7 +288,7 @@ def _quiet_libraries() -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from geep.training import is_main_process, train_method
+    from geep.pipeline.train import is_main_process, train_method
 
     _quiet_libraries()
     config = train_config(args)
@@ -310,7 +310,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from geep.evaluation import (
+    from geep.pipeline.evaluate import (
         check_predictions_target,
         evaluate_checkpoint,
         report_json,
@@ -344,7 +344,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{ev.method.name} on {ev.split.dataset} ({ev.split.name}, n={len(ev.split.texts)}, "
         f"{ev.method.num_layers} layers, batch {ev.batch_size})"
         + (f"\noptions: {options}" if options else "")
-        + (f"\n{_sweep_line(ev)}" if ev.method.dev_sweep and ev.speed_source != "given" else "")
+        + (f"\n{_sweep_line(ev)}" if ev.method.calibrates and ev.speed_source != "given" else "")
     )
     extra = list(dict.fromkeys(k for r in ev.results for k in r.extra))  # e.g. GEEP's exit_mae
     rows = [
@@ -377,7 +377,7 @@ def _sweep_line(ev: Evaluation) -> str:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
-    from geep.flops import breakdown, dims_for
+    from geep.measure.flops import breakdown, dims_for
 
     dims = dims_for(args.config, args.seq_len)
     rows = breakdown(dims, args.seq_len, args.num_labels, args.convention)
@@ -421,8 +421,8 @@ def _hours(value: float) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from geep.plan import plan
-    from geep.profiles import get_profile
+    from geep.reproduce.plan import plan
+    from geep.reproduce.profiles import get_profile
 
     cost = plan(get_profile(args.profile), args.device)
     if args.json:
@@ -467,7 +467,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from geep.report import write_report
+    from geep.report.results import write_report
 
     for path in write_report(args.results):
         print(path)

@@ -73,8 +73,8 @@ def results(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A profile's results folder, reported: run files of bert (one setting) and geep (two) on
     the toy task, as the benchmark harness records them."""
     from geep.cli import main
-    from geep.profiles import get_profile
-    from geep.reproduce import record
+    from geep.reproduce.profiles import get_profile
+    from geep.reproduce.units import record
     from tests.helpers import new_method, run_row, toy_test_split, trained_on_toy
 
     folder = tmp_path_factory.mktemp("results")

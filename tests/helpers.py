@@ -30,11 +30,12 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from geep.config import TrainConfig
-from geep.encoding import Batch, Encoded
-from geep.exits import DynamicExitMethod, first_exit_layer
-from geep.geep import Geep
-from geep.runner import Method, get_method
+from geep.common.config import TrainConfig
+from geep.core.dynamic_exit import DynamicExitMethod, first_exit_layer
+from geep.core.interface import Method
+from geep.core.registry import get_method
+from geep.data.encoding import Batch, Encoded
+from geep.methods.geep import Geep
 
 ENTROPY_NOISE = 1e-5
 """The distance from a threshold on an entropy (normalized or in nats) under which a test accepts
@@ -381,7 +382,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def run_row(setting: str, accuracy: float, speedup: float, seed: int = 42, **extra) -> dict:
-    """A measured row as :func:`geep.reproduce.measure` makes it (the fields a run file must
+    """A measured row as :func:`geep.reproduce.units.measure` makes it (the fields a run file must
     hold), for a setting of ``accuracy`` at FLOPs ``speedup``; ``extra`` adds or replaces."""
     speed = float(setting) if not setting.startswith("dev") else 0.5
     return {

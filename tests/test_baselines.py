@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from geep.encoding import Encoded
-from geep.errors import GeepError
-from geep.exits import DynamicExitMethod, entropy
-from geep.runner import load_checkpoint
-from geep.sweeps import even_flops_speeds
+from geep.common.errors import GeepError
+from geep.core.dynamic_exit import DynamicExitMethod, entropy
+from geep.core.registry import load_checkpoint
+from geep.core.sweeps import even_flops_speeds
+from geep.data.encoding import Encoded
 from tests.helpers import (
     ENTROPY_NOISE,
     LOGIT_NOISE,
@@ -99,7 +99,7 @@ def test_the_sweep_spans_full_depth_to_early_exit(trained, test_data) -> None:
     model's highways can be confident everywhere, so its grid alone may not spread)."""
     speeds = trained.default_speeds()
     assert speeds[0] == 0.0 and len(speeds) >= 3
-    if trained.dev_sweep:
+    if trained.calibrates:
         texts, labels = toy(20, seed=1)
         dev = trained.encode(texts, labels=labels)
         speeds += [speed for speed, _ in even_flops_speeds(trained.calibrate(dev), 4)]

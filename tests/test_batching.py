@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from geep.exits import DynamicExitMethod
-from geep.runner import Method, method_names
-from geep.training import EpochBatches
+from geep.core.dynamic_exit import DynamicExitMethod
+from geep.core.interface import Method
+from geep.core.registry import method_names
+from geep.model.training import EpochBatches
 from tests.helpers import (
     LOGIT_NOISE,
     assert_same_where_clear,

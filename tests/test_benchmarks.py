@@ -14,7 +14,7 @@ import pytest
 from nbclient import NotebookClient
 
 from geep.cli import main
-from geep.runner import method_names
+from geep.core.registry import method_names
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA_INFO = {
@@ -148,7 +148,7 @@ def test_report_and_notebook_draw_the_runs(smoke, capsys, monkeypatch) -> None:
     assert {"results.csv", "tables.md", "realised-speedup.png"} <= names
     assert "speed-accuracy-rotten-tomatoes.png" in names
     assert "modelled-speedup-rotten-tomatoes.png" in names  # the smoke run calibrates the model
-    assert "paper-regime.png" in names  # modelled from every row's exits (geep.regime)
+    assert "paper-regime.png" in names  # modelled from every row's exits (geep.measure.regime)
     assert "serving-rotten-tomatoes.png" in names  # the serving benchmark's p99 plot
     assert "## Latency model" in (results / "tables.md").read_text()
     assert "## The paper's regime, modelled" in (results / "tables.md").read_text()

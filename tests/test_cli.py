@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from geep.cli import main
+from geep.core.registry import load_checkpoint, method_names
+from geep.core.sweeps import DEV_SETTINGS, dev_sweep
 from geep.data import load_dataset
-from geep.evaluation import load_split
-from geep.runner import load_checkpoint, method_names
-from geep.sweeps import DEV_SETTINGS, dev_sweep
+from geep.pipeline.evaluate import load_split
 from tests.helpers import assert_one_error_line, documented_datasets, run_cli, train_args
 
 
@@ -268,5 +268,12 @@ def test_help_and_argument_errors_import_no_heavy_library(argv) -> None:
 
 
 def test_finding_the_methods_imports_neither_report_nor_monitor() -> None:
-    light = ("matplotlib", "pandas", "datasets", "geep.report", "geep.monitor", "geep.reproduce")
+    light = (
+        "matplotlib",
+        "pandas",
+        "datasets",
+        "geep.report.results",
+        "geep.measure.monitor",
+        "geep.reproduce.units",
+    )
     assert imported_after(["methods"], light) == []

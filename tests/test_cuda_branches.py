@@ -15,7 +15,7 @@ The fakes (the model: tests/test_monitor.py):
   a marked tensor raises as torch does on a GPU. Moves of real models are then no-ops.
 - :class:`FakeCupy`: the part of CuPy the CUDA exit table uses (devices, external streams,
   ``RawModule``, ``from_dlpack``). A kernel launch is checked against the kernel's signature
-  parsed from ``geep.exit_table.CUDA_SOURCE`` (argument count, order and C types, arrays on the
+  parsed from ``geep.methods.exit_table.CUDA_SOURCE`` (argument count, order and C types, arrays on the
   GPU and contiguous, the module's device and torch's stream current), then the kernel runs as
   Python on the shared tensors, its threads in random order.
 """
@@ -44,12 +44,17 @@ from torch.overrides import TorchFunctionMode
 import benchmarks.conftest as bench_conftest
 import benchmarks.test_geep_efficiency as efficiency
 import benchmarks.test_latency_calibration as calibration
-from geep import evaluation, exit_table, gpu_check, report, runner, train_state, training
-from geep.config import TrainConfig
-from geep.errors import GeepError
-from geep.exit_table import CUDA_SOURCE, ExitTable
-from geep.gpu_check import DRY_SIZE
-from geep.reproduce import device_name
+from geep.common.config import TrainConfig
+from geep.common.errors import GeepError
+from geep.core import interface as runner
+from geep.methods import exit_table
+from geep.methods.exit_table import CUDA_SOURCE, ExitTable
+from geep.model import train_state, training
+from geep.pipeline import evaluate as evaluation
+from geep.report import results as report
+from geep.reproduce import gpu_check
+from geep.reproduce.gpu_check import DRY_SIZE
+from geep.reproduce.units import device_name
 from tests.helpers import new_method, toy_test_split, trained_on_toy
 
 GPU = torch.device("cuda", 1)  # the fake machine's current device: the second of two
@@ -704,7 +709,7 @@ def fake_cupy(monkeypatch: pytest.MonkeyPatch, fake_cuda: FakeCuda) -> Iterator[
     exit_table._cuda_kernels.cache_clear()
 
 
-# --- geep/exit_table.py --------------------------------------------------------------------------
+# --- geep/methods/exit_table.py --------------------------------------------------------------------------
 
 
 def test_cuda_table_equals_the_cpu_table(fake_cupy: FakeCupy, fake_cuda: FakeCuda) -> None:
@@ -769,7 +774,7 @@ def test_cuda_table_without_a_cuda_device_is_refused(
         ExitTable(L, device="cuda")
 
 
-# --- geep/evaluation.py, geep/runner.py, geep/reproduce.py ---------------------------------------
+# --- geep/pipeline/evaluate.py, geep/core/interface.py, geep/reproduce/units.py ---------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -850,7 +855,7 @@ def test_device_name_of_a_gpu_is_cudas_name(fake_cuda: FakeCuda) -> None:
     assert fake_cuda.called("get_device_name") == [{"device": GPU}]
 
 
-# --- geep/train_state.py, geep/training.py -------------------------------------------------------
+# --- geep/model/train_state.py, geep/model/training.py -------------------------------------------------------
 
 
 def spy_on(cls: type, calls: list[dict[str, Any]]) -> Callable[..., Any]:
@@ -902,7 +907,7 @@ def test_training_state_keeps_every_gpus_generator(
     assert [torch.equal(a, b) for a, b in zip(fake_cuda.rng, saved, strict=True)] == [True] * 2
 
 
-# --- the benchmark harness and geep/report.py ----------------------------------------------------
+# --- the benchmark harness and geep/report/results.py ----------------------------------------------------
 
 
 def test_each_xdist_worker_takes_a_gpu_of_its_own(
@@ -1006,7 +1011,7 @@ def test_exit_table_rates_on_a_gpu_use_the_cuda_table_and_synchronize(
     assert fake_cuda.called("synchronize") == [{"device": GPU}] * 21  # the lookup, 20 dense
 
 
-# --- geep/gpu_check.py ---------------------------------------------------------------------------
+# --- geep/reproduce/gpu_check.py ---------------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geep import hub
+from geep.common import hub
+from geep.common.errors import GeepError
 from geep.data import OFFLINE_TIER, REGISTRY, get_spec, load_dataset, sources
 from geep.data.archives import (
     PinnedArchive,
@@ -31,7 +32,6 @@ from geep.data.archives import (
     read_members,
 )
 from geep.data.sources import stratified_split
-from geep.errors import GeepError
 from tests.helpers import documented_datasets
 
 

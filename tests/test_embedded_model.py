@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from geep.backbone import load_pretrained
 from geep.cli import main
-from geep.encoding import encode_texts
+from geep.data.encoding import encode_texts
+from geep.model.backbone import load_pretrained
 
 
 def test_embedded_model_loads_pretrained_weights() -> None:

@@ -16,11 +16,11 @@ from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from geep import encoding
-from geep.backbone import resolve_model_dir
-from geep.encoding import Encoded, encode_split, encode_texts, id_dtype
-from geep.errors import GeepError
-from geep.storage import cache_root
+from geep.common.errors import GeepError
+from geep.common.storage import cache_root
+from geep.data import encoding
+from geep.data.encoding import Encoded, encode_split, encode_texts, id_dtype
+from geep.model.backbone import resolve_model_dir
 
 TEXTS = [
     "good film",

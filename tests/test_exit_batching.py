@@ -1,4 +1,4 @@
-"""Batching dynamic exits (the ``batching`` option, geep.exits): a sample's exit layer and answer
+"""Batching dynamic exits (the ``batching`` option, geep.core.dynamic_exit): a sample's exit layer and answer
 are its own under ``shrink``, ``regroup`` and ``keep``, at any batch size and in either order,
 on trained checkpoints of every dynamic-exit method."""
 
@@ -10,15 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from geep.encoding import Encoded
-from geep.errors import GeepError
-from geep.exits import (
-    DynamicExitMethod,
-    dynamic_exit,
-    kept_exit,
-    regrouped_exit,
-)
-from geep.work import work_counts
+from geep.common.errors import GeepError
+from geep.core.dynamic_exit import DynamicExitMethod, dynamic_exit, kept_exit, regrouped_exit
+from geep.data.encoding import Encoded
+from geep.measure.work import work_counts
 from tests.helpers import (
     FASTBERT_TOY,
     LOGIT_NOISE,

@@ -1,4 +1,4 @@
-"""The exit table (geep/exit_table.py) against plain-Python references."""
+"""The exit table (geep/methods/exit_table.py) against plain-Python references."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geep import exit_table
-from geep.errors import GeepError
-from geep.exit_table import CUDA_SOURCE, EMPTY, GOLDEN, ExitTable, sample_keys
+from geep.common.errors import GeepError
+from geep.methods import exit_table
+from geep.methods.exit_table import CUDA_SOURCE, EMPTY, GOLDEN, ExitTable, sample_keys
 
 L = 4
 EXTREME_KEYS = [0, 1, 2**31 - 1, 2**62, 2**63 - 1]

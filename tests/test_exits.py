@@ -8,9 +8,11 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from geep.backbone import Backbone
-from geep.encoding import Encoded
-from geep.exits import PatienceRule, dynamic_exit, entropy, first_exit_layer, normalized_entropy
+from geep.baselines.fastbert import normalized_entropy
+from geep.baselines.pabee import PatienceRule
+from geep.core.dynamic_exit import dynamic_exit, entropy, first_exit_layer
+from geep.data.encoding import Encoded
+from geep.model.backbone import Backbone
 
 pytestmark = pytest.mark.kernels  # per-sample decisions on floats: also run under other CPU kernels
 

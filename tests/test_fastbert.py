@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from geep.baselines.fastbert import FastBERT
 
-from geep import student_teacher
-from geep.encoding import Encoded
-from geep.exits import first_exit_layer
-from geep.runner import load_checkpoint
+from geep.baselines import fastbert as student_teacher
+from geep.baselines.fastbert import FastBERT
+from geep.core.dynamic_exit import first_exit_layer
+from geep.core.registry import load_checkpoint
+from geep.data.encoding import Encoded
 from tests.helpers import (
     FASTBERT_TOY,
     exit_path_flops,
@@ -62,7 +62,7 @@ def test_step_two_trains_only_the_students(tiny_model: Path, monkeypatch) -> Non
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
         return real(model, params, data, config, lr=lr, desc=desc, **kwargs)
 
-    monkeypatch.setattr("geep.student_teacher.train_loop", spy)
+    monkeypatch.setattr("geep.baselines.fastbert.train_loop", spy)
     method.fit(method.encode(texts, labels=labels))
     before, after = snapshots[1], method.model.state_dict()  # around step 2
     changed = {k.split(".")[0] for k in after if not torch.equal(before[k], after[k])}

@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 
 import geep.data
-from geep.backbone import EMBEDDED_MODELS
 from geep.cli import main
-from geep.config import DEFAULT_MODEL
+from geep.common.config import DEFAULT_MODEL
+from geep.common.storage import exclusive
+from geep.core.registry import load_checkpoint
 from geep.data import sources
 from geep.data.archives import fetch_archive
-from geep.run_files import run_file
-from geep.runner import load_checkpoint
-from geep.storage import exclusive
+from geep.model.backbone import EMBEDDED_MODELS
+from geep.reproduce.run_files import run_file
 from tests.helpers import assert_one_error_line, run_cli, snapshot, train_args
 
 FAST = "--epochs 2 --seq-len 16 --batch-size 8".split()

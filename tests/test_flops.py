@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from transformers import BertConfig
 
-from geep import flops
-from geep.backbone import Backbone
+from geep.baselines.fastbert import FastBERTHead
 from geep.cli import main
-from geep.flops import EncoderDims
-from geep.heads import FastBERTHead
+from geep.measure import flops
+from geep.measure.flops import EncoderDims
+from geep.model.backbone import Backbone
 from tests.helpers import assert_one_error_line, counted_flops, linear_only_flops
 
 CONFIGS = ["bert-base", "minilm-l6"]

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from geep.cli import build_parser, main, train_config
+from geep.common.errors import GeepError
 from geep.data import load_dataset
-from geep.errors import GeepError
 from tests.helpers import snapshot, train_args
 
 FUZZ = settings(

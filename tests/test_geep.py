@@ -11,16 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from geep import student_teacher
-from geep.encoding import Encoded
-from geep.errors import GeepError
-from geep.exit_prediction import EXIT_RULES, exit_quality, predict_exit_layers
-from geep.exit_table import ExitTable
-from geep.exits import first_exit_layer
-from geep.geep import Geep, GeepOptions
-from geep.profiles import PROFILES
-from geep.reproduce import load_unit
-from geep.runner import load_checkpoint
+from geep.baselines import fastbert as student_teacher
+from geep.common.errors import GeepError
+from geep.core.dynamic_exit import first_exit_layer
+from geep.core.registry import load_checkpoint
+from geep.data.encoding import Encoded
+from geep.methods.exit_table import ExitTable
+from geep.methods.geep import EXIT_RULES, Geep, GeepOptions, exit_quality, predict_exit_layers
+from geep.reproduce.profiles import PROFILES
+from geep.reproduce.units import load_unit
 from tests.helpers import (
     LOGIT_NOISE,
     assert_same_where_clear,
@@ -225,7 +224,7 @@ def test_two_step_training_freezes_the_first_step(tiny_model: Path, monkeypatch)
             return out
         return real_loop(model, params, data, config, lr=lr, desc=desc, **kwargs)
 
-    monkeypatch.setattr("geep.student_teacher.train_loop", spy)
+    monkeypatch.setattr("geep.baselines.fastbert.train_loop", spy)
     method.fit(method.encode(texts, labels=labels))
     assert seen == [("teacher", 3e-3), ("students", 3e-2)]  # step 2 at 10x the learning rate
 
@@ -302,7 +301,7 @@ def test_exit_quality_counts_early_and_late_exits() -> None:
 
 
 def choose_rule(method: Geep, dev: Encoded, monkeypatch, speedup: float) -> dict:
-    monkeypatch.setattr("geep.geep.RULE_SPEEDUP", speedup)
+    monkeypatch.setattr("geep.methods.geep.RULE_SPEEDUP", speedup)
     return method.choose_on_dev(dev, 8)
 
 
@@ -329,21 +328,21 @@ def test_the_exit_rule_with_the_best_dev_accuracy_at_matched_flops_is_chosen(
 def test_the_exit_rule_choice_does_not_change_with_the_test_labels(
     spread: Geep, monkeypatch
 ) -> None:
-    """Through the profiles' loading of a unit (geep.reproduce.load_unit): its test split's
+    """Through the profiles' loading of a unit (geep.reproduce.units.load_unit): its test split's
     labels flipped, the rule chosen and every figure of the comparison stay the same."""
-    monkeypatch.setattr("geep.geep.RULE_SPEEDUP", 1.1)
+    monkeypatch.setattr("geep.methods.geep.RULE_SPEEDUP", 1.1)
     texts, labels = toy(40, seed=5)
     dev = spread.encode(texts, labels=labels)
     test = toy_test_split(spread)
     flipped = spread.encode(toy(40, seed=3)[0], labels=[1 - y for y in toy(40, seed=3)[1]])
     profile = PROFILES["smoke"]
-    monkeypatch.setattr("geep.reproduce.checkpoint", lambda *args: Path("unused"))
-    monkeypatch.setattr("geep.reproduce.prepare_checkpoint", lambda path: spread)
+    monkeypatch.setattr("geep.reproduce.units.checkpoint", lambda *args: Path("unused"))
+    monkeypatch.setattr("geep.reproduce.units.prepare_checkpoint", lambda path: spread)
     choices = []
     for split in (test, flipped):
         splits = {"dev": dev, "test": split}
         monkeypatch.setattr(
-            "geep.reproduce.load_split",
+            "geep.reproduce.units.load_split",
             lambda method, dataset, name, n, splits=splits: SimpleNamespace(data=splits[name]),
         )
         try:

@@ -1,4 +1,4 @@
-"""The GPU check (geep.gpu_check) in its dry run: the same code on the CPU at a tiny size, so CI
+"""The GPU check (geep.reproduce.gpu_check) in its dry run: the same code on the CPU at a tiny size, so CI
 knows it starts; its hand-set exits, its comparison of exit tables and its CUDA-only parts
 (the datasheet model, the refusal without a GPU) each shown able to fail."""
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from geep import gpu_check
-from geep.exit_table import ExitTable
-from geep.gpu_check import DRY_SIZE, main, make_model, synthetic_split
-from geep.report import write_report
-from geep.runner import get_method, method_names
+from geep.core.registry import get_method, method_names
+from geep.methods.exit_table import ExitTable
+from geep.report.results import write_report
+from geep.reproduce import gpu_check
+from geep.reproduce.gpu_check import DRY_SIZE, main, make_model, synthetic_split
 
 
 @pytest.fixture(scope="module")

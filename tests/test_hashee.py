@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from geep.baselines.hashee import HashEE, frequency_hash, token_counts
 
-from geep.encoding import Encoded
-from geep.errors import GeepError
-from geep.runner import load_checkpoint
+from geep.baselines.hashee import HashEE, frequency_hash, token_counts
+from geep.common.errors import GeepError
+from geep.core.registry import load_checkpoint
+from geep.data.encoding import Encoded
 from tests.helpers import (
     LOGIT_NOISE,
     assert_same_where_clear,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from geep.metrics import bootstrap_interval
+from geep.measure.metrics import bootstrap_interval
 
 
 def test_bootstrap_interval_of_hand_computed_cases() -> None:

@@ -1,4 +1,4 @@
-"""The utilisation monitor (geep.monitor) on both of its branches: the CPU's, and the CUDA one
+"""The utilisation monitor (geep.measure.monitor) on both of its branches: the CPU's, and the CUDA one
 driven through a fake NVML and patched ``torch.cuda`` calls, so a wrong field or call name in
 the GPU code fails here."""
 
@@ -12,7 +12,7 @@ from dataclasses import fields
 import pytest
 import torch
 
-from geep.monitor import Utilisation, UtilisationMonitor
+from geep.measure.monitor import Utilisation, UtilisationMonitor
 
 MIB = 1024 * 1024
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from geep.cli import main
+from geep.common.errors import GeepError
+from geep.core.registry import get_method, method_names
 from geep.data.registry import OFFLINE_TIER, get_spec
-from geep.errors import GeepError
-from geep.plan import plan, split_sizes
-from geep.profiles import PAPER, PROFILES
-from geep.runner import get_method, method_names
+from geep.reproduce.plan import plan, split_sizes
+from geep.reproduce.profiles import PAPER, PROFILES
 from tests.helpers import EXPECTED_DATASETS, assert_one_error_line
 
 SMOKE = PROFILES["smoke"]
@@ -42,7 +42,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr("geep.data.sources.load_dataset", refuse)
     monkeypatch.setattr("geep.data.load_dataset", refuse)
-    monkeypatch.setattr("geep.runner.load_pretrained", refuse)
+    monkeypatch.setattr("geep.core.interface.load_pretrained", refuse)
 
 
 def test_bert_costs_match_a_hand_computation(offline: None) -> None:

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 TOY_METHOD = '''"""bert's classifier under another name: a method that lives outside the suite."""
 
-from geep.bert import Bert
-from geep.runner import register
+from geep.baselines.bert import Bert
+from geep.core.registry import register
 
 
 @register
@@ -69,9 +69,14 @@ def test_a_method_from_another_package_trains_evaluates_and_benchmarks(
 def test_the_method_order_does_not_depend_on_what_was_imported_first(plugin) -> None:
     """Profiles, config hashes and tables take the registry's order, so it must be one order
     in every process: the suite's modules by name, then the entry points."""
-    code = "import {}; from geep.runner import method_names; print(method_names())"
+    code = "import {}; from geep.core.interface import method_names; print(method_names())"
     found = set()
-    for first in ("geep.runner", "geep.geep", "geep.baselines.pabee", "toy_geep_method"):
+    for first in (
+        "geep.core.interface",
+        "geep.methods.geep",
+        "geep.baselines.pabee",
+        "toy_geep_method",
+    ):
         done = subprocess.run(
             [sys.executable, "-c", code.format(first)],
             cwd=ROOT,

@@ -14,12 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from geep import reproduce
+from geep.common.errors import GeepError
+from geep.core.registry import get_method
 from geep.data.registry import get_spec
-from geep.errors import GeepError
-from geep.flops import dims_for
-from geep.profiles import PROFILES, Variant, get_profile
-from geep.report import (
+from geep.measure.flops import dims_for
+from geep.report.results import (
     _method_order,
     exit_rule_section,
     fastest_table,
@@ -29,8 +28,9 @@ from geep.report import (
     with_realised_speedup,
     write_report,
 )
-from geep.reproduce import Unit, record, recorded, run_file, settings_for, speeds_for, units
-from geep.runner import get_method
+from geep.reproduce import units as reproduce
+from geep.reproduce.profiles import PROFILES, Variant, get_profile
+from geep.reproduce.units import Unit, record, recorded, run_file, settings_for, speeds_for, units
 from tests.helpers import new_method, run_row, toy_test_split, trained_on_toy
 
 
@@ -85,7 +85,7 @@ def test_settings_are_the_fixed_sweep_then_the_dev_chosen_ones(profile, method, 
     layers = dims_for(profile.model_for(dataset)).num_layers
     grid = profile.speeds.get(method) or cls.speed_grid(layers, get_spec(dataset).num_classes)
     assert speeds_for(profile, method, dataset) == list(grid)
-    dev = [f"dev{k}" for k in range(1, profile.dev_settings + 1)] if cls.dev_sweep else []
+    dev = [f"dev{k}" for k in range(1, profile.dev_settings + 1)] if cls.calibrates else []
     assert settings_for(profile, method, dataset) == [f"{s:g}" for s in grid] + dev
 
 
@@ -174,7 +174,7 @@ def test_deebert_thresholds_are_fractions_of_the_largest_entropy() -> None:
 
 
 def test_config_hash_is_the_same_in_every_process_and_follows_the_settings() -> None:
-    code = "from geep.profiles import PROFILES; print([p.config_hash() for p in PROFILES.values()])"
+    code = "from geep.reproduce.profiles import PROFILES; print([p.config_hash() for p in PROFILES.values()])"
     hashes = {
         subprocess.run(
             [sys.executable, "-c", code],
@@ -341,7 +341,7 @@ def test_written_files_get_the_usual_mode(tmp_path: Path) -> None:
     """Atomic writes go through mkstemp (mode 0600); results must stay readable by others."""
     import os
 
-    from geep.storage import atomic_write_text
+    from geep.common.storage import atomic_write_text
 
     atomic_write_text(tmp_path / "a.txt", "x")
     mask = os.umask(0)

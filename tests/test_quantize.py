@@ -1,4 +1,4 @@
-"""Dynamic int8 (geep.quantize): every linear layer quantized, the original untouched, each
+"""Dynamic int8 (geep.core.quantize): every linear layer quantized, the original untouched, each
 layer's answers within its int8 rounding of float32's, every method runnable."""
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import torch
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-from geep.encoding import Encoded
-from geep.errors import GeepError
-from geep.quantize import int8, is_int8
-from geep.runner import Method, method_names
+from geep.common.errors import GeepError
+from geep.core.interface import Method
+from geep.core.quantize import int8, is_int8
+from geep.core.registry import method_names
+from geep.data.encoding import Encoded
 from tests.helpers import layer_logits, new_method, toy_test_split, trained_on_toy
 
 

@@ -1,4 +1,4 @@
-"""The paper's regime, modelled (geep.regime): the calls each batching issues, worked by hand,
+"""The paper's regime, modelled (geep.measure.regime): the calls each batching issues, worked by hand,
 the same counts as the calls recorded on a real GPU run, and the model's limits (launch-bound:
 prediction wins; compute-bound: FLOPs decide)."""
 
@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geep.flops import NAMED_DIMS, EncoderDims
-from geep.regime import Pattern, gpu, nearest_2x, pattern_calls, scaled_exits
-from geep.work import work_counts
+from geep.measure.flops import NAMED_DIMS, EncoderDims
+from geep.measure.regime import Pattern, gpu, nearest_2x, pattern_calls, scaled_exits
+from geep.measure.work import work_counts
 
 DIMS = EncoderDims(hidden=8, num_layers=3, num_heads=2, intermediate=16)
 EXITS = np.array([1, 2, 2, 3])  # four samples, batch 2: [1, 2] and [2, 3]

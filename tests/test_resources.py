@@ -8,11 +8,11 @@ import string
 import pytest
 import torch
 
-from geep import resources
 from geep.cli import main
-from geep.errors import GeepError
-from geep.reproduce import measure
-from geep.runner import Method
+from geep.common import resources
+from geep.common.errors import GeepError
+from geep.core.interface import Method
+from geep.reproduce.units import measure
 from tests.helpers import (
     assert_one_error_line,
     new_method,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from geep.report import write_report
+from geep.report.results import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.tables  # orderings: tox -e test runs it again with other numpy kernels

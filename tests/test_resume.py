@@ -17,10 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from geep.errors import GeepError
-from geep.reproduce import row_key
-from geep.storage import atomic_write_text
-from geep.train_state import TrainState, state_folder
+from geep.common.errors import GeepError
+from geep.common.storage import atomic_write_text
+from geep.model.train_state import TrainState, state_folder
+from geep.reproduce.units import row_key
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ["benchmarks/test_methods.py", "-k", "pabee", "-q", "-p", "no:cacheprovider"]

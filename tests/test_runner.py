@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from geep.errors import GeepError
-from geep.runner import Method, get_method, load_checkpoint, method_names
+from geep.common.errors import GeepError
+from geep.core.interface import Method
+from geep.core.registry import get_method, load_checkpoint, method_names
 from tests.helpers import (
     LOGIT_NOISE,
     assert_same_where_clear,
@@ -140,7 +141,7 @@ def test_failed_save_leaves_old_checkpoint_intact(trained, tmp_path, monkeypatch
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("geep.runner.save_model", explode)
+    monkeypatch.setattr("geep.core.interface.save_model", explode)
     with pytest.raises(OSError):
         trained.save(path)
     assert (path / "model.safetensors").read_bytes() == before

@@ -1,4 +1,4 @@
-"""Serving (geep.serving): the batcher's queues, the server's batches and answers, and LoadGen
+"""Serving (geep.serving.server): the batcher's queues, the server's batches and answers, and LoadGen
 driving the server in its scenarios."""
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from geep.encoding import Encoded
-from geep.errors import GeepError
-from geep.runner import Method
-from geep.serving import (
+from geep.common.errors import GeepError
+from geep.core.interface import Method
+from geep.data.encoding import Encoded
+from geep.report.serving import plot_server_latency, serving_files, serving_section
+from geep.serving.server import (
     DROPPED,
     BatcherConfig,
     BatchingServer,
@@ -31,7 +32,6 @@ from geep.serving import (
     run_scenario,
     served_labels,
 )
-from geep.serving_report import plot_server_latency, serving_files, serving_section
 from tests.helpers import (
     LOGIT_NOISE,
     assert_same_where_clear,

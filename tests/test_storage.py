@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from geep.profiles import get_profile
-from geep.reproduce import record, run_file
-from geep.storage import atomic_directory
-from geep.train_state import TrainState
+from geep.common.storage import atomic_directory
+from geep.model.train_state import TrainState
+from geep.reproduce.profiles import get_profile
+from geep.reproduce.units import record, run_file
 from tests.helpers import new_method, run_row, toy_test_split
 
 WRITERS, ROWS = 4, 25

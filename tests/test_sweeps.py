@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from geep.evaluation import load_split
-from geep.exits import first_exit_layer
-from geep.runner import get_method, method_names
-from geep.sweeps import Calibration, dev_sweep, even_flops_speeds, gap_midpoints
+from geep.core.dynamic_exit import first_exit_layer
+from geep.core.registry import get_method, method_names
+from geep.core.sweeps import Calibration, dev_sweep, even_flops_speeds, gap_midpoints
+from geep.pipeline.evaluate import load_split
 from tests.helpers import (
     ENTROPY_NOISE,
     assert_same_where_clear,
@@ -40,7 +40,7 @@ def test_even_flops_steps_take_the_slowest_speed_reaching_each_target() -> None:
     assert even_flops_speeds(calibration, 4) == [(0.15, 80.0), (0.25, 50.0), (0.65, 20.0)]
 
 
-THRESHOLD_METHODS = [name for name in method_names() if get_method(name).dev_sweep]
+THRESHOLD_METHODS = [name for name in method_names() if get_method(name).calibrates]
 
 
 @pytest.fixture(scope="module", params=[*THRESHOLD_METHODS, "geep-dynamic"])

@@ -1,6 +1,6 @@
-"""The work a run issues (geep.work): hand-worked counts for full depth, a shrinking, a regrouped
+"""The work a run issues (geep.measure.work): hand-worked counts for full depth, a shrinking, a regrouped
 and a kept batch, GEEP's sorted batches and HashEE's token exits, executed FLOPs equal to a real
-FLOP counter's; and the latency model built on them (geep.latency)."""
+FLOP counter's; and the latency model built on them (geep.measure.latency)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from geep import flops
-from geep.exits import ExitRule, dynamic_exit, kept_exit, regrouped_exit
-from geep.latency import Device, Measurement, fit_device
-from geep.runner import Method
-from geep.work import Call, calls_from_rows, calls_to_rows, counting, work_counts
+from geep.core.dynamic_exit import ExitDecision, dynamic_exit, kept_exit, regrouped_exit
+from geep.core.interface import Method
+from geep.measure import flops
+from geep.measure.latency import Device, Measurement, fit_device
+from geep.measure.work import Call, calls_from_rows, calls_to_rows, counting, work_counts
 from tests.helpers import counted_flops, new_method, toy
 
 TEXTS = ["good", "the best film and a great plot", "hate it", "a film", "bad plot", "the plot"]
 
 
 def layer_flops(method: Method, rows: int, tokens: int, active: int | None = None) -> int:
-    """Executed FLOPs of one (layer, batch) call, from geep.flops."""
+    """Executed FLOPs of one (layer, batch) call, from geep.measure.flops."""
     active = tokens if active is None else active
     return rows * flops.token_exit_layer(method.dims, tokens, active, "full")
 
@@ -76,7 +76,7 @@ def test_a_shrinking_batch_counts_the_rows_each_layer_and_head_ran_on(tiny_model
 SAME_LENGTH = ["good film", "bad plot", "the plot", "a film", "hate it", "the best"]  # 4 tokens
 
 
-def planned(exits_at: dict[int, list[int]]) -> ExitRule:
+def planned(exits_at: dict[int, list[int]]) -> ExitDecision:
     """A rule exiting the samples at the given positions after each layer."""
 
     def exits(layer: int, logits: torch.Tensor, running: torch.Tensor) -> torch.Tensor:

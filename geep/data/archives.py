@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO
 
-from geep.errors import GeepError
-from geep.storage import atomic_directory, cache_root, file_sha256
+from geep.common.errors import GeepError
+from geep.common.storage import atomic_directory, cache_root, file_sha256
 
 Archive = Path | bytes
 """An archive on disk, or the bytes of one (an archive nested inside another)."""

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from geep.common.errors import GeepError
 from geep.data.archives import PinnedArchive, read_member, read_members
 from geep.data.formats import RawSplit, csv_records, lines, utf8_or_latin1
-from geep.errors import GeepError
 
 DATA_DIR_ENV = "GEEP_DATA_DIR"
 

@@ -32,6 +32,10 @@ from datasets import load_dataset as hf_load_dataset
 from datasets.exceptions import DatasetsError
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
+from geep.common.errors import GeepError
+from geep.common.hub import hub_unavailable_reason
+from geep.common.resources import format_size, require_memory
+from geep.common.storage import atomic_directory, cache_root
 from geep.data.archives import fetch_archive
 from geep.data.formats import (
     FORMATS,
@@ -51,10 +55,6 @@ from geep.data.registry import (
     HubSource,
     get_spec,
 )
-from geep.errors import GeepError
-from geep.hub import hub_unavailable_reason
-from geep.resources import format_size, require_memory
-from geep.storage import atomic_directory, cache_root
 
 PREP_VERSION = 1
 """Bump when parsing, cleaning or splitting changes, so stale cache entries are not reused."""

@@ -1,0 +1,117 @@
+"""`geep train`: a dataset's train split -> a trained method -> its checkpoint, resumable."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+
+from geep.common.config import TrainConfig
+from geep.common.errors import GeepError
+from geep.common.storage import cache_root, check_target, exclusive
+from geep.core.checkpoint import checkpoint_ownership
+from geep.core.interface import Method
+from geep.core.registry import get_method, load_checkpoint
+from geep.data.encoding import encode_split
+from geep.measure.metrics import accuracy
+from geep.model.train_state import TrainState, saving_into, state_folder, this_process
+
+
+def train_method(
+    method_name: str,
+    dataset: str,
+    out: str | Path,
+    model: str,
+    config: TrainConfig,
+    settings: Sequence[str] = (),
+    start_from: str | Path | None = None,
+    save_every_s: float = 300.0,
+    max_dev: int | None = None,
+) -> Method:
+    """Train ``method_name`` on ``dataset``'s train split and save the checkpoint to ``out``.
+
+    ``settings`` are the method's options as ``KEY=VALUE`` strings (``geep train --option``).
+    ``start_from`` is a checkpoint of ``bert`` fine-tuned on the same data, for methods whose
+    first stage is that fine-tuning (:meth:`Method.fit_from`).
+
+    Accuracy on the dev split (its first ``max_dev`` samples; all when None) at the method's
+    first (full-depth) speed is recorded in the checkpoint; the test split is never looked at.
+
+    The training state is saved every ``save_every_s`` seconds (0: after every step) beside
+    ``out``; a re-run of a killed run resumes from it (:mod:`geep.model.train_state`).
+
+    Under ``accelerate launch`` every process runs this function on its own device; the main
+    process alone fetches the data first, evaluates the dev split, writes the checkpoint and
+    removes the saved state.
+
+    Before any work, ``out`` is checked (:func:`geep.common.storage.check_target`): an existing folder
+    is replaced only when it is a checkpoint this suite wrote, and its place must be writable.
+    While it trains, ``out`` is locked: a second run into the same folder is refused at once.
+    """
+    cls = get_method(method_name)
+    cls.options_class().with_settings(settings)  # reject bad options before any work
+    out = check_target(out, "--out", "folder", checkpoint_ownership)
+    cache_root()  # checked before the work too
+    process = this_process()
+    # the main process alone writes, so it alone locks ``out`` while it trains
+    busy = f"another `geep train` is writing {out}: wait for it to end, or give another --out"
+    lock = out.with_name(f".{out.name}.lock")
+    with (
+        exclusive(lock, busy, remove=True) if process.is_main_process else contextlib.nullcontext()
+    ):
+        set_seed(config.seed)  # before the heads are initialised, so a seed fixes the whole run
+        from geep.data import load_dataset  # the datasets library: only training needs it here
+
+        with process.main_process_first():  # one download or archive extraction, then all read
+            data = load_dataset(dataset)
+        train = data["train"]
+        if config.max_train is not None and config.max_train < len(train):
+            train = train.shuffle(seed=config.seed).select(range(config.max_train))
+        task = "pair" if "text_pair" in train.column_names else "single"
+        labels = train.features["label"].names
+        method = cls.create(model, labels, dataset, config, task=task, settings=settings)
+        method.to(process.device)
+        encoded = encode_split(method.tokenizer, train, config.seq_len)
+        run = {
+            "method": method_name,
+            "dataset": dataset,
+            "model": model,
+            "train": config.to_dict(),
+            "settings": list(settings),
+            "start_from": None if start_from is None else str(start_from),
+            "data_sha256": encoded.sha256(),
+            "processes": process.num_processes,  # a save resumes with as many (geep.model.train_state)
+        }
+        state = TrainState(state_folder(Path(out)), run, save_every_s)
+        try:
+            with saving_into(state):
+                if start_from is None:
+                    method.fit(encoded)
+                else:
+                    method.fit_from(load_checkpoint(start_from), encoded)
+        except torch.OutOfMemoryError:
+            raise GeepError(
+                f"out of GPU memory training {method_name} at batch size {config.batch_size}, "
+                f"--seq-len {config.seq_len}; lower one of them"
+            ) from None
+        if process.is_main_process:  # the processes hold the same weights: one evaluates and saves
+            rows = data["dev"]
+            if max_dev is not None:
+                rows = rows.select(range(min(max_dev, len(rows))))
+            dev = encode_split(method.tokenizer, rows, config.seq_len)
+            speed = method.default_speeds()[0]
+            labels = method.run(dev, speed, 64).labels
+            method.info.dev_accuracy = accuracy(dev.labels.numpy(), labels)
+            method.info.dev_samples = len(dev)
+            method.save(out)
+            state.remove()
+        process.wait_for_everyone()  # no process ends before the checkpoint is whole
+        return method
+
+
+def is_main_process() -> bool:
+    """Whether this is the process that reports (always, outside ``accelerate launch``)."""
+    return this_process().is_main_process

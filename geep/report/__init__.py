@@ -1,0 +1,1 @@
+"""`geep report`: a profile's run files to its CSV, tables and plots."""

@@ -1,0 +1,382 @@
+"""A profile's units, one (dataset, method, speed) at a time: a cached checkpoint, a timed
+measurement, and a run file per (dataset, method) that says how it was made.
+
+The benchmark harness (``benchmarks/test_methods.py``) drives these; ``geep report`` turns the
+run files into tables and plots (:mod:`geep.report.results`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import statistics
+import subprocess
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from geep.common.errors import GeepError
+from geep.common.storage import atomic_write_text, cache_root, exclusive
+from geep.core.interface import Method, Predictions
+from geep.core.registry import get_method
+from geep.core.sweeps import dev_sweep
+from geep.data.encoding import Encoded
+from geep.data.registry import get_spec
+from geep.measure.flops import dims_for
+from geep.measure.monitor import UtilisationMonitor
+from geep.measure.work import calls_to_rows, operators_per_call
+from geep.pipeline.evaluate import library_versions, load_split, prepare_checkpoint, summarize
+from geep.pipeline.train import train_method
+from geep.reproduce.profiles import Profile
+from geep.reproduce.run_files import DamagedRunFile, read_run_file, run_file, set_aside
+
+Timer = Callable[[Callable[[], None], int], None]  # runs fn ``rounds`` times (pytest-benchmark)
+
+
+def speeds_for(profile: Profile, entry: str, dataset: str) -> list[float]:
+    """The fixed sweep of ``entry`` (a method or variant) on ``dataset``: the profile's (a
+    variant's own), else its method's grid."""
+    variant = profile.variants.get(entry)
+    if variant is not None and variant.speeds is not None:
+        return list(variant.speeds)
+    if entry in profile.speeds:
+        return list(profile.speeds[entry])
+    layers = dims_for(profile.model_for(dataset)).num_layers
+    method = get_method(profile.method_of(entry)[0])
+    return method.speed_grid(layers, get_spec(dataset).num_classes)
+
+
+def settings_for(profile: Profile, entry: str, dataset: str) -> list[str]:
+    """The settings a profile measures: the fixed sweep's speeds (``"0.5"``), then for threshold
+    methods ``profile.dev_settings`` chosen on the dev split (``"dev1"``, ...; geep.core.sweeps)."""
+    grid = [f"{speed:g}" for speed in speeds_for(profile, entry, dataset)]
+    if not get_method(profile.method_of(entry)[0]).calibrates:
+        return grid
+    return grid + [f"dev{k}" for k in range(1, profile.dev_settings + 1)]
+
+
+def batchings_for(profile: Profile, entry: str) -> list[str | None]:
+    """The batching policies ``entry`` runs under: the profile's ``batchings`` when its options
+    run dynamic exits (FastBERT, DeeBERT, PABEE), else [None]."""
+    method, options = profile.method_of(entry)
+    runner = get_method(method)
+    if runner.batching_of(runner.options_class().with_settings(options)) is None:
+        return [None]
+    return list(profile.batchings)
+
+
+class Unit(NamedTuple):
+    """One measurement of a profile: a setting of a trained model, under a batching policy
+    (None for methods without dynamic exits). ``method`` is a profile entry: a registered
+    method or a variant."""
+
+    dataset: str
+    method: str
+    seed: int
+    setting: str
+    batching: str | None
+
+    @property
+    def id(self) -> str:
+        policy = f"-{self.batching}" if self.batching else ""
+        return f"{self.dataset}-{self.method}-seed{self.seed}-{self.setting}{policy}"
+
+
+def units(profile: Profile) -> list[Unit]:
+    """Every (dataset, entry, seed, setting, batching) of the profile, in the order they run:
+    a setting's policies one after the other, so they are timed in the same minutes."""
+    return [
+        Unit(dataset, method, seed, setting, batching)
+        for dataset in profile.datasets
+        for method in profile.entries()
+        for seed in profile.seeds
+        for setting in settings_for(profile, method, dataset)
+        for batching in batchings_for(profile, method)
+    ]
+
+
+def checkpoint(profile: Profile, entry: str, dataset: str, seed: int) -> Path:
+    """``entry`` (a method, or a variant: its method trained with the variant's options)
+    trained on ``dataset`` with ``seed`` under ``profile``, trained once and then reused from
+    ``$GEEP_CACHE/checkpoints/`` (keyed by everything that defines the training).
+
+    A method whose first stage is another method's training (``starts_from``: DeeBERT's is
+    ``bert``'s fine-tuning) starts from that method's checkpoint of the same seed when the
+    profile runs it, and trains only the rest.
+    """
+    method, options = profile.method_of(entry)
+    model = profile.model_for(dataset)
+    config = profile.train_config(method, dataset, seed)
+    start = None
+    first_stage = get_method(method).starts_from
+    if first_stage in profile.method_names():
+        start = checkpoint(profile, first_stage, dataset, seed)
+    recipe = {
+        "method": method,
+        "dataset": dataset,
+        "model": model,
+        "train": config.to_dict(),
+        "start_from": start.name if start else None,
+        "max_dev": profile.max_eval,
+    }
+    if options:  # a method's own recipe has no options key, so its cached checkpoints hold
+        recipe["options"] = list(options)
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_root() / "checkpoints" / f"{entry}-{dataset}-{key}"
+    with exclusive(path.with_name(f".{path.name}.lock")):  # one worker trains, the others wait
+        if not (path / "config.json").is_file():
+            train_method(
+                method,
+                dataset,
+                path,
+                model,
+                config,
+                settings=options,
+                start_from=start,
+                max_dev=recipe["max_dev"],
+            )
+    return path
+
+
+def measure(
+    method: Method,
+    data: Encoded,
+    speed: float,
+    batch_size: int,
+    rounds: int,
+    timer: Timer | None = None,
+) -> dict[str, Any]:
+    """Accuracy, FLOPs, exits, latency and utilisation of one speed setting.
+
+    An untimed warm-up batch, then ``rounds`` timed runs of the whole split (through ``timer``,
+    e.g. pytest-benchmark's, when given), synchronised on a GPU; the device is sampled while
+    they run. Latency percentiles are over every batch of every round; throughput is samples
+    over the median round. A batch size the GPU cannot hold is halved until it fits
+    (:meth:`Method.warm_up`); the row records both sizes.
+    """
+    method.check_speed(speed)
+    requested, batch_size = batch_size, method.warm_up(data, speed, batch_size)
+    runs: list[Predictions] = []
+
+    def once() -> None:
+        runs.append(method.run(data, speed, batch_size))
+
+    with UtilisationMonitor(method.device) as monitor:
+        if timer is None:
+            for _ in range(rounds):
+                once()
+        else:
+            timer(once, rounds)
+    row = asdict(summarize(method, data, speed, runs))
+    row.update(asdict(monitor.result))
+    row["batching"] = method.batching
+    row["batch_size"] = batch_size
+    row["batch_size_requested"] = requested
+    row["rounds"] = len(runs)
+    row["round_seconds_median"] = statistics.median(sum(r.batch_seconds) for r in runs)
+    row["calls"] = calls_to_rows(runs[-1].calls)  # every call's shape, for geep.measure.latency
+    first = data.select(torch.arange(min(len(data), batch_size)))  # untimed
+    row["operators"] = operators_per_call(lambda: method.run(first, speed, batch_size))
+    return row
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with ``-dirty`` when files changed), or None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and the threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [
+            line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu = models[0].split(":", 1)[1].strip() if models else cpu
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def provenance(profile: Profile, method: Method, data: Encoded) -> dict[str, Any]:
+    """How a run file's rows were made."""
+    info = method.info
+    return {
+        "profile": profile.name,
+        "config_hash": profile.config_hash(),
+        "git_commit": git_commit(),
+        "model": info.model,
+        "train": info.train,
+        "seed": info.train["seed"],
+        "options": info.options,
+        "dev_accuracy": info.dev_accuracy,
+        "dev_samples": info.dev_samples,
+        "test_samples": len(data),
+        "inference_order": "length",  # Method.run's default, the same for every method
+        "device": device_name(method.device),
+        "versions": library_versions(),
+    }
+
+
+def recover_run_files(results: Path, profile: Profile) -> list[str]:
+    """Set aside every damaged run file of ``profile``'s units under ``results`` (a resumed
+    run then measures their units again); one line per file set aside."""
+    lines = []
+    for dataset, method, seed in dict.fromkeys(u[:3] for u in units(profile)):
+        path = run_file(results, dataset, method, seed)
+        if not path.is_file():
+            continue
+        with exclusive(path.parent):
+            try:
+                read_run_file(path)
+            except DamagedRunFile as damage:
+                lines.append(set_aside(path, str(damage)))
+    return lines
+
+
+def recorded(results: Path, profile: Profile, unit: Unit) -> bool:
+    """Whether the run file of the unit's (dataset, method, seed) already holds its setting and
+    batching under this profile's configuration (a resumed run skips it; a damaged file holds
+    nothing)."""
+    path = run_file(results, unit.dataset, unit.method, unit.seed)
+    if not path.is_file():
+        return False
+    try:
+        run = read_run_file(path)
+    except DamagedRunFile:
+        return False
+    if run["provenance"]["config_hash"] != profile.config_hash():
+        return False
+    return any(row_key(row) == (unit.setting, unit.batching) for row in run["rows"])
+
+
+def row_key(row: dict) -> tuple[str, str | None]:
+    """What tells a run file's rows apart: the setting and the batching policy."""
+    return row["setting"], row.get("batching")
+
+
+def record(
+    results: Path,
+    profile: Profile,
+    method: Method,
+    dataset: str,
+    data: Encoded,
+    row: dict,
+    sweep: dict[str, Any] | None = None,
+    entry: str | None = None,
+) -> Path:
+    """Add (or replace) ``row``'s setting and batching (:func:`row_key`) in the run file of
+    (dataset, entry, seed), atomically; ``sweep`` is the dev sweep's record (:func:`dev_sweep`)
+    and ``entry`` the profile entry the method was trained as (default: the method's name).
+
+    A run file made under a different profile configuration is replaced, not mixed with; a
+    damaged one is set aside (:func:`set_aside`, with a warning) and a new one begun.
+    Benchmark workers may record rows of one run file at once: the folder's lock makes each
+    read-modify-write whole, so no row is lost.
+    """
+    meta = provenance(profile, method, data)
+    entry = entry or method.name
+    path = run_file(results, dataset, entry, meta["seed"])
+    if sweep:
+        meta["dev_sweep"] = sweep
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(path.parent):
+        rows: list[dict] = []
+        try:
+            old = read_run_file(path) if path.is_file() else None
+        except DamagedRunFile as damage:
+            warnings.warn(set_aside(path, str(damage)), stacklevel=2)
+            old = None
+        if old is not None and old["provenance"]["config_hash"] == meta["config_hash"]:
+            rows = [r for r in old["rows"] if row_key(r) != row_key(row)]
+        rows = sorted(
+            [*rows, row],
+            key=lambda r: (r["speed_source"] == "dev", r["speed"], r.get("batching") or ""),
+        )
+        document = {
+            "dataset": dataset,
+            "method": entry,
+            "num_layers": method.num_layers,
+            "rows": rows,
+            "provenance": {**meta, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        }
+        atomic_write_text(path, json.dumps(_finite(document), indent=2) + "\n")
+    return path
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: non-finite floats become null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass
+class Trained:
+    """A unit's trained method with its test split and dev-chosen speeds."""
+
+    method: Method
+    test: Encoded
+    sweep: dict[str, Any]  # dev_sweep's record; {} when the method has none
+    entry: str  # the profile entry it was trained as: a method or a variant
+
+    def resolve(self, setting: str) -> dict[str, Any]:
+        """A setting id's row fields: ``"0.5"`` is a fixed speed (``speed_source`` "grid"),
+        ``"devK"`` the K-th speed chosen on dev ("dev", with its ``dev_speedup_full``).
+        GeepError when the dev sweep found fewer than K distinct speeds."""
+        if not setting.startswith("dev"):
+            return {"setting": setting, "speed": float(setting), "speed_source": "grid"}
+        k = int(setting[3:])
+        speeds = self.sweep.get("speeds", [])
+        if k > len(speeds):
+            raise GeepError(f"the dev sweep found only {len(speeds)} distinct settings")
+        return {
+            "setting": setting,
+            "speed": speeds[k - 1],
+            "speed_source": "dev",
+            "dev_speedup_full": self.sweep["dev_speedup_full"][k - 1],
+        }
+
+
+def load_unit(profile: Profile, entry: str, dataset: str, seed: int) -> Trained:
+    """The trained entry, a method or variant (:func:`geep.pipeline.evaluate.prepare_checkpoint`), its
+    test split and its dev sweep, both capped at the profile's ``max_eval`` samples
+    (:func:`load_split`). With dev-chosen settings, the options it chooses on dev
+    (:meth:`Method.choose_on_dev`) are chosen first and recorded in the sweep's ``choice``."""
+    trained = prepare_checkpoint(checkpoint(profile, entry, dataset, seed))
+    sweep = {}
+    if trained.calibrates and profile.dev_settings:
+        dev = load_split(trained, dataset, "dev", profile.max_eval)
+        choice = trained.choose_on_dev(dev.data, profile.batch_size)  # GEEP: its exit rule
+        sweep = dev_sweep(trained, dev.data, profile.dev_settings)
+        if choice:
+            sweep["choice"] = choice
+    test = load_split(trained, dataset, "test", profile.max_eval).data
+    return Trained(trained, test, sweep, entry)
