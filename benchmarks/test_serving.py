@@ -34,7 +34,7 @@ from benchmarks.conftest import profile_of
 from geep.common.storage import atomic_write_text, exclusive
 from geep.core.interface import Method
 from geep.core.quantize import int8
-from geep.core.registry import get_method
+from geep.core.registry import get_method, reference_name
 from geep.data.encoding import Encoded
 from geep.measure.metrics import accuracy
 from geep.pipeline.evaluate import library_versions, load_split
@@ -65,9 +65,9 @@ def serving_units(profile: Profile) -> list[ServingUnit]:
         return []
     found = []
     for dataset in plan.datasets:
-        found += [ServingUnit(dataset, "bert", None, p, "full") for p in ("fp32", "int8")]
+        found += [ServingUnit(dataset, reference_name(), None, p, "full") for p in ("fp32", "int8")]
         for name in profile.method_names():
-            if name == "bert":
+            if name == reference_name():
                 continue
             cls = get_method(name)
             policies = plan.batchings if cls.batching_of(cls.options_class()) else (None,)
@@ -81,7 +81,7 @@ def serving_units(profile: Profile) -> list[ServingUnit]:
                     name,
                     None,
                     "fp32",
-                    "full" if name == "bert" else plan.settings[0],
+                    "full" if name == reference_name() else plan.settings[0],
                     True,
                 )
                 for name in profile.method_names()
@@ -118,7 +118,7 @@ def chosen(profile: Profile, dataset: str, name: str) -> Chosen:
         loaded = load_unit(profile, name, dataset, profile.seeds[0])
         method = loaded.method
         test = load_split(method, dataset, "test", plan.max_samples).data
-        if name == "bert":
+        if name == reference_name():
             _chosen.clear()
             _chosen[key] = Chosen(method, test, {"full": 0.0}, {})
             return _chosen[key]
@@ -147,7 +147,7 @@ _bert_dev: dict[str, float] = {}
 def bert_dev_accuracy(profile: Profile, dataset: str) -> float:
     """Full-depth ``bert``'s accuracy on the plan's dev samples (the reference of ``within``)."""
     if dataset not in _bert_dev:
-        method = load_unit(profile, "bert", dataset, profile.seeds[0]).method
+        method = load_unit(profile, reference_name(), dataset, profile.seeds[0]).method
         dev = load_split(method, dataset, "dev", profile.serving.max_samples).data
         _bert_dev[dataset] = accuracy(dev.labels.numpy(), method.run(dev, 0.0, 32).labels)
     return _bert_dev[dataset]
@@ -159,7 +159,7 @@ def best_variant(results: Path, dataset: str, setting: str) -> dict[str, Any]:
     rows = [
         r
         for r in read_serving(results, dataset)["rows"]
-        if r["method"] != "bert" and r["precision"] == "fp32" and r["setting"] == setting
+        if r["method"] != reference_name() and r["precision"] == "fp32" and r["setting"] == setting
     ]
     if not rows:
         pytest.skip(f"no early-exit variant was served at `{setting}` before this unit")

@@ -61,18 +61,16 @@ LAUNCH_COSTS = {  # seconds per dispatched operator (module docstring)
 SENSITIVITY_LAUNCH = (0.5e-6, 1e-6, 2e-6, 5e-6, 10e-6, 20e-6, 35e-6, 60e-6)
 SENSITIVITY_COMPUTE = (0.3, 0.6, 0.9)
 
-POOLER_HEADS = {"bert": "final", "hashee": "final", "deebert": "every", "pabee": "every"}
-"""Methods whose exit heads are a pooler and a classifier on [CLS] (DeeBERT's highways, PABEE's
-classifiers), after the last layer only or after every layer; FastBERT and GEEP run a
-FastBERT-style head on every token (:func:`geep.measure.flops.fastbert_head`)."""
-
 
 @dataclass(frozen=True)
 class Pattern:
-    """What one measured row does: how it batches and where its samples exit."""
+    """What one measured row does: how its inference issues layer calls, how it batches, what
+    its heads compute and where its samples exit. The report takes ``inference`` and ``head``
+    from the row's method (:meth:`geep.core.interface.Method.inference_of`, ``head_kind``)."""
 
-    method: str
-    batching: str | None  # "shrink", "regroup", None (full depth, predicted or token exits)
+    inference: str  # "full-depth", "predicted", "dynamic" or "token-exit"
+    batching: str | None  # "shrink", "regroup" (dynamic exits), None
+    head: str  # "pooler" (pooler and classifier on [CLS]) or "fastbert" (on every token)
     exits: np.ndarray  # [N] exit layer of each sample on the target encoder, 1..L'
     num_labels: int = 2  # the heads' classes (their cost barely depends on it)
 
@@ -133,8 +131,6 @@ def pattern_calls(
 ) -> Counter[Call]:
     """The calls a method with ``pattern`` issues on its samples at ``batch`` and ``tokens``."""
     exits, depth, n = pattern.exits, dims.num_layers, len(pattern.exits)
-    kind = "pooler" if pattern.method in POOLER_HEADS else "fastbert"
-    every_layer = POOLER_HEADS.get(pattern.method, "every") == "every"
     calls: Counter[Call] = Counter()
 
     def add(make: Callable[[int], Call], rows: Iterable[int]) -> None:
@@ -148,9 +144,9 @@ def pattern_calls(
 
     embed = partial(embed_call, dims, tokens=tokens)
     layer = partial(layer_call, dims, tokens=tokens)
-    head = partial(head_call, dims, tokens=tokens, kind=kind, num_labels=pattern.num_labels)
+    head = partial(head_call, dims, tokens=tokens, kind=pattern.head, num_labels=pattern.num_labels)
     select = partial(select_call, dims, tokens=tokens)
-    if pattern.method == "geep" and pattern.batching is None:  # predicted exits
+    if pattern.inference == "predicted":
         calls[Call("exit_prediction", n, tokens, 0, n * tokens * (8 + 4 * depth))] += 1
         for exit_layer, group in zip(*np.unique(exits, return_counts=True), strict=True):
             rows = batches(int(group))
@@ -164,7 +160,7 @@ def pattern_calls(
         add(embed, rows)
         add(head, rows)
         for k in range(1, depth + 1):
-            share = float((exits >= k).mean()) if pattern.method == "hashee" else 1.0
+            share = float((exits >= k).mean()) if pattern.inference == "token-exit" else 1.0
             active = max(1, round(tokens * share))
             add(partial(layer_call, dims, tokens=tokens, active=active), rows)
         return calls
@@ -183,8 +179,7 @@ def pattern_calls(
     add(embed, running[:, 0])
     for k in range(1, depth + 1):
         add(layer, running[:, k - 1])
-        if every_layer or k == depth:
-            add(head, running[:, k - 1])
+        add(head, running[:, k - 1])
         add(select, running[:, k])
     return calls
 
@@ -218,8 +213,9 @@ def regime_frame(
     devices = DEVICES if devices is None else devices
     records = []
     for (dataset, seed), group in frame.groupby(["dataset", "seed"]):
-        full = group[group["method"] == "bert"].iloc[0]
-        bert = Pattern("bert", None, scaled_exits(full["exit_histogram"], dims.num_layers))
+        full = group[group["reference"]].iloc[0]
+        exits = scaled_exits(full["exit_histogram"], dims.num_layers)
+        bert = Pattern("full-depth", None, full["head_kind"], exits)
         for batch in batch_sizes:
             reference = pattern_calls(bert, dims, batch)
             base = {
@@ -228,7 +224,8 @@ def regime_frame(
             for _, row in group.iterrows():
                 exits = scaled_exits(row["exit_histogram"], dims.num_layers)
                 batching = row["batching"] if isinstance(row["batching"], str) else None  # NaN
-                calls = pattern_calls(Pattern(row["method"], batching, exits), dims, batch)
+                pattern = Pattern(row["inference"], batching, row["head_kind"], exits)
+                calls = pattern_calls(pattern, dims, batch)
                 for d, device in devices.items():
                     records.append(
                         {
@@ -236,6 +233,7 @@ def regime_frame(
                             "seed": seed,
                             "variant": row["variant"],
                             "method": row["method"],
+                            "inference": row["inference"],
                             "setting": row["setting"],
                             "speedup_full": row["speedup_full"],
                             "model": model,
@@ -250,7 +248,6 @@ def regime_frame(
 # --- the report's section and plot --------------------------------------------------------------
 
 TABLE_BATCHES = (1, 4, 16, 32, 64, 128, 256)
-DYNAMIC = ("shrink", "regroup")
 
 
 def _means(regime: pd.DataFrame) -> pd.DataFrame:
@@ -268,13 +265,20 @@ def _crossing(speedups: pd.Series) -> str:
     return "never"
 
 
-def lead_over_dynamic(means: pd.DataFrame) -> pd.DataFrame:
-    """GEEP's modelled speedup over that of the fastest dynamic-exit variant, per (dataset,
-    device) and batch size (>1: GEEP leads)."""
-    variants = means.index.get_level_values("variant")
-    dynamic = means[variants.str.contains("|".join(DYNAMIC))].groupby(["dataset", "device"]).max()
-    geep = means[variants == "geep"].droplevel("variant")
-    return geep / dynamic
+def lead_over_dynamic(means: pd.DataFrame, inference: Mapping[str, str]) -> pd.DataFrame:
+    """The modelled speedup of each variant whose exits are predicted (GEEP and its ablations)
+    over that of the fastest dynamic-exit variant, per (variant, dataset, device) and batch
+    size (>1: it leads); ``inference``: each variant's (:class:`Pattern`)."""
+    kinds = means.index.get_level_values("variant").map(inference)
+    dynamic = means[kinds == "dynamic"].groupby(["dataset", "device"]).max()
+    predicted = means[kinds == "predicted"].index.get_level_values("variant").unique()
+    leads = {v: means.xs(v, level="variant") / dynamic for v in predicted}
+    return pd.concat(leads, names=["variant"])
+
+
+def inference_of(regime: pd.DataFrame) -> dict[str, str]:
+    """Each variant of a :func:`regime_frame` and how its inference runs."""
+    return dict(zip(regime["variant"], regime["inference"], strict=True))
 
 
 DEVICES = {
@@ -330,23 +334,27 @@ def regime_section(frame: pd.DataFrame, regime: pd.DataFrame) -> str:
                     + " | ".join(cells)
                     + f" | {_crossing(row)} |"
                 )
-    lead = lead_over_dynamic(means)
-    small = lead_over_dynamic(minilm)
+    kinds = inference_of(regime)
+    if "predicted" not in kinds.values() or "dynamic" not in kinds.values():
+        return "\n".join(parts)
+    lead = lead_over_dynamic(means, kinds)
+    small = lead_over_dynamic(minilm, kinds)
     parts += [
         "",
-        "GEEP's modelled speedup over the fastest dynamic-exit variant's (>1: GEEP leads) on an "
-        "H100 and an A100, BERT-base and, for comparison, the embedded 6-layer MiniLM (hidden "
-        "384, exit layers as measured) at the same length:",
+        "The modelled speedup of each variant with predicted exits (GEEP and its ablations) over "
+        "the fastest dynamic-exit variant's (>1: it leads) on an H100 and an A100, BERT-base "
+        "and, for comparison, the embedded 6-layer MiniLM (hidden 384, exit layers as "
+        "measured) at the same length:",
         "",
-        "| dataset | GPU, cost per operator | model | "
+        "| variant | dataset | GPU, cost per operator | model | "
         + " | ".join(f"batch {b}" for b in TABLE_BATCHES)
         + " |",
-        "|---|---|---|" + "---|" * len(TABLE_BATCHES),
+        "|---|---|---|---|" + "---|" * len(TABLE_BATCHES),
     ]
     for name, table in (("bert-base", lead), ("minilm-l6", small)):
-        for (dataset, launch), row in table.iterrows():
+        for (variant, dataset, launch), row in table.iterrows():
             parts.append(
-                f"| {dataset} | {launch} | {name} | "
+                f"| `{variant}` | {dataset} | {launch} | {name} | "
                 + " | ".join(f"{row[b]:.2f}" for b in TABLE_BATCHES)
                 + " |"
             )
@@ -362,15 +370,18 @@ def sensitivity_table(picked: pd.DataFrame) -> str:
         for launch in SENSITIVITY_LAUNCH
         for share in SENSITIVITY_COMPUTE
     }
-    means = _means(regime_frame(picked, devices=devices, batch_sizes=(32, 128)))
-    lead = lead_over_dynamic(means).groupby("device").mean()  # mean over datasets
+    regime = regime_frame(picked, devices=devices, batch_sizes=(32, 128))
+    means, kinds = _means(regime), inference_of(regime)
+    first = next(v for v in means.index.get_level_values("variant") if kinds[v] == "predicted")
+    leads = lead_over_dynamic(means, kinds)
+    lead = leads.xs(first, level="variant").groupby("device").mean()  # mean over datasets
     variants = means.index.get_level_values("variant")
-    best = means[variants.str.contains("|".join(DYNAMIC))].groupby(["dataset", "device"]).max()
+    best = means[variants.map(kinds) == "dynamic"].groupby(["dataset", "device"]).max()
     best = best.groupby("device").mean()
     lines = [
-        "Sensitivity (modelled, H100, mean of the two datasets): GEEP's lead over the fastest "
-        "dynamic exit / that dynamic exit's speedup over `bert`, at batch 32 and 128, for each "
-        "cost per operator (rows) and sustained share of the BF16 peak (columns):",
+        f"Sensitivity (modelled, H100, mean of the two datasets): `{first}`'s lead over the "
+        "fastest dynamic exit / that dynamic exit's speedup over `bert`, at batch 32 and 128, "
+        "for each cost per operator (rows) and sustained share of the BF16 peak (columns):",
         "",
         "| cost per operator | "
         + " | ".join(f"{s:g} of peak, batch {b}" for s in SENSITIVITY_COMPUTE for b in (32, 128))
@@ -421,5 +432,7 @@ def has_regime(frame: pd.DataFrame) -> bool:
     exit histograms and operators of every row (runs made before work counting have none)."""
     if "operators" not in frame.columns or frame["operators"].isna().any():
         return False
-    with_bert = frame[frame["method"] == "bert"][["dataset", "seed"]].drop_duplicates()
+    if frame["inference"].isna().any():  # a method that is not installed: no traits to model
+        return False
+    with_bert = frame[frame["reference"]][["dataset", "seed"]].drop_duplicates()
     return len(with_bert) == len(frame[["dataset", "seed"]].drop_duplicates())

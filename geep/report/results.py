@@ -30,13 +30,13 @@ from matplotlib.figure import Figure
 from geep.common.errors import GeepError
 from geep.common.storage import atomic_write_files, check_target
 from geep.core.dynamic_exit import BATCHINGS
-from geep.core.registry import method_names
+from geep.core.registry import method_names, method_of
 from geep.measure.latency import GPUS, Device, fit_device, load_calibration
 from geep.measure.regime import has_regime, paper_regime, plot_regime, regime_section
 from geep.measure.work import calls_from_rows
 from geep.report.serving import plot_server_latency, serving_files, serving_section
 from geep.reproduce.gpu_check import CHECK_FILE
-from geep.reproduce.gpu_check import tables_markdown as gpu_tables
+from geep.reproduce.gpu_check import check_tables as gpu_tables
 from geep.reproduce.run_files import DamagedRunFile, read_run_file
 
 CALIBRATION_FILE = "latency-calibration.json"  # benchmarks/test_latency_calibration.py
@@ -104,10 +104,13 @@ def load_runs(results: str | Path) -> pd.DataFrame:
         except DamagedRunFile as damage:
             raise GeepError(f"{damage}; nothing was written") from None
         meta = run["provenance"]
+        traits = method_traits(run["method"], meta.get("options") or {})
         for row in run["rows"]:
             records.append(
                 {
                     **row,
+                    **traits,
+                    "inference": "dynamic" if row["batching"] else traits["inference"],
                     "variant": variant(run["method"], row["batching"]),
                     "dataset": run["dataset"],
                     "method": run["method"],
@@ -129,6 +132,21 @@ def load_runs(results: str | Path) -> pd.DataFrame:
     return frame.sort_values(order, key=_method_order).reset_index(drop=True)
 
 
+def method_traits(entry: str, options: dict) -> dict:
+    """What the report and the regime model ask of the method a run file's ``entry`` names (a
+    method or a profile's variant of it, :func:`geep.core.registry.method_of`), run with
+    ``options``: ``inference`` without a batching policy, ``head_kind`` and ``reference``
+    (:class:`geep.core.interface.Method`). A method that is not installed has none (NaN)."""
+    cls = method_of(entry)
+    if cls is None:
+        return {"inference": np.nan, "head_kind": np.nan, "reference": False}
+    try:
+        inference = cls.inference_of(cls.options_class.from_dict(options))
+    except GeepError:  # options of another version of the method: its defaults'
+        inference = cls.inference_of(cls.options_class())
+    return {"inference": inference, "head_kind": cls.head_kind, "reference": cls.reference}
+
+
 def variant(method: str, batching: str | None) -> str:
     """A method's name in tables and plots, with its batching policy when it has one."""
     return method if batching is None else f"{method} ({batching})"
@@ -148,11 +166,8 @@ def _method_order(column: pd.Series) -> pd.Series:
         order = method_names()
 
         def rank(name: str) -> str:  # a variant sorts after its method, then by its name
-            base = (
-                name
-                if name in order
-                else next((m for m in order if name.startswith(f"{m}-")), None)
-            )
+            cls = method_of(name)
+            base = cls.name if cls is not None else None
             return f"{order.index(base) if base else len(order):04d}|{name != base:d}|{name}"
 
         return column.map(rank)
@@ -166,7 +181,7 @@ def _bert_of_the_same_run(frame: pd.DataFrame, column: str) -> np.ndarray:
     same commit (NaN where there is none): times are compared only within one run, since a
     later run may land on a faster or slower machine."""
     commits = frame["git_commit"].fillna("")
-    bert = frame[frame["method"] == "bert"].assign(git_commit=commits)
+    bert = frame[frame["reference"]].assign(git_commit=commits)
     reference = bert.set_index(["dataset", "seed", "git_commit"])[column]
     keys = pd.MultiIndex.from_frame(frame[["dataset", "seed"]].assign(git_commit=commits))
     return reference.reindex(keys).to_numpy()
@@ -215,7 +230,7 @@ def with_latency_model(frame: pd.DataFrame, results: Path) -> tuple[pd.DataFrame
     measured = out["round_seconds_median"].where(same_run)
     out["model_error"] = out["modelled_seconds"] / measured - 1
     keys = pd.MultiIndex.from_frame(out[["dataset", "seed"]])
-    bert = out[out["method"] == "bert"].set_index(["dataset", "seed"])
+    bert = out[out["reference"]].set_index(["dataset", "seed"])
     for gpu in GPUS:
         reference = bert[f"modelled_{gpu}_seconds"].reindex(keys).to_numpy()
         out[f"modelled_{gpu}_speedup"] = reference / out[f"modelled_{gpu}_seconds"].to_numpy()
@@ -291,7 +306,7 @@ def fastest_settings(frame: pd.DataFrame, dataset: str) -> dict[str, pd.DataFram
     """Per :func:`variant`, each seed's setting of the largest FLOPs speedup whose accuracy is
     at least ``bert``'s (same seed) minus :data:`WITHIN`; None where a seed has none."""
     rows = frame[frame["dataset"] == dataset]
-    bert = rows[rows["method"] == "bert"].set_index("seed")["accuracy"]
+    bert = rows[rows["reference"]].set_index("seed")["accuracy"]
     out: dict[str, pd.DataFrame | None] = {}
     for name, group in rows.groupby("variant", sort=False):
         picked = []
@@ -359,7 +374,7 @@ def _work_row(
 def model_section(frame: pd.DataFrame, device: Device) -> str:
     """Markdown: the fitted model and how well it predicts the measured time of every run that
     was not part of its fit (every method but ``bert``)."""
-    others = frame[(frame["method"] != "bert") & frame["model_error"].notna()]
+    others = frame[~frame["reference"] & frame["model_error"].notna()]
     error = others["model_error"].abs()
     per_method = others.assign(abs_error=error).groupby("variant", sort=False)["abs_error"]
     methods = ", ".join(f"`{m}` {e * 100:.1f}%" for m, e in per_method.median().items())

@@ -12,6 +12,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from geep.common.errors import GeepError
+from geep.core.registry import method_of
 
 SERVING_FOLDER = "serving"
 OVERLOAD_FOLDER = "overload"  # inside the serving folder
@@ -45,10 +46,16 @@ def _name(row: dict[str, Any]) -> str:
     return " ".join(p for p in parts if p)
 
 
+def _reference(entry: str) -> bool:
+    """Whether ``entry`` is the full-depth reference method (``Method.reference``)."""
+    cls = method_of(entry)
+    return cls is not None and cls.reference
+
+
 def serving_table(document: dict[str, Any]) -> str:
     """Markdown: one row per served unit, figures and their ratios to float32 ``bert``'s."""
     rows = document["rows"]
-    base = next((r for r in rows if r["method"] == "bert" and r["precision"] == "fp32"), None)
+    base = next((r for r in rows if _reference(r["method"]) and r["precision"] == "fp32"), None)
     target = rows[0]["server_target_ms"]
     lines = [
         "| method | setting | accuracy | single-stream p90 ms | offline samples/s | "

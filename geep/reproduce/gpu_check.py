@@ -51,7 +51,7 @@ from geep.common.errors import GeepError
 from geep.common.storage import atomic_write_text
 from geep.core.dynamic_exit import DynamicExitMethod, first_exit_layer
 from geep.core.interface import Method
-from geep.core.registry import get_method, method_names
+from geep.core.registry import get_method, method_names, reference_name
 from geep.data.encoding import Encoded
 from geep.measure.latency import Device, fit_device, published_gpu
 from geep.measure.latency import Measurement as Point
@@ -274,27 +274,18 @@ class Setting:
 
 
 def hand_set(method: Method, size: CheckSize, data: Encoded) -> float:
-    """Put exits at hand-set places (module docstring); the speed that gives them."""
+    """Put exits at hand-set places (module docstring); the speed that gives them. The method
+    is asked how its exits are decided and how its speed reads, never its name."""
     layers = method.num_layers
-    if method.name == "geep" and method.options.mode == "predict":
+    if method.inference_of(method.options) == "predicted":  # statistics that place each exit
         train, targets = synthetic_split(size, size.train_samples, seed=1)
-        step = torch.arange(1, layers)  # [L-1]
-        method.extras = {
-            "train_input_ids": torch.from_numpy(train.token_ids.astype(np.int32)),
-            "train_lengths": train.lengths.int(),
-            "train_uncertainty": (step[None, :] < targets[:, None]).float(),  # exit at target
-        }
-        return 0.5
-    if method.name == "hashee":
-        from geep.baselines.hashee import COUNTS, token_counts
-
-        whole = data.padded()
-        method.extras[COUNTS] = token_counts(
-            whole.input_ids, whole.attention_mask, method.tokenizer.all_special_ids, size.vocab
-        )
-        return float(layers // 2)
-    if method.name == "pabee":
+        method.keep_statistics(train, targets)
+        return 0.5  # any threshold in (0, 1) exits at the targets (Method.keep_statistics)
+    method.keep_statistics(data)  # e.g. HashEE's token counts; most methods keep none
+    if method.speed_reads == "patience":
         return float(max(1, layers // 2 - 1))
+    if method.speed_reads == "depth":
+        return float(layers // 2)
     if isinstance(method, DynamicExitMethod):
         sample = data.select(torch.arange(min(len(data), 512)))
         stats = method.exit_statistics(sample)  # [N, L-1]
@@ -312,18 +303,19 @@ def hand_set(method: Method, size: CheckSize, data: Encoded) -> float:
 
 
 def settings_of(name: str) -> list[Setting]:
-    """Full depth, then the hand-set setting under each batching policy that applies."""
-    if name == "bert":
-        return [Setting(name, "full")]
-    if name == "geep":
-        return [
-            Setting(name, "full"),
-            Setting(name, "hand-set"),
-            *(Setting(name, "hand-set", b, ("mode=dynamic",)) for b in ("shrink", "regroup")),
-        ]
-    if name == "hashee":
-        return [Setting(name, "full"), Setting(name, "hand-set")]
-    return [Setting(name, "full")] + [Setting(name, "hand-set", b) for b in ("shrink", "regroup")]
+    """Full depth, then the hand-set setting as the method runs by default (unless that is
+    dynamic exit) and under each batching policy of dynamic exit, with the options that
+    switch it on (``Method.dynamic_settings``); the reference runs at full depth only."""
+    cls = get_method(name)
+    full = [Setting(name, "full")]
+    if cls.reference:
+        return full
+    default = cls.inference_of(cls.options_class())
+    plain = [] if default == "dynamic" else [Setting(name, "hand-set")]
+    if cls.dynamic_settings is None:
+        return full + plain
+    switch = cls.dynamic_settings
+    return full + plain + [Setting(name, "hand-set", b, switch) for b in ("shrink", "regroup")]
 
 
 def check_methods(device: torch.device, size: CheckSize, model: Path, data: Encoded) -> CheckResult:
@@ -369,7 +361,7 @@ def check_calibration(
     """Fit the latency model on full-depth ``bert`` at every size and length, then predict every
     unit's measured time with it and with the datasheet model of this GPU."""
     config = TrainConfig(seq_len=size.seq_len, batch_size=size.batch_size)
-    bert = get_method("bert").create(str(model), LABELS, "gpu-check", config).to(device)
+    bert = get_method(reference_name()).create(str(model), LABELS, "gpu-check", config).to(device)
     points, table = [], []
     for length in size.calibration_lengths:
         for batch in size.calibration_sizes:
@@ -435,7 +427,8 @@ def check_graphs(device: torch.device, size: CheckSize, model: Path) -> CheckRes
     whole forward; the latency model fitted on each, so its per-operator cost under graphs is
     measured, not assumed. On a CPU (the dry run) only the eager times are taken."""
     config = TrainConfig(seq_len=size.seq_len, batch_size=size.batch_size)
-    bert = get_method("bert").create(str(model), LABELS, "gpu-check", config).to(device).model
+    bert = get_method(reference_name()).create(str(model), LABELS, "gpu-check", config)
+    bert = bert.to(device).model
     bert.eval()
     sizes = GRAPH_SIZES if device.type == "cuda" else size.calibration_sizes
     lengths = GRAPH_LENGTHS if device.type == "cuda" else size.calibration_lengths
@@ -634,7 +627,7 @@ def run_checks(
         "checks": [asdict(r) for r in results],
     }
     atomic_write_text(path, json.dumps(document, indent=1, default=float) + "\n")
-    atomic_write_text(out / "tables.md", tables_markdown(document))
+    atomic_write_text(out / "tables.md", check_tables(document))
     return results, path
 
 
@@ -700,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
 # --- the report ---------------------------------------------------------------------------------
 
 
-def tables_markdown(document: dict[str, Any]) -> str:
+def check_tables(document: dict[str, Any]) -> str:
     """The check's file as tables: each check's line, then every unit of the methods check with
     its measured time, its ratio to full-depth ``bert`` and the latency models' errors."""
     size = document["size"]
@@ -726,7 +719,7 @@ def tables_markdown(document: dict[str, Any]) -> str:
     checks = {c["name"]: c for c in document["checks"]}
     rows = (checks.get("methods", {}).get("details") or {}).get("rows", [])
     errors = (checks.get("calibration", {}).get("details") or {}).get("relative_error", {})
-    full = next((r for r in rows if r["method"] == "bert"), None)
+    full = next((r for r in rows if r["method"] == reference_name()), None)
     if rows and full:
         models = list(errors)
         lines += [

@@ -154,6 +154,7 @@ PROFILES = {
             settings=("matched",),
             rate_steps=2,
             overload=(2.0, 5.0),  # bert and GEEP past their rates, 32 waiting at most
+            overload_methods=("bert", "geep"),
             overload_queue=32,
         ),
     ),
@@ -190,6 +191,7 @@ PROFILES = {
             max_samples=512,
             rate_steps=5,
             overload=(2.0, 5.0),  # bert and GEEP past their rates, one dispatch waiting at most
+            overload_methods=("bert", "geep"),
             overload_queue=64,
         ),
         variants={  # GEEP without each of its training ingredients (docs/methods.md)

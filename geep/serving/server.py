@@ -506,7 +506,7 @@ class ServingPlan:
     # overload: Server runs at these multiples of the highest rate that met the target, for
     # these methods (an early-exit one at the first of ``settings``), with this queue limit
     overload: tuple[float, ...] = ()
-    overload_methods: tuple[str, ...] = ("bert", "geep")
+    overload_methods: tuple[str, ...] = ()  # the profile names them
     overload_queue: int = 64
 
     def __post_init__(self) -> None:
