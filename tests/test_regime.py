@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from geep.core.registry import get_method
 from geep.measure.flops import NAMED_DIMS, EncoderDims
 from geep.measure.regime import Pattern, gpu, nearest_2x, pattern_calls, scaled_exits
 from geep.measure.work import work_counts
@@ -21,6 +22,14 @@ EXITS = np.array([1, 2, 2, 3])  # four samples, batch 2: [1, 2] and [2, 3]
 H200 = Path(__file__).parent.parent / "results" / "gpu-nvidia-h200" / "gpu-check.json"
 
 pytestmark = pytest.mark.tables  # orderings: tox -e test runs it again with other numpy kernels
+
+
+def pattern(method: str, batching: str | None, exits: np.ndarray, options=()) -> Pattern:
+    """The pattern of a registered method's row, its traits asked of the method as the report
+    asks them (geep.report.results.method_traits)."""
+    cls = get_method(method)
+    inference = cls.inference_of(cls.options_class().with_settings(options))
+    return Pattern(inference, batching if inference == "dynamic" else None, cls.head_kind, exits)
 
 
 def rows_of(calls: Counter, kind: str) -> Counter:
@@ -33,36 +42,36 @@ def rows_of(calls: Counter, kind: str) -> Counter:
 
 
 def test_full_depth_runs_every_layer_on_every_batch() -> None:
-    calls = pattern_calls(Pattern("bert", None, EXITS), DIMS, batch=2, tokens=5)
+    calls = pattern_calls(pattern("bert", None, EXITS), DIMS, batch=2, tokens=5)
     assert rows_of(calls, "layer") == {2: 6} and rows_of(calls, "head") == {2: 2}
     assert rows_of(calls, "embed") == {2: 2}
 
 
 def test_predicted_exits_run_each_layers_group_to_its_layer_with_one_head() -> None:
-    calls = pattern_calls(Pattern("geep", None, EXITS), DIMS, batch=2, tokens=5)
+    calls = pattern_calls(pattern("geep", None, EXITS), DIMS, batch=2, tokens=5)
     # layer 1: one sample, 1 layer; layer 2: two samples, 2 layers; layer 3: one sample, 3 layers
     assert rows_of(calls, "layer") == {1: 1 + 3, 2: 2}
     assert rows_of(calls, "head") == {1: 2, 2: 1} and rows_of(calls, "exit_prediction") == {4: 1}
 
 
 def test_shrinking_batches_run_what_is_left_of_each_batch() -> None:
-    calls = pattern_calls(Pattern("fastbert", "shrink", EXITS), DIMS, batch=2, tokens=5)
+    calls = pattern_calls(pattern("fastbert", "shrink", EXITS), DIMS, batch=2, tokens=5)
     # batch [1, 2]: 2 rows, then 1; batch [2, 3]: 2, 2, then 1; a head after each layer call
     assert rows_of(calls, "layer") == {2: 3, 1: 2} and rows_of(calls, "head") == {2: 3, 1: 2}
     assert rows_of(calls, "select") == {1: 2, 2: 1}  # the rows going on after each layer
-    deebert = pattern_calls(Pattern("deebert", "shrink", EXITS), DIMS, batch=2, tokens=5)
+    deebert = pattern_calls(pattern("deebert", "shrink", EXITS), DIMS, batch=2, tokens=5)
     assert {c.tokens for c in deebert if c.kind == "head"} == {1}  # a pooler reads [CLS] only
 
 
 def test_regrouped_layers_run_full_calls_but_one() -> None:
-    calls = pattern_calls(Pattern("fastbert", "regroup", EXITS), DIMS, batch=2, tokens=5)
+    calls = pattern_calls(pattern("fastbert", "regroup", EXITS), DIMS, batch=2, tokens=5)
     # 4 samples reach layer 1, 3 reach layer 2, 1 reaches layer 3
     assert rows_of(calls, "layer") == {2: 2 + 1, 1: 1 + 1}
     assert rows_of(calls, "head") == rows_of(calls, "layer")
 
 
 def test_hashee_runs_every_layer_with_fewer_active_tokens() -> None:
-    calls = pattern_calls(Pattern("hashee", None, EXITS), DIMS, batch=4, tokens=8)
+    calls = pattern_calls(pattern("hashee", None, EXITS), DIMS, batch=4, tokens=8)
     layers = sorted((c for c in calls if c.kind == "layer"), key=lambda c: -c.flops)
     assert len(layers) == 3 and all(c.rows == 4 for c in layers)  # 100%, 75% and 25% active
     assert layers[0].flops > layers[1].flops > layers[2].flops
@@ -83,9 +92,10 @@ def test_the_calls_built_are_the_calls_a_gpu_run_recorded() -> None:
     for unit in units:
         if unit["method"] == "hashee":
             continue  # its per-token exits are modelled per sample
-        batching = unit["batching"] if unit["method"] != "geep" or unit["options"] else None
         exits = scaled_exits(unit["exit_histogram"], 12, samples=unit["n"])
-        calls = pattern_calls(Pattern(unit["method"], batching, exits), NAMED_DIMS["bert-base"], 32)
+        shape = pattern(unit["method"], unit["batching"], exits, unit["options"])
+        batching = shape.batching
+        calls = pattern_calls(shape, NAMED_DIMS["bert-base"], 32)
         counts = work_counts(calls, unit["n"])
         for key in ("layer_batches", "head_calls", "mean_layer_batch_rows"):
             tolerance = 0.02 if batching == "shrink" else 1e-9
@@ -101,8 +111,8 @@ def test_launch_bound_prediction_wins_and_compute_bound_flops_decide() -> None:
 
     def speedup(method: str, batching: str | None, batch: int, launch: float) -> float:
         device = gpu("h100", launch)
-        full = pattern_calls(Pattern("bert", None, np.full(512, 12)), bert_base, batch)
-        mine = pattern_calls(Pattern(method, batching, exits), bert_base, batch)
+        full = pattern_calls(pattern("bert", None, np.full(512, 12)), bert_base, batch)
+        mine = pattern_calls(pattern(method, batching, exits), bert_base, batch)
         return device.seconds(full, operators) / device.seconds(mine, operators)
 
     slow_launch = 60e-6
