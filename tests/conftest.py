@@ -1,17 +1,23 @@
 """Shared fixtures: a tiny random BERT saved as a local model folder, a toy dataset folder,
-and a private cache. Hypothesis keeps its files in the temporary folder: tests write nothing
-into the checkout."""
+a private cache, and the fakes of a GPU (tests/fakes.py) every GPU-branch test shares.
+Hypothesis keeps its files in the temporary folder: tests write nothing into the checkout."""
 
 from __future__ import annotations
 
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis.configuration import set_hypothesis_home_dir
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from tests.helpers import toy
+from geep.core.interface import Method
+from geep.methods import exit_table
+from tests.fakes import GPU, MIB, FakeCuda, FakeCupy, FakeNvml, OnFakeGpu
+from tests.helpers import new_method, toy
 
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "geep-hypothesis")
 
@@ -86,3 +92,45 @@ def results(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             record(folder, get_profile("smoke"), method, "toy", data, run_row(*setting))
     assert main(["report", str(folder)]) == 0
     return folder
+
+
+# --- the fakes of a GPU (tests/fakes.py) ---------------------------------------------------------
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
+    return FakeCuda(monkeypatch)
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch: pytest.MonkeyPatch, fake_cuda: FakeCuda) -> Iterator[FakeCupy]:
+    """A fake CuPy (and the fake torch.cuda) under the fake-GPU tensor mode."""
+    cupy = FakeCupy()
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    exit_table._cuda_kernels.cache_clear()  # compiled per process: none from another test
+    with OnFakeGpu():
+        yield cupy
+    exit_table._cuda_kernels.cache_clear()
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> FakeNvml:
+    """The fake NVML as ``pynvml``, and torch.cuda's peak-memory calls patched beside it."""
+    nvml = FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", nvml.reset.append)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 64 * MIB)
+    return nvml
+
+
+@pytest.fixture(scope="module")
+def bert(tiny_model: Path) -> Method:
+    """An untrained ``bert`` (its predictions do not matter here, only what it calls)."""
+    return new_method("bert", tiny_model)
+
+
+@pytest.fixture
+def bert_on_gpu(bert: Method, monkeypatch: pytest.MonkeyPatch) -> Method:
+    """``bert`` whose device is the fake ``cuda:1`` (its weights stay on the CPU)."""
+    monkeypatch.setattr(type(bert), "device", property(lambda self: GPU))
+    return bert

@@ -283,7 +283,7 @@ class Expected(NamedTuple):
     gives, measured from the real data: sizes (train, dev, test), per-class counts in label
     order for train and for each of dev and test (the same stratified 10%), and the sha256 of
     the test split's "label<TAB>text" lines, which pins content and split membership. A change in
-    parsing, cleaning, deduplication or splitting fails tests/test_offline_datasets.py."""
+    parsing, cleaning, deduplication or splitting fails tests/data/test_offline_datasets.py."""
 
     language: str
     task: str

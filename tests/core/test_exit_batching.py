@@ -1,6 +1,6 @@
-"""Batching dynamic exits (the ``batching`` option, geep.core.dynamic_exit): a sample's exit layer and answer
-are its own under ``shrink``, ``regroup`` and ``keep``, at any batch size and in either order,
-on trained checkpoints of every dynamic-exit method."""
+"""Batching dynamic exits (the ``batching`` option, geep.core.dynamic_exit): a sample's exit
+layer and answer are its own under ``shrink``, ``regroup`` and ``keep``, at any batch size and
+in either order, on trained checkpoints of every dynamic-exit method."""
 
 from __future__ import annotations
 

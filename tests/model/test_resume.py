@@ -22,7 +22,7 @@ from geep.common.storage import atomic_write_text
 from geep.model.train_state import TrainState, state_folder
 from geep.reproduce.units import row_key
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SWEEP = ["benchmarks/test_methods.py", "-k", "pabee", "-q", "-p", "no:cacheprovider"]
 RUN_FILE = Path("runs/rotten-tomatoes/pabee-seed42.json")
 SWEEP_ROWS = 6  # the smoke profile's three patience settings, shrinking and regrouped

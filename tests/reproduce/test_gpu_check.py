@@ -98,7 +98,7 @@ def test_the_datasheet_model_is_the_gpus_float32_figures(monkeypatch) -> None:
 
 
 def test_geep_report_regenerates_the_committed_gpu_tables(tmp_path: Path) -> None:
-    committed = Path(__file__).parent.parent / "results" / "gpu-nvidia-h200"
+    committed = Path(__file__).parents[2] / "results" / "gpu-nvidia-h200"
     (tmp_path / gpu_check.CHECK_FILE).write_bytes((committed / gpu_check.CHECK_FILE).read_bytes())
     assert write_report(tmp_path) == [tmp_path / "tables.md"]
     assert (tmp_path / "tables.md").read_text() == (committed / "tables.md").read_text()

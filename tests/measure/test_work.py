@@ -1,6 +1,6 @@
-"""The work a run issues (geep.measure.work): hand-worked counts for full depth, a shrinking, a regrouped
-and a kept batch, GEEP's sorted batches and HashEE's token exits, executed FLOPs equal to a real
-FLOP counter's; and the latency model built on them (geep.measure.latency)."""
+"""The work a run issues (geep.measure.work): hand-worked counts for full depth, a shrinking, a
+regrouped and a kept batch, GEEP's sorted batches and HashEE's token exits, executed FLOPs equal
+to a real FLOP counter's; and the latency model built on them (geep.measure.latency)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 
 from geep.report.results import write_report
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.tables  # orderings: tox -e test runs it again with other numpy kernels
 PROFILES = sorted(p.name for p in (ROOT / "results").iterdir() if (p / "runs").is_dir())
 

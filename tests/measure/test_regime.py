@@ -19,7 +19,7 @@ from geep.measure.work import work_counts
 
 DIMS = EncoderDims(hidden=8, num_layers=3, num_heads=2, intermediate=16)
 EXITS = np.array([1, 2, 2, 3])  # four samples, batch 2: [1, 2] and [2, 3]
-H200 = Path(__file__).parent.parent / "results" / "gpu-nvidia-h200" / "gpu-check.json"
+H200 = Path(__file__).parents[2] / "results" / "gpu-nvidia-h200" / "gpu-check.json"
 
 pytestmark = pytest.mark.tables  # orderings: tox -e test runs it again with other numpy kernels
 

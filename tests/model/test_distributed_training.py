@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import make_tiny_model
-from tests.test_resume import finish, reached, saved_progress, wait_until
+from tests.model.test_resume import finish, reached, saved_progress, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 0.01
 """How far the two-process weights may lie from the one-process ones, as a share of how far
 training moved the one-process weights (L2 norms). Only the order of float sums differs; on

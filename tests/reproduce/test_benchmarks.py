@@ -16,7 +16,7 @@ from nbclient import NotebookClient
 from geep.cli import main
 from geep.core.registry import method_names
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXTRA_INFO = {
     "method",
     "dataset",

@@ -215,7 +215,7 @@ def test_a_second_train_into_a_busy_folder_is_refused_and_the_first_kept(
 
 @pytest.mark.slow
 def test_two_trains_started_together_one_refused_one_whole(tiny_model, toy_dir, tmp_path) -> None:
-    from tests.test_resume import finish, start, wait_until
+    from tests.model.test_resume import finish, start, wait_until
 
     out = tmp_path / "ck"
     slow = ["--epochs", "60", "--batch-size", "8", "--seq-len", "16", "--save-every", "0"]

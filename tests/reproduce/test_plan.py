@@ -99,7 +99,7 @@ def test_split_sizes_carve_dev_and_cap() -> None:
 
 
 def test_registry_sizes() -> None:
-    for name in OFFLINE_TIER:  # the prepared splits tests/test_offline_datasets.py checks
+    for name in OFFLINE_TIER:  # the prepared splits tests/data/test_offline_datasets.py checks
         assert get_spec(name).sizes == EXPECTED_DATASETS[name].sizes, name
     unknown = [name for name in PAPER if get_spec(name).sizes is None]
     assert unknown == ["shopping-review", "weibo"]
@@ -165,6 +165,6 @@ def test_unknown_device_in_the_library() -> None:
 
 def test_the_paper_table_in_the_docs_is_current(offline: None, capsys) -> None:
     assert main(["plan", "--profile", "paper"]) == 0
-    docs = (Path(__file__).resolve().parent.parent / "docs" / "plan.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "plan.md").read_text()
     copy = docs.split("## The paper profile", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     assert copy == capsys.readouterr().out
