@@ -2,14 +2,15 @@
 ACL 2020), ``--method deebert``. docs/methods.md.
 
 - Heads: a "highway" after each of layers 1..L-1 and the final classifier after layer L, each a
-  pooler (Linear(H, H) + tanh) + dropout + Linear(H, C) (:class:`~geep.model.heads.PoolerClassifier`),
+  pooler (Linear(H, H) + tanh) + dropout + Linear(H, C)
+  (:class:`~geep.model.heads.PoolerClassifier`),
   all starting from the encoder's pretrained pooler where it has one.
 - Training, two stages: (1) fine-tune backbone + final classifier with cross-entropy; (2) freeze
   them and train the highways with the sum of their cross-entropies.
 - Exit rule: after each layer the running samples' highway gives a distribution; a sample exits
   when its raw entropy (nats, not normalised) is below the threshold. Exited samples leave the
-  batch (``batching``: :mod:`geep.core.dynamic_exit`); layer L exits through the final classifier. FLOPs count
-  k layers and k heads for an exit at layer k.
+  batch (``batching``: :mod:`geep.core.dynamic_exit`); layer L exits through the final classifier.
+  FLOPs count k layers and k heads for an exit at layer k.
 - Speed knob: the entropy threshold; 0 runs every sample through all layers, log C (0.693 for
   two classes) or more exits every sample at layer 1. Default sweep: 0, 0.1, ..., 0.9 times
   log C (the paper sweeps about 0 to 0.7 on mostly binary tasks).

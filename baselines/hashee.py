@@ -8,12 +8,12 @@ and Generation", Findings of ACL 2022), ``--method hashee``. docs/methods.md.
   layer L (:func:`frequency_hash`).
 - Inference: a token that has exited keeps its hidden state, copied forward unchanged. At each
   layer only the tokens still active compute queries, attention and the FFN; keys and values
-  come from all tokens (:meth:`~geep.model.backbone.Backbone.run_layer_on_tokens`). The prediction is
-  BERT's classifier (pooler + linear) on the top layer's sentence vector. Every sample of a
+  come from all tokens (:meth:`~geep.model.backbone.Backbone.run_layer_on_tokens`). The prediction
+  is BERT's classifier (pooler + linear) on the top layer's sentence vector. Every sample of a
   batch runs (the batch never shrinks); only its active tokens are updated.
 - Training: ordinary fine-tuning with cross-entropy, with the hashed exits applied.
-- FLOPs are counted per token per layer (:func:`~geep.measure.flops.token_exit_layer`); a sample's exit
-  layer is the mean of its real tokens' exit layers.
+- FLOPs are counted per token per layer (:func:`~geep.measure.flops.token_exit_layer`); a sample's
+  exit layer is the mean of its real tokens' exit layers.
 - Speed knob: how many layers below the top the most frequent bucket exits. At speed s the
   buckets are spread evenly over layers L-s .. L, most frequent first, one bucket per layer
   unless ``buckets`` says otherwise; 0 is full depth, L-1 lets the most frequent tokens leave

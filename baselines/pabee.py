@@ -5,11 +5,12 @@ NeurIPS 2020), ``--method pabee``. docs/methods.md.
   (:class:`~geep.baselines.pabee.SharedPoolerClassifiers`).
 - Training, one step: the weighted average of the per-layer cross-entropies,
   ``sum_j j * CE_j / sum_j j`` (deeper layers weigh more).
-- Exit rule (:class:`~geep.baselines.pabee.PatienceRule`): after each layer a sample's counter grows when
+- Exit rule (:class:`~geep.baselines.pabee.PatienceRule`): after each layer a sample's counter
+  grows when
   its prediction equals the previous layer's and resets otherwise; it exits when the counter
   reaches the patience, with the current layer's prediction. Exited samples leave the batch
-  (``batching``: :mod:`geep.core.dynamic_exit`); layer L always exits. FLOPs count k layers and k heads
-  for an exit at layer k.
+  (``batching``: :mod:`geep.core.dynamic_exit`); layer L always exits. FLOPs count k layers and k
+  heads for an exit at layer k.
 - Speed knob: the patience, a whole number; smaller exits earlier. 0 means no early exit (full
   depth). Default sweep: 0, then L-2 down to 1 (the paper sweeps about 3..8 on 12 layers; a
   patience of L-1 or more cannot exit before layer L).

@@ -1,7 +1,8 @@
 """What verifying a checkpoint's files costs, against the evaluation it guards.
 
 :func:`geep.core.registry.load_checkpoint` hashes every file a checkpoint recorded and compares the
-SHA-256 digests with its config.json (:func:`geep.core.checkpoint.checksum_problem`), in a thread while
+SHA-256 digests with its config.json (:func:`geep.core.checkpoint.checksum_problem`), in a thread
+while
 it builds the model from the config, and refuses a mismatch before it reads the weights. On the
 profile's ``bert`` checkpoint of its first dataset (trained once and cached), each round times
 the hashing alone, ``load_checkpoint`` with and without the check, and ``geep evaluate`` of the

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 
 DEFAULT_MODEL = "minilm-l6"
-"""The encoder a run uses unless told otherwise: all-MiniLM-L6-v2, embedded (geep.model.backbone)."""
+"""The encoder a run uses unless told otherwise: all-MiniLM-L6-v2, embedded
+(geep.model.backbone)."""
 
 
 @dataclass(frozen=True)

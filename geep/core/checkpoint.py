@@ -1,4 +1,5 @@
-"""The checkpoint format: what a saved method holds, and the checks a folder passes before it loads."""
+"""The checkpoint format: what a saved method holds, and the checks a folder passes before it
+loads."""
 
 from __future__ import annotations
 

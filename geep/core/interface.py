@@ -72,7 +72,8 @@ Order = Literal["length", "input"]  # how Method.run orders samples into batches
 Inference = Literal["full-depth", "predicted", "dynamic", "token-exit"]
 """How a method's inference issues layer calls (:meth:`Method.inference_of`): every sample
 through every layer; each sample through the layers predicted for it before any runs, in full
-batches (GEEP); samples leaving after any layer, batched as a policy says (:mod:`geep.core.dynamic_exit`);
+batches (GEEP); samples leaving after any layer, batched as a policy says
+(:mod:`geep.core.dynamic_exit`);
 or every layer on every sample with exited tokens frozen (HashEE)."""
 HeadKind = Literal["pooler", "fastbert"]
 """What one exit-head call computes: a pooler and a classifier on the sentence vector, or
@@ -152,8 +153,8 @@ class Method(ABC):
         """Work done once per speed before inference is timed (GEEP builds its exit table)."""
 
     def queue_keys(self, data: Encoded, speed: float) -> torch.Tensor | None:
-        """What a serving batcher queues ``data``'s samples by (geep.serving.server), known before any
-        layer runs: None (the default) for one first-in-first-out queue."""
+        """What a serving batcher queues ``data``'s samples by (geep.serving.server), known before
+        any layer runs: None (the default) for one first-in-first-out queue."""
         return None
 
     def calibrate(self, dev: Encoded) -> Calibration | None:
@@ -179,7 +180,8 @@ class Method(ABC):
     @classmethod
     def batching_of(cls, options: Any) -> str | None:
         """The batching policy ``options`` (an ``options_class`` instance) give this method's
-        dynamic exits (:mod:`geep.core.dynamic_exit`); None for a method that runs no dynamic exits."""
+        dynamic exits (:mod:`geep.core.dynamic_exit`); None for a method that runs no dynamic
+        exits."""
         return None
 
     @classmethod
@@ -198,8 +200,8 @@ class Method(ABC):
     @classmethod
     def training_passes(cls, num_layers: int, options: Any) -> float:
         """What :meth:`fit` costs per training sample and epoch, in forward + backward passes
-        of the full-depth encoder (geep.reproduce.plan, ``geep plan``): ordinary fine-tuning is 1 (the
-        default); a forward-only pass over frozen layers counts :data:`FORWARD_ONLY`; heads are
+        of the full-depth encoder (geep.reproduce.plan, ``geep plan``): ordinary fine-tuning is 1
+        (the default); a forward-only pass over frozen layers counts :data:`FORWARD_ONLY`; heads are
         not counted. It includes the stages of ``starts_from``, which the
         planner takes off when the profile trains that method. ``options``: an
         ``options_class`` instance."""
@@ -315,8 +317,8 @@ class Method(ABC):
         on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
     ) -> Predictions:
         """Inference on encoded data; each batch is timed (synchronised on a GPU) and the work
-        it issues is counted (:mod:`geep.measure.work`). ``on_batch(positions, labels)``, if given, is
-        called as each model batch finishes, with the input positions of its samples and their
+        it issues is counted (:mod:`geep.measure.work`). ``on_batch(positions, labels)``, if given,
+        is called as each model batch finishes, with the input positions of its samples and their
         labels (a server answers those requests then, :mod:`geep.serving.server`).
 
         Every method receives the samples in the same ``order``: sorted by length (stable), so

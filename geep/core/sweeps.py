@@ -4,8 +4,8 @@ steps of FLOPs.
 The papers' fixed grids (FastBERT's thresholds 0.1 .. 0.9, DeeBERT's fractions of log C) assume
 well-calibrated exits; on a model whose students are rarely confident, the whole grid can sit at
 full depth. A threshold method therefore also gets settings chosen from the trained model's own
-statistics on the dev split (never the test split): :meth:`~geep.core.interface.Method.calibrate` says
-how the mean FLOPs per dev sample depend on the speed, and :func:`even_flops_speeds` picks the
+statistics on the dev split (never the test split): :meth:`~geep.core.interface.Method.calibrate`
+says how the mean FLOPs per dev sample depend on the speed, and :func:`even_flops_speeds` picks the
 speeds whose dev FLOPs fall in even steps from full depth to the fastest setting.
 
 A threshold rule exits a sample when a statistic is below the speed, so the dev FLOPs change only

@@ -1,7 +1,8 @@
 """The paper's regime, modelled: BERT-base at length 128, batch sizes 1 to 256.
 
 The suite measures on a 6-layer MiniLM at batch 32. For each measured row (a method's setting on
-a dataset and seed) this module builds the calls (:mod:`geep.measure.work`) the method's batching would
+a dataset and seed) this module builds the calls (:mod:`geep.measure.work`) the method's batching
+would
 issue on ``N`` samples of one length for the exit layers that row measured, at another encoder's
 shape, and costs them with the latency model (:mod:`geep.measure.latency`). Everything it gives is
 *modelled*.
@@ -16,7 +17,8 @@ shape, and costs them with the latency model (:mod:`geep.measure.latency`). Ever
   that go on. ``regroup``: layer l runs ceil(n_l / B) calls, all full but one (n_l samples reach
   it), each with its head and copy. HashEE: every layer on every row, its active tokens the share
   of samples that have not exited (its per-token exits approximated per sample).
-- **Cost.** Calls carry FLOPs (``full`` convention, :mod:`geep.measure.flops`) and bytes (weights once per
+- **Cost.** Calls carry FLOPs (``full`` convention, :mod:`geep.measure.flops`) and bytes (weights
+  once per
   call, activations as :func:`geep.measure.work.layer_activation_bytes`) in float32, which the GPU
   devices scale to BF16; each call dispatches the operators the measured row counted for its
   kind. A GPU's time per operator is the knob: 5 µs (the model's default launch cost), the
@@ -185,8 +187,8 @@ def pattern_calls(
 
 
 def gpu(name: str, launch: float, compute_share: float = SUSTAINED_COMPUTE) -> Device:
-    """The GPU ``name`` of :data:`geep.measure.latency.GPUS` at another cost per operator and share of
-    its compute peak."""
+    """The GPU ``name`` of :data:`geep.measure.latency.GPUS` at another cost per operator and share
+    of its compute peak."""
     base = GPUS[name]
     peak = base.flops_per_second / SUSTAINED_COMPUTE
     return replace(base, operator_seconds=launch, flops_per_second=compute_share * peak)
@@ -208,7 +210,8 @@ def regime_frame(
 ) -> pd.DataFrame:
     """The modelled speedup over ``bert`` (same dataset and seed) of every row of ``frame`` (the
     report's measured rows) on ``model``'s shape at :data:`LENGTH`, per batch size and device
-    (default: :data:`DEVICES`, every GPU of :data:`geep.measure.latency.GPUS` at every launch cost)."""
+    (default: :data:`DEVICES`, every GPU of :data:`geep.measure.latency.GPUS` at every launch
+    cost)."""
     dims = NAMED_DIMS[model]
     devices = DEVICES if devices is None else devices
     records = []
@@ -307,10 +310,10 @@ def regime_section(frame: pd.DataFrame, regime: pd.DataFrame) -> str:
     parts = [
         "## The paper's regime, modelled",
         "",
-        f"Every number in this section is **modelled** (geep/measure/regime.py): BERT-base (12 layers, "
-        f"hidden 768) at length {LENGTH}, {SAMPLES} samples, on an H100 and an A100 (datasheet "
-        "BF16 compute and bandwidth at the sustained shares of geep/measure/latency.py; the tables per "
-        "method are the H100's). Each method runs the "
+        "Every number in this section is **modelled** (geep/measure/regime.py): BERT-base "
+        f"(12 layers, hidden 768) at length {LENGTH}, {SAMPLES} samples, on an H100 and an A100 "
+        "(datasheet BF16 compute and bandwidth at the sustained shares of "
+        "geep/measure/latency.py; the tables per method are the H100's). Each method runs the "
         "setting nearest 2x FLOPs of each seed (the mean of the seeds is shown), with the exit "
         "layers it measured mapped to twice the depth (layer k of 6 -> layer 2k of 12), and the "
         "operators per call it measured. The cost per dispatched operator: 1 µs for CUDA "

@@ -3,8 +3,9 @@
 Every forward call that moves a batch through the model is recorded with the shape it really
 ran at, padding included: the embeddings, each (layer, batch) call of an encoder layer, each
 exit-head call, the rows a shrinking batch keeps after a layer, and GEEP's exit prediction. A
-:class:`Call` carries the FLOPs it executes (the ``full`` convention of :mod:`geep.measure.flops`, at
-the padded width) and the bytes it moves (:func:`matmul_bytes`). :meth:`geep.core.interface.Method.run`
+:class:`Call` carries the FLOPs it executes (the ``full`` convention of :mod:`geep.measure.flops`,
+at the padded width) and the bytes it moves (:func:`matmul_bytes`).
+:meth:`geep.core.interface.Method.run`
 counts inside :func:`counting`; outside it, recording costs one context-variable lookup.
 
 The counts a run reports (:func:`work_counts`), per (dataset, method, speed):

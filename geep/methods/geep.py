@@ -1,7 +1,8 @@
 """GEEP (Li et al., "Accelerating BERT inference with GPU-efficient exit prediction", Frontiers of
 Computer Science 2024), ``--method geep``. docs/methods.md gives the method step by step.
 
-Training, in one step (:class:`GeepModel`, on FastBERT's model: :mod:`geep.baselines.fastbert`): FastBERT-style
+Training, in one step (:class:`GeepModel`, on FastBERT's model: :mod:`geep.baselines.fastbert`):
+FastBERT-style
 students after layers 1..L-1 and a teacher after layer L. The teacher is "knowledgeable": it
 reads the outputs of diverse sub-networks, sub-network k being layers 1..k followed directly by
 layer L, for every exit position k (k = L-1 is the full stack). The shared exit loss is
@@ -14,8 +15,8 @@ training sample's exit layer is the first layer whose student is confident (norm
 that contain it. A test sample's exit layer is predicted from its tokens' counts.
 
 Sorted inference (:meth:`Geep.predict_batches`): samples are sorted by predicted exit layer, then
-by length (the order :meth:`~geep.core.interface.Method.run` gives every method); each layer's samples
-are cut into full batches (only a layer's last batch can be short, so a sample's exit never
+by length (the order :meth:`~geep.core.interface.Method.run` gives every method); each layer's
+samples are cut into full batches (only a layer's last batch can be short, so a sample's exit never
 depends on its neighbours), and each batch runs exactly its layers and ONE exit head. Results
 are returned in input order.
 
@@ -29,8 +30,8 @@ student after every layer below L); at evaluate time the exit head
 (``student`` at layer k, or ``shared``: layer L applied to h_k, then the teacher), the
 aggregation rule and its conservativeness, bigram keys (``ngram=2``, beyond the paper), and
 ``mode=dynamic``: FastBERT's dynamic exit on the same weights (a shrinking batch, or
-``batching=regroup|keep``, :mod:`geep.core.dynamic_exit`), so the benefit of prediction over dynamic exit is
-measured on one model.
+``batching=regroup|keep``, :mod:`geep.core.dynamic_exit`), so the benefit of prediction over
+dynamic exit is measured on one model.
 
 Where the paper is silent (its text is not available): tokens are counted once per sample and
 special tokens ([CLS], [SEP], padding) are not keys; a token's exit distribution is its counts
@@ -224,7 +225,8 @@ class GeepModel(FastBERTModel):
 @dataclass(frozen=True)
 class GeepOptions(DynamicExitOptions):
     """GEEP's switches; the defaults are the method as docs/methods.md describes it.
-    ``batching`` applies to ``mode=dynamic`` (:class:`geep.core.dynamic_exit.DynamicExitOptions`)."""
+    ``batching`` applies to ``mode=dynamic``
+    (:class:`geep.core.dynamic_exit.DynamicExitOptions`)."""
 
     teacher_inputs: Literal["diverse", "last"] = "diverse"
     training: Literal["one-step", "two-step"] = "one-step"

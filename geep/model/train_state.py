@@ -5,8 +5,8 @@ checkpoint (``.NAME.resume/``) and every :func:`geep.model.training.train_loop` 
 ``fit`` saves into it: every ``every_s`` seconds, and when the call ends. One save is the whole
 state after a step: the model's weights, AdamW's moments, the schedule, torch's random generators
 (dropout, and the batch order at the start of the epoch), the losses so far, and how far the run
-got. Saves are atomic (:func:`geep.common.storage.atomic_directory`), so a kill at any point leaves the
-previous save whole.
+got. Saves are atomic (:func:`geep.common.storage.atomic_directory`), so a kill at any point leaves
+the previous save whole.
 
 On a re-run with the same method, data, encoder, recipe and options, calls that had ended are
 skipped and the call that was running restores the save and continues at the next step, drawing

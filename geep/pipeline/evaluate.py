@@ -50,7 +50,8 @@ class SpeedResult:
     latency_ms_p95: float
     n: int
     exit_histogram: list[int]  # samples exiting at layer 1..L (per-token exits: rounded up)
-    # the work issued (geep.measure.work): executed FLOPs per sample, padding included, and call counts
+    # the work issued (geep.measure.work): executed FLOPs per sample, padding included, and call
+    # counts
     flops_executed_full: float
     layer_batches: int
     mean_layer_batch_rows: float

@@ -1,7 +1,8 @@
 """Turn a profile's run files into the paper-style outputs: a CSV, Markdown tables and plots.
 
 ``geep report results/quick`` (and ``notebooks/figures.ipynb``) read
-``results/<profile>/runs/<dataset>/<method>-seed<seed>.json`` (:mod:`geep.reproduce.units`) and write:
+``results/<profile>/runs/<dataset>/<method>-seed<seed>.json`` (:mod:`geep.reproduce.units`) and
+write:
 
 - ``results.csv``: one row per (dataset, method, seed, setting, batching);
 - ``tables.md``: per dataset, every method at full depth and at matched FLOPs speedups, and each
@@ -12,8 +13,8 @@
   speedup, at the profile's batch size.
 
 A dynamic-exit method measured under several batching policies (``shrink``, ``regroup``:
-geep.core.dynamic_exit) is one table row, curve and marker per policy, named ``fastbert (regroup)`` in the
-plots. With several seeds, a table cell averages the seeds' values and gives their standard
+geep.core.dynamic_exit) is one table row, curve and marker per policy, named ``fastbert (regroup)``
+in the plots. With several seeds, a table cell averages the seeds' values and gives their standard
 deviation; a plotted point is a setting's mean over the seeds.
 """
 
@@ -89,8 +90,8 @@ def load_runs(results: str | Path) -> pd.DataFrame:
     """Every measured row under ``results/runs/``, one per (dataset, method, seed, setting,
     batching), with ``variant``: the method and its batching policy, the unit tables compare.
 
-    Every run file is checked (:func:`geep.reproduce.run_files.read_run_file`): a damaged one, or one
-    filed elsewhere than its dataset and name say, is a GeepError. All run files must come from
+    Every run file is checked (:func:`geep.reproduce.run_files.read_run_file`): a damaged one, or
+    one filed elsewhere than its dataset and name say, is a GeepError. All run files must come from
     one profile configuration (the same config hash): rows made with different settings are
     never put side by side.
     """
@@ -196,8 +197,8 @@ def with_realised_speedup(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_latency_model(frame: pd.DataFrame, results: Path) -> tuple[pd.DataFrame, Device | None]:
-    """Add the latency model's predictions (geep.measure.latency), when the profile has a calibration
-    run and the rows carry their calls:
+    """Add the latency model's predictions (geep.measure.latency), when the profile has a
+    calibration run and the rows carry their calls:
 
     - ``modelled_seconds``: the time of the row's run predicted by the model fitted on the
       calibration run's ``bert`` points alone (the device the benchmarks ran on), and
@@ -390,7 +391,8 @@ def model_section(frame: pd.DataFrame, device: Device) -> str:
             f"other methods' {len(others)} runs: median error {error.median() * 100:.1f}%, "
             f"worst {error.max() * 100:.1f}% (per method and batching, median: {methods}).",
             "",
-            f"GPU speedups are modelled, not measured ({gpus}; geep/measure/latency.py). The work each "
+            f"GPU speedups are modelled, not measured ({gpus}; geep/measure/latency.py). "
+            "The work each "
             f"method issues, at its fastest setting within {WITHIN * 100:g} point of `bert` "
             "and at the slowest setting reaching 2x FLOPs:",
         ]
@@ -444,8 +446,8 @@ def encoding_section(results: Path) -> str | None:
 
 def exit_rule_section(results: Path) -> str | None:
     """Markdown: the exit rules each GEEP run file compared on dev and the one it chose
-    (:meth:`geep.methods.geep.Geep.choose_on_dev`, recorded as ``dev_sweep.choice``); None when no run
-    file records a choice."""
+    (:meth:`geep.methods.geep.Geep.choose_on_dev`, recorded as ``dev_sweep.choice``); None when no
+    run file records a choice."""
     rows, first = [], None
     for path in sorted(results.glob("runs/*/*.json")):
         run = read_run_file(path)

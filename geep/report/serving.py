@@ -118,8 +118,8 @@ def serving_section(documents: dict[str, dict[str, Any]]) -> str | None:
 
 
 def overload_section(document: dict[str, Any]) -> str:
-    """Markdown: the overload runs (geep.serving.server.measure_overload) with how they were made, one
-    row per (method, multiple of the highest rate it held)."""
+    """Markdown: the overload runs (geep.serving.server.measure_overload) with how they were made,
+    one row per (method, multiple of the highest rate it held)."""
     meta, settings = document["provenance"], document["settings"]
     lines = [
         f"Overload: Server runs at {', '.join(f'{m:g}x' for m in _multiples(document))} the "

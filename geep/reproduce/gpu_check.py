@@ -8,10 +8,11 @@ latency model only assumes (docs/gpu.md).
    kernels and by the CPU backend: the same keys and counts, the same million lookups;
 3. ``methods``: every method on a randomly initialised BERT-base-shaped encoder (12 layers,
    hidden 768, length up to 128: time does not depend on the weights' values), each at full depth
-   and at a hand-set exit setting, timed by :func:`geep.reproduce.units.measure` with NVML utilisation;
+   and at a hand-set exit setting, timed by :func:`geep.reproduce.units.measure` with NVML
+utilisation;
 4. ``calibration``: full-depth ``bert`` timed at batch sizes 1 to 256 and three lengths, the
-   latency model (:mod:`geep.measure.latency`) fitted on those points, then its error on every unit of
-   (3), beside the error of the model built from the GPU's datasheet;
+   latency model (:mod:`geep.measure.latency`) fitted on those points, then its error on every unit
+   of (3), beside the error of the model built from the GPU's datasheet;
 5. ``graphs``: full-depth ``bert`` eager, as one CUDA graph per call and as one graph for the
    whole forward, at batch sizes 1 to 256, with the model fitted on each.
 
@@ -191,7 +192,7 @@ def synthetic_split(
 def run_gpu_tests(dry_run: bool) -> CheckResult:
     """The ``gpu``-marked tests of the checkout's tests/ (they skip without CUDA and CuPy)."""
     tests = Path.cwd() / "tests"
-    marked = sorted(str(f) for f in tests.glob("test_*.py") if "mark.gpu" in f.read_text())
+    marked = sorted(str(f) for f in tests.rglob("test_*.py") if "mark.gpu" in f.read_text())
     if not marked:
         return CheckResult("gpu-tests", False, f"no gpu tests in {tests}: run from the checkout")
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs"]
@@ -532,7 +533,8 @@ def _graphed(model: torch.nn.Module, batch: Any) -> dict[str, Callable[[], objec
 
 
 def _datasheet(device: torch.device) -> Device | None:
-    """This GPU's float32 datasheet model (geep.measure.latency's sustained shares and launch cost)."""
+    """This GPU's float32 datasheet model (geep.measure.latency's sustained shares and launch
+    cost)."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -700,7 +702,8 @@ def check_tables(document: dict[str, Any]) -> str:
     lines = [
         f"# Results: profile gpu-check on {document['device']}",
         "",
-        f"`python -m geep.reproduce.gpu_check{' --dry-run' if document['dry_run'] else ''}` at commit "
+        f"`python -m geep.reproduce.gpu_check{' --dry-run' if document['dry_run'] else ''}` "
+        "at commit "
         f"{document['git_commit']}, {document['date']}; "
         + ", ".join(f"{k} {v}" for k, v in document["versions"].items())
         + ".",

@@ -1,6 +1,7 @@
 """What a profile costs before anything runs (``geep plan``, docs/plan.md): training and
 evaluation FLOPs and estimated device-hours per (dataset, method), from the split sizes in the
-registry and the analytic FLOPs of :mod:`geep.measure.flops`. Nothing is downloaded, loaded or trained.
+registry and the analytic FLOPs of :mod:`geep.measure.flops`. Nothing is downloaded, loaded or
+trained.
 
 Conventions (every figure is an estimate):
 

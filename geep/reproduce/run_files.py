@@ -1,6 +1,7 @@
 """Run files: one per (dataset, method, seed) of a profile, under
 ``<results>/runs/<dataset>/<method>-seed<seed>.json``, holding a row per measured setting and
-how the rows were made (:func:`geep.reproduce.units.record` writes them, ``geep report`` reads them).
+how the rows were made (:func:`geep.reproduce.units.record` writes them, ``geep report`` reads
+them).
 
 Every row names its batching policy (``null``: the method runs no dynamic exits); a row that
 does not ran under the run file's options, and is read with the policy they give.

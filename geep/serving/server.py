@@ -7,7 +7,8 @@ latency target held. It does no batching: that is the system under test's job, a
 differs between methods here.
 
 The system under test is a :class:`BatchingServer`: requests wait in :class:`BatchQueues` and one
-worker thread dispatches them. A dispatch runs through :meth:`geep.core.interface.Method.run` (length
+worker thread dispatches them. A dispatch runs through :meth:`geep.core.interface.Method.run`
+(length
 order, batches of ``max_batch``, the method's own ``batching`` policy of dynamic exits inside
 it), and each request is answered as soon as its model batch is done. Two ways to queue:
 

@@ -69,10 +69,10 @@ def test_a_method_from_another_package_trains_evaluates_and_benchmarks(
 def test_the_method_order_does_not_depend_on_what_was_imported_first(plugin) -> None:
     """Profiles, config hashes and tables take the registry's order, so it must be one order
     in every process: the suite's modules by name, then the entry points."""
-    code = "import {}; from geep.core.interface import method_names; print(method_names())"
+    code = "import {}; from geep.core.registry import method_names; print(method_names())"
     found = set()
     for first in (
-        "geep.core.interface",
+        "geep.core.registry",
         "geep.methods.geep",
         "geep.baselines.pabee",
         "toy_geep_method",

@@ -141,7 +141,7 @@ def test_failed_save_leaves_old_checkpoint_intact(trained, tmp_path, monkeypatch
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("geep.core.interface.save_model", explode)
+    monkeypatch.setattr("geep.core.checkpoint.save_model", explode)
     with pytest.raises(OSError):
         trained.save(path)
     assert (path / "model.safetensors").read_bytes() == before

@@ -1,5 +1,5 @@
-"""The paper's regime, modelled (geep.measure.regime): the calls each batching issues, worked by hand,
-the same counts as the calls recorded on a real GPU run, and the model's limits (launch-bound:
+"""The paper's regime, modelled (geep.measure.regime): the calls each batching issues, worked by
+hand, the same counts as the calls recorded on a real GPU run, and the model's limits (launch-bound:
 prediction wins; compute-bound: FLOPs decide)."""
 
 from __future__ import annotations

@@ -59,8 +59,9 @@ def exit_path(method: Geep, data: Encoded, i: int, layer: int) -> torch.Tensor:
     batch = data.batch(torch.tensor([i]))
     hidden, mask = method.backbone.embed(**batch.inputs())
     hidden = method.backbone.run_layers(hidden, mask, 0, layer)
-    head = method.options.exit_head
-    return method.model.exit_logits(layer, hidden, mask, batch.attention_mask, head)
+    if method.options.exit_head == "shared":
+        return method.model.shared_exit_logits(layer, hidden, mask, batch.attention_mask)
+    return method.model.exit_logits(layer, hidden, batch.attention_mask)
 
 
 SPEED = 0.5
@@ -490,7 +491,7 @@ def test_dynamic_mode_exits_where_the_students_become_confident(
             hidden, mask = method.backbone.embed(**batch.inputs())
             for layer in range(1, exit_layer + 1):
                 hidden = method.backbone.run_layers(hidden, mask, layer - 1, layer)
-                method.model.exit_logits(layer, hidden, mask, batch.attention_mask, "student")
+                method.model.exit_logits(layer, hidden, batch.attention_mask)
 
         with torch.no_grad():
             assert out.flops_full[i] == counted_flops(path), i

@@ -1,4 +1,5 @@
-"""The GPU check (geep.reproduce.gpu_check) in its dry run: the same code on the CPU at a tiny size, so CI
+"""The GPU check (geep.reproduce.gpu_check) in its dry run: the same code on the CPU at a tiny
+size, so CI
 knows it starts; its hand-set exits, its comparison of exit tables and its CUDA-only parts
 (the datasheet model, the refusal without a GPU) each shown able to fail."""
 

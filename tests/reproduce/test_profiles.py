@@ -174,7 +174,10 @@ def test_deebert_thresholds_are_fractions_of_the_largest_entropy() -> None:
 
 
 def test_config_hash_is_the_same_in_every_process_and_follows_the_settings() -> None:
-    code = "from geep.reproduce.profiles import PROFILES; print([p.config_hash() for p in PROFILES.values()])"
+    code = (
+        "from geep.reproduce.profiles import PROFILES; "
+        "print([p.config_hash() for p in PROFILES.values()])"
+    )
     hashes = {
         subprocess.run(
             [sys.executable, "-c", code],

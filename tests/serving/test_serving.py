@@ -1,5 +1,5 @@
-"""Serving (geep.serving.server): the batcher's queues, the server's batches and answers, and LoadGen
-driving the server in its scenarios."""
+"""Serving (geep.serving.server): the batcher's queues, the server's batches and answers, and
+LoadGen driving the server in its scenarios."""
 
 from __future__ import annotations
 

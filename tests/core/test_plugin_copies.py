@@ -24,7 +24,7 @@ from geep.reproduce.gpu_check import DRY_SIZE, LABELS, make_model, synthetic_spl
 from geep.reproduce.plan import plan
 from geep.reproduce.profiles import get_profile
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUICK = ROOT / "results" / "quick"
 COPIES = {"geep": "copy-geep", "fastbert": "copy-fastbert", "hashee": "copy-hashee"}
 COPIES["pabee"] = "copy-pabee"
