@@ -3,7 +3,7 @@
 - ``fastbert``: 2 x multiply-adds of linear layers only (the thop convention FastBERT reports;
   attention scores QK^T and context AV are not counted).
 - ``full``: 2 x multiply-adds of every matmul, attention scores and context included; it agrees
-  with ``torch.utils.flop_counter.FlopCounterMode`` on a real forward (tests/test_flops.py).
+  with ``torch.utils.flop_counter.FlopCounterMode`` on a real forward (tests/measure/test_flops.py).
 
 Embedding lookups, layer norms, softmax, activations and dropout are not matmuls and count 0 in
 both conventions (as in FlopCounterMode). Everything here is per sample (batch size 1).

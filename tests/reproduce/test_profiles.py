@@ -1,5 +1,5 @@
 """Profiles, run files and the report, without training anything real (the harness end to end
-is tests/test_benchmarks.py)."""
+is tests/reproduce/test_benchmarks.py)."""
 
 from __future__ import annotations
 
