@@ -1,7 +1,11 @@
-"""Exit rules shared by the early-exit methods, and dynamic exit with a shrinking batch.
+"""What every dynamic-exit method shares: the exit loop, batched three ways, and its runner.
 
-- :func:`normalized_entropy`: FastBERT's "uncertainty", H(p) / log(C), in [0, 1]; :func:`entropy`:
-  DeeBERT's raw entropy in nats; :class:`PatienceRule`: PABEE's patience counter.
+Each method's own exit rule lives in its file (FastBERT's normalized entropy in
+``baselines/fastbert.py``, DeeBERT's raw entropy, PABEE's patience counter); this module holds
+what they all use:
+
+- :func:`entropy`: the entropy of a head's distribution in nats, which FastBERT (normalised)
+  and DeeBERT threshold;
 - :func:`first_exit_layer`: the first layer whose uncertainty is below the speed, L if none
   (FastBERT's exit rule; GEEP's exit labels, docs/methods.md, "geep": exit labels).
 - Dynamic exit, three ways to batch it (the ``batching`` option, :class:`DynamicExitOptions`);

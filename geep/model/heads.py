@@ -1,9 +1,11 @@
-"""Exit heads shared by the methods (docs/methods.md).
+"""BERT's classifier head, which several methods share (docs/methods.md).
 
-- :class:`FastBERTHead`: FastBERT's classifier, used for FastBERT's and GEEP's students/teacher.
 - :class:`PoolerClassifier`: BERT's pooler + linear; the `bert` reference classifier and
   DeeBERT's highways.
-- :class:`SharedPoolerClassifiers`: PABEE's exits, one pooler shared by a linear per layer.
+- :func:`record_pooler_head`: the work count of one pooler + classifier call (PABEE's heads too).
+
+FastBERT's head is in ``baselines/fastbert.py``, PABEE's shared-pooler heads in
+``baselines/pabee.py``.
 """
 
 from __future__ import annotations

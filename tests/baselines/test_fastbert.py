@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from geep.baselines import fastbert as student_teacher
+from geep.baselines import fastbert
 from geep.baselines.fastbert import FastBERT
 from geep.core.dynamic_exit import first_exit_layer
 from geep.core.registry import load_checkpoint
@@ -56,7 +56,7 @@ def test_step_two_trains_only_the_students(tiny_model: Path, monkeypatch) -> Non
     method = new_method("fastbert", tiny_model, epochs=1)
     texts, labels = toy(16)
     snapshots = []
-    real = student_teacher.train_loop
+    real = fastbert.train_loop
 
     def spy(model, params, data, config, lr=None, desc="", **kwargs):
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})

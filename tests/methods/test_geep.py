@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from geep.baselines import fastbert as student_teacher
+from geep.baselines import fastbert
 from geep.common.errors import GeepError
 from geep.core.dynamic_exit import first_exit_layer
 from geep.core.registry import load_checkpoint
@@ -213,7 +213,7 @@ def test_two_step_training_freezes_the_first_step(tiny_model: Path, monkeypatch)
     method = new_method("geep", tiny_model, "training=two-step", epochs=1)
     texts, labels = toy(16)
     seen: list[tuple[str, float]] = []
-    real_loop = student_teacher.train_loop
+    real_loop = fastbert.train_loop
 
     def spy(model, params, data, config, lr=None, desc="", **kwargs):
         seen.append((kwargs.get("terms", "all"), lr or config.lr))
