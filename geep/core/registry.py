@@ -79,8 +79,8 @@ def method_names() -> list[str]:
 
 def method_of(entry: str) -> type[Method] | None:
     """The registered method ``entry`` names in a results folder: the method itself, or the
-    one a profile's variant of it runs (variants are named ``<method>-...``,
-    :class:`geep.reproduce.profiles.Variant`; the longest such name wins); None when no
+    one a profile's ablation of it runs (ablations are named ``<method>-...``,
+    :class:`geep.reproduce.profiles.Ablation`; the longest such name wins); None when no
     installed method is either."""
     names = method_names()
     if entry in METHODS:

@@ -160,13 +160,13 @@ def _name_cells(name: str) -> list[str]:
 
 
 def _method_order(column: pd.Series) -> pd.Series:
-    """Methods in the registry's order, each followed by its variants (named ``<method>-...``,
-    geep.reproduce.profiles.Variant), unknown ones last; batching policies in
+    """Methods in the registry's order, each followed by its ablations (named ``<method>-...``,
+    geep.reproduce.profiles.Ablation), unknown ones last; batching policies in
     :data:`~geep.core.dynamic_exit.BATCHINGS`' order; other columns as they are."""
     if column.name == "method":
         order = method_names()
 
-        def rank(name: str) -> str:  # a variant sorts after its method, then by its name
+        def rank(name: str) -> str:  # an ablation sorts after its method, then by its name
             cls = method_of(name)
             base = cls.name if cls is not None else None
             return f"{order.index(base) if base else len(order):04d}|{name != base:d}|{name}"

@@ -161,7 +161,7 @@ def forward_flops(profile: Profile, dataset: str, method: str) -> int:
 
 
 def passes(profile: Profile, dataset: str, entry: str) -> float:
-    """The entry's training passes (a variant's: its method's under its options), less those
+    """The entry's training passes (an ablation's: its method's under its options), less those
     of the method it starts from when the profile trains that one (its checkpoint is reused)."""
     layers = dims_for(profile.model_for(dataset)).num_layers
     method, options = profile.method_of(entry)

@@ -13,7 +13,7 @@ Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
   datasets are left out: the embedded encoder is English.
 - ``compare``: the same datasets with 2000 training samples, three seeds and six dev-chosen
   settings, the dynamic-exit methods with shrinking and with regrouped batches, GEEP's two
-  ablations as variants (its teacher fed the last layer only; FastBERT's two training steps),
+  ablations as entries of their own (its teacher fed the last layer only; FastBERT's two training steps),
   plus GEEP's efficiency and the training-speed benchmarks, for comparing methods (about 3
   hours on 2 cores); and the serving benchmark under LoadGen (docs/serving.md, about 20
   minutes more).
@@ -42,10 +42,10 @@ PAPER = tuple(name for name, spec in REGISTRY.items() if spec.paper)
 
 
 @dataclass(frozen=True)
-class Variant:
+class Ablation:
     """A registered method trained with other options and measured as an entry of its own (an
     ablation): its checkpoints, run files (``runs/<dataset>/<name>-seed<N>.json``) and table
-    rows go by the variant's name."""
+    rows go by the ablation's name."""
 
     method: str
     options: tuple[str, ...]  # KEY=VALUE, as `geep train --option` takes them
@@ -82,13 +82,13 @@ class Profile:
     efficiency_rounds: int = 5  # its alternating rounds per setting (medians of these)
     training_speed: bool = True  # run the training-step benchmark (test_training_speed.py)
     serving: ServingPlan | None = None  # the serving benchmark (test_serving.py); None skips it
-    variants: dict[str, Variant] = field(default_factory=dict)  # measured after the methods
+    ablations: dict[str, Ablation] = field(default_factory=dict)  # measured after the methods
 
     def __post_init__(self) -> None:
-        for name, variant in self.variants.items():
-            if not name.startswith(f"{variant.method}-"):  # tables list it after its method
+        for name, ablation in self.ablations.items():
+            if not name.startswith(f"{ablation.method}-"):  # tables list it after its method
                 raise GeepError(
-                    f"variant {name!r} of {variant.method}: name it {variant.method}-..."
+                    f"ablation {name!r} of {ablation.method}: name it {ablation.method}-..."
                 )
 
     def method_names(self) -> list[str]:
@@ -96,20 +96,20 @@ class Profile:
         return list(self.methods) or method_names()
 
     def entries(self) -> list[str]:
-        """Everything this profile measures: its methods, then its variants."""
-        return self.method_names() + list(self.variants)
+        """Everything this profile measures: its methods, then its ablations."""
+        return self.method_names() + list(self.ablations)
 
     def method_of(self, entry: str) -> tuple[str, tuple[str, ...]]:
         """The registered method an entry trains and the options it trains it with."""
-        variant = self.variants.get(entry)
-        return (variant.method, variant.options) if variant else (entry, ())
+        ablation = self.ablations.get(entry)
+        return (ablation.method, ablation.options) if ablation else (entry, ())
 
     def model_for(self, dataset: str) -> str:
         return self.models[get_spec(dataset).language]
 
     def train_config(self, entry: str, dataset: str, seed: int | None = None) -> TrainConfig:
-        """The training recipe of ``entry`` (a method or variant) on ``dataset`` under this
-        profile (with ``seed``, else the recipe's own); a variant's is its method's."""
+        """The training recipe of ``entry`` (a method or an ablation) on ``dataset`` under this
+        profile (with ``seed``, else the recipe's own); an ablation's is its method's."""
         changes = {**self.method_train.get(self.method_of(entry)[0], {})}
         if dataset in self.seq_len:
             changes["seq_len"] = self.seq_len[dataset]
@@ -119,10 +119,10 @@ class Profile:
 
     def config_hash(self) -> str:
         """A short hash of every setting of the profile that shapes its run files (neither the
-        description, nor the serving plan, whose files record it, nor the variants, each of
+        description, nor the serving plan, whose files record it, nor the ablations, each of
         which adds run files of its own that record its options): runs with different hashes
         never mix."""
-        unshared = ("description", "serving", "variants")
+        unshared = ("description", "serving", "ablations")
         settings = {k: v for k, v in asdict(self).items() if k not in unshared}
         settings["methods"] = self.method_names()
         raw = json.dumps(settings, sort_keys=True, default=str)
@@ -194,10 +194,10 @@ PROFILES = {
             overload_methods=("bert", "geep"),
             overload_queue=64,
         ),
-        variants={  # GEEP without each of its training ingredients (docs/methods.md)
+        ablations={  # GEEP without each of its training ingredients (docs/methods.md)
             # full depth and the six dev-chosen settings: the fixed grid would add 9 more each
-            "geep-teacher-last": Variant("geep", ("teacher_inputs=last",), speeds=(0.0,)),
-            "geep-two-step": Variant("geep", ("training=two-step",), speeds=(0.0,)),
+            "geep-teacher-last": Ablation("geep", ("teacher_inputs=last",), speeds=(0.0,)),
+            "geep-two-step": Ablation("geep", ("training=two-step",), speeds=(0.0,)),
         },
     ),
     "offline": Profile(

@@ -42,11 +42,11 @@ Timer = Callable[[Callable[[], None], int], None]  # runs fn ``rounds`` times (p
 
 
 def speeds_for(profile: Profile, entry: str, dataset: str) -> list[float]:
-    """The fixed sweep of ``entry`` (a method or variant) on ``dataset``: the profile's (a
-    variant's own), else its method's grid."""
-    variant = profile.variants.get(entry)
-    if variant is not None and variant.speeds is not None:
-        return list(variant.speeds)
+    """The fixed sweep of ``entry`` (a method or an ablation) on ``dataset``: the profile's (a
+    ablation's own), else its method's grid."""
+    ablation = profile.ablations.get(entry)
+    if ablation is not None and ablation.speeds is not None:
+        return list(ablation.speeds)
     if entry in profile.speeds:
         return list(profile.speeds[entry])
     layers = dims_for(profile.model_for(dataset)).num_layers
@@ -76,7 +76,7 @@ def batchings_for(profile: Profile, entry: str) -> list[str | None]:
 class Unit(NamedTuple):
     """One measurement of a profile: a setting of a trained model, under a batching policy
     (None for methods without dynamic exits). ``method`` is a profile entry: a registered
-    method or a variant."""
+    method or an ablation."""
 
     dataset: str
     method: str
@@ -104,7 +104,7 @@ def units(profile: Profile) -> list[Unit]:
 
 
 def checkpoint(profile: Profile, entry: str, dataset: str, seed: int) -> Path:
-    """``entry`` (a method, or a variant: its method trained with the variant's options)
+    """``entry`` (a method, or an ablation: its method trained with the ablation's options)
     trained on ``dataset`` with ``seed`` under ``profile``, trained once and then reused from
     ``$GEEP_CACHE/checkpoints/`` (keyed by everything that defines the training).
 
@@ -345,7 +345,7 @@ class Trained:
     method: Method
     test: Encoded
     sweep: dict[str, Any]  # dev_sweep's record; {} when the method has none
-    entry: str  # the profile entry it was trained as: a method or a variant
+    entry: str  # the profile entry it was trained as: a method or an ablation
 
     def resolve(self, setting: str) -> dict[str, Any]:
         """A setting id's row fields: ``"0.5"`` is a fixed speed (``speed_source`` "grid"),
@@ -366,7 +366,7 @@ class Trained:
 
 
 def load_unit(profile: Profile, entry: str, dataset: str, seed: int) -> Trained:
-    """The trained entry, a method or variant (:func:`geep.pipeline.evaluate.prepare_checkpoint`),
+    """The trained entry, a method or an ablation (:func:`geep.pipeline.evaluate.prepare_checkpoint`),
     its test split and its dev sweep, both capped at the profile's ``max_eval`` samples
     (:func:`load_split`). With dev-chosen settings, the options it chooses on dev
     (:meth:`Method.choose_on_dev`) are chosen first and recorded in the sweep's ``choice``."""

@@ -24,12 +24,12 @@ from geep.report.results import (
     fastest_table,
     load_runs,
     matched_table,
-    variant,
+    ablation,
     with_realised_speedup,
     write_report,
 )
 from geep.reproduce import units as reproduce
-from geep.reproduce.profiles import PROFILES, Variant, get_profile
+from geep.reproduce.profiles import PROFILES, Ablation, get_profile
 from geep.reproduce.units import Unit, record, recorded, run_file, settings_for, speeds_for, units
 from tests.helpers import new_method, run_row, toy_test_split, trained_on_toy
 
@@ -107,15 +107,15 @@ def test_dynamic_exit_methods_run_each_setting_under_every_batching(profile) -> 
     assert PROFILES["compare"].batchings == ("shrink", "regroup")
 
 
-def test_a_variant_trains_its_method_with_its_options_and_keeps_runs_of_its_own(
+def test_an_ablation_trains_its_method_with_its_options_and_keeps_runs_of_its_own(
     tiny_model, tmp_path, monkeypatch
 ) -> None:
-    """A variant (an ablation) trains its method with its options into a checkpoint of its own,
+    """A ablation (an ablation) trains its method with its options into a checkpoint of its own,
     measures its own sweep, and records run files under its name that join the profile's
     others; the methods' checkpoints, recipes and configuration stay as they are."""
     smoke = PROFILES["smoke"]
     varied = replace(
-        smoke, variants={"geep-last": Variant("geep", ("teacher_inputs=last",), speeds=(0.0,))}
+        smoke, ablations={"geep-last": Ablation("geep", ("teacher_inputs=last",), speeds=(0.0,))}
     )
     assert varied.config_hash() == smoke.config_hash()
     assert varied.entries() == [*smoke.method_names(), "geep-last"]
@@ -158,13 +158,13 @@ def test_a_variant_trains_its_method_with_its_options_and_keeps_runs_of_its_own(
     }
 
 
-def test_tables_list_each_variant_after_its_method() -> None:
+def test_tables_list_each_ablation_after_its_method() -> None:
     names = ["pabee", "geep-two-step", "zeta", "geep", "bert", "geep-teacher-last", "hashee"]
     frame = pd.DataFrame({"method": names}).sort_values("method", key=_method_order)
     expected = ["bert", "geep", "geep-teacher-last", "geep-two-step", "hashee", "pabee", "zeta"]
     assert frame["method"].tolist() == expected
-    with pytest.raises(GeepError, match=r"variant 'last' of geep: name it geep-\.\.\."):
-        replace(PROFILES["smoke"], variants={"last": Variant("geep", ("teacher_inputs=last",))})
+    with pytest.raises(GeepError, match=r"ablation 'last' of geep: name it geep-\.\.\."):
+        replace(PROFILES["smoke"], ablations={"last": Ablation("geep", ("teacher_inputs=last",))})
 
 
 def test_deebert_thresholds_are_fractions_of_the_largest_entropy() -> None:
@@ -240,9 +240,9 @@ def test_a_row_without_its_batching_takes_the_run_files_options(tiny_model, tmp_
     run["method"], run["provenance"]["options"] = "pabee", {}
     run_file(tmp_path, "toy", "pabee", 42).write_text(json.dumps(run))
     frame = load_runs(tmp_path).set_index("method")
-    assert pd.isna(frame.loc["bert", "batching"]) and frame.loc["bert", "variant"] == "bert"
+    assert pd.isna(frame.loc["bert", "batching"]) and frame.loc["bert", "ablation"] == "bert"
     assert frame.loc["pabee", "batching"] == "shrink"
-    assert frame.loc["pabee", "variant"] == "pabee (shrink)"
+    assert frame.loc["pabee", "ablation"] == "pabee (shrink)"
 
 
 def test_report_needs_run_files(tmp_path: Path) -> None:
@@ -258,7 +258,7 @@ def _frame(*rows: tuple[str, dict]) -> pd.DataFrame:
             {
                 "dataset": "d",
                 "method": m,
-                "variant": variant(m, row.get("batching")),
+                "ablation": ablation(m, row.get("batching")),
                 "git_commit": "c1",
                 **row,
             }
