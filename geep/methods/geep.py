@@ -66,6 +66,8 @@ from geep.methods.exit_table import ExitTable, sample_keys
 from geep.model.backbone import Backbone
 from geep.model.training import train_loop
 
+# --- exit prediction: a test sample's exit layer from its tokens' counts in the exit table --------
+
 ExitRule = Literal["quantile", "mean", "loglik", "idf", "deepest"]
 EXIT_RULES: tuple[ExitRule, ...] = get_args(ExitRule)
 
@@ -162,6 +164,8 @@ def exit_quality(predicted: np.ndarray, oracle: np.ndarray) -> dict[str, float]:
     }
 
 
+# --- the model: FastBERT's students and a knowledgeable teacher, trained by one shared loss -------
+
 ExitHead = Literal["student", "shared"]
 
 
@@ -220,6 +224,9 @@ class GeepModel(FastBERTModel):
         logits = self.teacher(tops, batch.attention_mask.repeat(diverse, 1))  # [DB, C]
         # mean over DB samples times D = the sum over k of each batch-mean CE
         return loss + diverse * F.cross_entropy(logits, batch.labels.repeat(diverse))
+
+
+# --- the method --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
