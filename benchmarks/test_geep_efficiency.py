@@ -16,12 +16,12 @@ medians come from the same minutes of the same machine. ``extra_info`` records:
   sort, :meth:`Geep.plan`) over the median run time at that speed; the target is under 2%.
 - ``dynamic_*``: the same weights and speed in ``mode=dynamic`` (FastBERT's exit: a student after
   every layer, the batch shrinks), and ``regroup_*``: ``mode=dynamic`` with ``batching=regroup``
-  (the rows that go on after a layer wait in a pool until it holds a full batch; geep.core.dynamic_exit),
-  timed in the same rounds, so predicted exits, shrinking and regrouped dynamic exits are
-  compared on one model and one machine. ``*layer_batch_rows`` is the mean rows per layer call
-  (geep.measure.work), what keeps the hardware busy; ``regroup_exit_agreement`` the share of samples
-  whose exit layer is the same under both policies (1.0 but for padding noise next to the
-  threshold).
+  (the rows that go on after a layer wait in a pool until it holds a full batch;
+  geep.core.dynamic_exit), timed in the same rounds, so predicted exits, shrinking and
+  regrouped dynamic exits are compared on one model and one machine. ``*layer_batch_rows`` is
+  the mean rows per layer call (geep.measure.work), what keeps the hardware busy;
+  ``regroup_exit_agreement`` the share of samples whose exit layer is the same under both
+  policies (1.0 but for padding noise next to the threshold).
 
 ``test_exit_table_rates`` times the hash table's build and lookup in keys per second on the
 model's device against a dense [vocab, L] array lookup (possible for token ids only, not for
@@ -40,6 +40,7 @@ import torch
 
 from benchmarks.conftest import profile_of
 from geep.common.errors import GeepError
+from geep.core.interface import Predictions
 from geep.data.encoding import Encoded
 from geep.measure.work import work_counts
 from geep.methods.exit_table import ExitTable
@@ -134,42 +135,12 @@ def test_wall_clock_follows_flops(
         "dynamic": (dynamic, speed),
         "regroup": (regrouped, speed),
     }
-    seconds: dict[str, list[float]] = {case: [] for case in cases}
-    runs = {}
-
-    def one_round() -> None:
-        for case, (runner, s) in cases.items():
-            start = time.perf_counter()
-            runs[case] = runner.run(test_split, s, profile.batch_size)
-            seconds[case].append(time.perf_counter() - start)
-
-    benchmark.pedantic(one_round, rounds=profile.efficiency_rounds, iterations=1)
+    runs, wall = timed_rounds(benchmark, cases, test_split, profile)
     full, fast = runs["full"], runs["predict"]
     flops_speedup = float(full.flops_full.mean() / fast.flops_full.mean())
-    wall = {case: statistics.median(times) for case, times in seconds.items()}
     wall_full, wall_fast = wall["full"], wall["predict"]
     plan = median_seconds(lambda: method.plan(test_split, speed, profile.batch_size), 5)
     labels = test_split.labels.numpy()
-
-    def rows_per_layer_batch(case: str) -> float:
-        return work_counts(runs[case].calls, len(test_split))["mean_layer_batch_rows"]
-
-    dynamic_fields = {}
-    for case in ("dynamic", "regroup"):
-        out = runs[case]
-        case_flops_speedup = float(full.flops_full.mean() / out.flops_full.mean())
-        dynamic_fields |= {
-            f"{case}_accuracy": float((out.labels == labels).mean()),
-            f"{case}_avg_exit_layer": float(out.exit_layers.mean()),
-            f"{case}_flops_speedup": case_flops_speedup,
-            f"{case}_wall_seconds": wall[case],
-            f"{case}_wall_speedup": wall_full / wall[case],
-            f"{case}_realised_fraction": wall_full / wall[case] / case_flops_speedup,
-            f"{case}_layer_batch_rows": rows_per_layer_batch(case),
-        }
-    # the policy must not change a sample's exit; padding noise may, next to the threshold
-    agreement = np.mean(runs["regroup"].exit_layers == runs["dynamic"].exit_layers)
-    dynamic_fields["regroup_exit_agreement"] = float(agreement)
     benchmark.extra_info.update(
         describe
         | {
@@ -190,10 +161,58 @@ def test_wall_clock_follows_flops(
             "realised_fraction": wall_full / wall_fast / flops_speedup,
             "exit_prediction_seconds": plan,
             "exit_prediction_share": plan / wall_fast,
-            "layer_batch_rows": rows_per_layer_batch("predict"),
-            **dynamic_fields,
+            "layer_batch_rows": rows_per_layer_batch(fast, test_split),
+            **dynamic_fields(runs, wall, test_split),
         }
     )
+
+
+def timed_rounds(
+    benchmark, cases: dict[str, tuple[Geep, float]], test_split: Encoded, profile: Profile
+) -> tuple[dict[str, Predictions], dict[str, float]]:
+    """Run every case (a model and its speed) once per round, in turn, for the profile's
+    ``efficiency_rounds``: each case's last run and its median wall seconds."""
+    seconds: dict[str, list[float]] = {case: [] for case in cases}
+    runs = {}
+
+    def one_round() -> None:
+        for case, (runner, s) in cases.items():
+            start = time.perf_counter()
+            runs[case] = runner.run(test_split, s, profile.batch_size)
+            seconds[case].append(time.perf_counter() - start)
+
+    benchmark.pedantic(one_round, rounds=profile.efficiency_rounds, iterations=1)
+    return runs, {case: statistics.median(times) for case, times in seconds.items()}
+
+
+def rows_per_layer_batch(run: Predictions, test_split: Encoded) -> float:
+    """The mean rows per layer call of ``run`` (geep.measure.work)."""
+    return work_counts(run.calls, len(test_split))["mean_layer_batch_rows"]
+
+
+def dynamic_fields(
+    runs: dict[str, Predictions], wall: dict[str, float], test_split: Encoded
+) -> dict[str, float]:
+    """The ``dynamic_*`` and ``regroup_*`` fields of the module's docstring, measured against
+    the full-depth run, and ``regroup_exit_agreement``."""
+    full, labels = runs["full"], test_split.labels.numpy()
+    values = {}
+    for case in ("dynamic", "regroup"):
+        out = runs[case]
+        case_flops_speedup = float(full.flops_full.mean() / out.flops_full.mean())
+        values |= {
+            f"{case}_accuracy": float((out.labels == labels).mean()),
+            f"{case}_avg_exit_layer": float(out.exit_layers.mean()),
+            f"{case}_flops_speedup": case_flops_speedup,
+            f"{case}_wall_seconds": wall[case],
+            f"{case}_wall_speedup": wall["full"] / wall[case],
+            f"{case}_realised_fraction": wall["full"] / wall[case] / case_flops_speedup,
+            f"{case}_layer_batch_rows": rows_per_layer_batch(out, test_split),
+        }
+    # the policy must not change a sample's exit; padding noise may, next to the threshold
+    agreement = np.mean(runs["regroup"].exit_layers == runs["dynamic"].exit_layers)
+    values["regroup_exit_agreement"] = float(agreement)
+    return values
 
 
 def test_exit_table_rates(benchmark, method: Geep, test_split: Encoded, describe: dict) -> None:

@@ -84,31 +84,54 @@ EXAMPLES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from geep.common.config import DEFAULT_MODEL, TrainConfig
-
+    """The `geep` parser: one sub-command per job, each with its options and examples."""
     parser = _Parser(
         prog="geep",
         description="Reproduce GEEP and the early-exit methods it competes with.",
         epilog="Run `geep COMMAND --help` for a command's options and examples.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    def command(name: str, help_: str, func: Callable[[argparse.Namespace], int]) -> _Parser:
-        p = sub.add_parser(
-            name,
-            help=help_,
-            epilog=EXAMPLES[name],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.set_defaults(func=func)
-        return p
-
-    p = command("datasets", "list the dataset registry", cmd_datasets)
+    p = _command(sub, "datasets", "list the dataset registry", cmd_datasets)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _command(sub, "methods", "list the methods, their speed knobs and options", cmd_methods)
+    p = _command(sub, "train", "train a method and save a checkpoint", cmd_train)
+    _add_train_arguments(p)
+    p = _command(sub, "evaluate", "evaluate a checkpoint over speed settings", cmd_evaluate)
+    _add_evaluate_arguments(p)
+    p = _command(sub, "flops", "FLOPs breakdown of a full-depth forward", cmd_flops)
+    _add_flops_arguments(p)
+    p = _command(
+        sub, "plan", "estimated FLOPs and device-hours of a profile, before it runs", cmd_plan
+    )
+    p.add_argument("--profile", required=True, help="smoke, quick, compare, offline or paper")
+    p.add_argument("--device", default="h100", help="h100 or a100: its sustained compute (h100)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = _command(sub, "report", "tables and plots from a profile's benchmark runs", cmd_report)
+    p.add_argument("results", type=Path, help="a profile's results folder, e.g. results/quick")
+    return parser
 
-    command("methods", "list the methods, their speed knobs and options", cmd_methods)
 
-    p = command("train", "train a method and save a checkpoint", cmd_train)
+def _command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help_: str,
+    func: Callable[[argparse.Namespace], int],
+) -> _Parser:
+    """Add the sub-command ``name``, run by ``func``, with its :data:`EXAMPLES` as epilog."""
+    p = sub.add_parser(
+        name,
+        help=help_,
+        epilog=EXAMPLES[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """`geep train`'s options; the recipe's defaults are :class:`TrainConfig`'s."""
+    from geep.common.config import DEFAULT_MODEL, TrainConfig
+
     p.add_argument("--method", required=True, help="method name (see `geep methods`)")
     p.add_argument("--dataset", required=True, help="registry name or path to a local file/folder")
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
@@ -153,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(300; 0: after every step)",
     )
 
-    p = command("evaluate", "evaluate a checkpoint over speed settings", cmd_evaluate)
+
+def _add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    """`geep evaluate`'s options: which checkpoint, data and speed settings, and the output."""
     p.add_argument("--checkpoint", required=True, type=Path, help="folder written by `geep train`")
     p.add_argument("--dataset", help="registry name or path (default: the training dataset)")
     p.add_argument(
@@ -192,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = command("flops", "FLOPs breakdown of a full-depth forward", cmd_flops)
+
+def _add_flops_arguments(p: argparse.ArgumentParser) -> None:
+    """`geep flops`'s options: the model's config, sequence length, convention and head."""
     p.add_argument(
         "--config",
         required=True,
@@ -207,15 +234,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-labels", type=_positive_int, default=2, help="classes of the head (2)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-    p = command("plan", "estimated FLOPs and device-hours of a profile, before it runs", cmd_plan)
-    p.add_argument("--profile", required=True, help="smoke, quick, compare, offline or paper")
-    p.add_argument("--device", default="h100", help="h100 or a100: its sustained compute (h100)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-    p = command("report", "tables and plots from a profile's benchmark runs", cmd_report)
-    p.add_argument("results", type=Path, help="a profile's results folder, e.g. results/quick")
-    return parser
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> str:

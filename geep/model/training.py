@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from geep.common.config import TrainConfig
-from geep.data.encoding import Encoded
-from geep.model.train_state import active_state
+from geep.data.encoding import Batch, Encoded
+from geep.model.train_state import TrainState, active_state
 
 BUCKET_BATCHES = 50
 """Batches per chunk that length-bucketed batching sorts by length (see :class:`EpochBatches`)."""
@@ -134,6 +136,100 @@ def train_loop(
         if saved["call"] == call:
             state.restore(model)
         return saved["losses"]
+    run = _prepare(model, params, data, config, lr, forward_kwargs)
+    accelerator, total = run.accelerator, run.total
+    first_epoch, skip = 0, 0
+    if saved is not None:  # the call the kill interrupted: go on after its last saved step
+        weights = accelerator.unwrap_model(run.model)
+        run.generator.set_state(state.restore(weights, run.optimizer, run.scheduler))
+        run.losses = saved["losses"]
+        first_epoch, skip = saved["epoch"], saved["step_in_epoch"]
+    run.model.train()
+    main = accelerator.is_main_process
+    bar = tqdm(total=total, initial=len(run.losses), desc=desc, unit="step", disable=not main)
+    with bar:
+        for epoch in range(first_epoch, config.epochs):
+            epoch_generator = run.generator.get_state()
+            for step in run.epoch(skip, bar, state):  # the steps after which a save is due
+                progress = {
+                    "desc": desc,
+                    "epoch": epoch,
+                    "step_in_epoch": step + 1,
+                    "steps": len(run.losses),
+                    "total": total,
+                    "done": False,
+                }
+                state.save(
+                    call,
+                    progress,
+                    run.losses,
+                    accelerator.unwrap_model(run.model),
+                    run.optimizer,
+                    run.scheduler,
+                    epoch_generator,
+                )
+            skip = 0
+    model = accelerator.unwrap_model(run.model).eval()
+    if state is not None:
+        progress = {"desc": desc, "steps": total, "total": total, "done": True}
+        state.save(call, progress, run.losses, model)
+    return run.losses
+
+
+@dataclass
+class _Run:
+    """One :func:`train_loop` call's training parts, placed by Accelerate: what its steps use."""
+
+    accelerator: Accelerator
+    model: nn.Module  # as prepared: wrapped for DDP under several processes
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    params: list[nn.Parameter]
+    generator: torch.Generator  # draws each epoch's batch order
+    sampler: EpochBatches
+    loader: DataLoader
+    total: int  # steps over all epochs
+    forward_kwargs: dict[str, Any]
+    losses: list[float] = field(default_factory=list)  # of every step so far
+
+    def epoch(self, skip: int, bar: tqdm, state: TrainState | None) -> Iterator[int]:
+        """Train one epoch from its step ``skip`` on (the batch order up to it is replayed, not
+        trained), appending each step's loss; yields each step after which a save is due."""
+        for step, batch in enumerate(self.loader):
+            if step < skip:  # replay the batch order up to the saved step
+                continue
+            loss = self.step(batch, self.sampler.shares[step])
+            due = state is not None and state.due() and len(self.losses) + 1 < self.total
+            # one all-reduce: the global batch's loss, and whether any process's save is due
+            flags = torch.tensor([loss.item(), float(due)], device=loss.device)
+            summed = self.accelerator.reduce(flags, "sum")
+            self.losses.append(summed[0].item() / self.accelerator.num_processes)
+            bar.set_postfix(loss=f"{self.losses[-1]:.3f}")
+            bar.update()
+            if summed[1] > 0:
+                yield step
+
+    def step(self, batch: Batch, share: float) -> torch.Tensor:
+        """One update on ``batch``: its loss, weighed by ``share`` (:meth:`EpochBatches.part`)."""
+        loss = self.model(batch.to(self.accelerator.device), **self.forward_kwargs) * share
+        self.accelerator.backward(loss)
+        self.accelerator.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        return loss
+
+
+def _prepare(
+    model: nn.Module,
+    params: Iterable[nn.Parameter],
+    data: Encoded,
+    config: TrainConfig,
+    lr: float | None,
+    forward_kwargs: dict[str, Any],
+) -> _Run:
+    """Seed, then build and place what :func:`train_loop` trains with: the optimizer over the
+    ``params`` that require grad, its schedule, and the batches (:class:`EpochBatches`)."""
     set_seed(config.seed)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -159,55 +255,15 @@ def train_loop(
     total = len(loader) * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total), total)
     model, optimizer = accelerator.prepare(model, optimizer)
-    losses: list[float] = []
-    first_epoch, skip = 0, 0
-    if saved is not None:  # the call the kill interrupted: go on after its last saved step
-        generator.set_state(state.restore(accelerator.unwrap_model(model), optimizer, scheduler))
-        losses = saved["losses"]
-        first_epoch, skip = saved["epoch"], saved["step_in_epoch"]
-    model.train()
-    main = accelerator.is_main_process
-    bar = tqdm(total=total, initial=len(losses), desc=desc, unit="step", disable=not main)
-    with bar:
-        for epoch in range(first_epoch, config.epochs):
-            epoch_generator = generator.get_state()
-            for step, batch in enumerate(loader):
-                if step < skip:  # replay the batch order up to the saved step
-                    continue
-                loss = model(batch.to(accelerator.device), **forward_kwargs) * sampler.shares[step]
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                due = state is not None and state.due() and len(losses) + 1 < total
-                # one all-reduce: the global batch's loss, and whether any process's save is due
-                flags = torch.tensor([loss.item(), float(due)], device=loss.device)
-                summed = accelerator.reduce(flags, "sum")
-                losses.append(summed[0].item() / accelerator.num_processes)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                bar.update()
-                if summed[1] > 0:
-                    progress = {
-                        "desc": desc,
-                        "epoch": epoch,
-                        "step_in_epoch": step + 1,
-                        "steps": len(losses),
-                        "total": total,
-                        "done": False,
-                    }
-                    state.save(
-                        call,
-                        progress,
-                        losses,
-                        accelerator.unwrap_model(model),
-                        optimizer,
-                        scheduler,
-                        epoch_generator,
-                    )
-            skip = 0
-    model = accelerator.unwrap_model(model).eval()
-    if state is not None:
-        progress = {"desc": desc, "steps": total, "total": total, "done": True}
-        state.save(call, progress, losses, model)
-    return losses
+    return _Run(
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        params=params,
+        generator=generator,
+        sampler=sampler,
+        loader=loader,
+        total=total,
+        forward_kwargs=forward_kwargs,
+    )

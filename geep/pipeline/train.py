@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate.utils import set_seed
@@ -15,9 +16,13 @@ from geep.common.storage import cache_root, check_target, exclusive
 from geep.core.checkpoint import checkpoint_ownership
 from geep.core.interface import Method
 from geep.core.registry import get_method, load_checkpoint
-from geep.data.encoding import encode_split
+from geep.data.encoding import Encoded, encode_split
 from geep.measure.metrics import accuracy
 from geep.model.train_state import TrainState, saving_into, state_folder, this_process
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
+    from datasets import Dataset, DatasetDict
 
 
 def train_method(
@@ -47,29 +52,19 @@ def train_method(
     process alone fetches the data first, evaluates the dev split, writes the checkpoint and
     removes the saved state.
 
-    Before any work, ``out`` is checked (:func:`geep.common.storage.check_target`): an existing folder
-    is replaced only when it is a checkpoint this suite wrote, and its place must be writable.
-    While it trains, ``out`` is locked: a second run into the same folder is refused at once.
+    Before any work, ``out`` is checked (:func:`geep.common.storage.check_target`): an existing
+    folder is replaced only when it is a checkpoint this suite wrote, and its place must be
+    writable. While it trains, ``out`` is locked: a second run into the same folder is refused at
+    once.
     """
     cls = get_method(method_name)
     cls.options_class().with_settings(settings)  # reject bad options before any work
     out = check_target(out, "--out", "folder", checkpoint_ownership)
     cache_root()  # checked before the work too
     process = this_process()
-    # the main process alone writes, so it alone locks ``out`` while it trains
-    busy = f"another `geep train` is writing {out}: wait for it to end, or give another --out"
-    lock = out.with_name(f".{out.name}.lock")
-    with (
-        exclusive(lock, busy, remove=True) if process.is_main_process else contextlib.nullcontext()
-    ):
+    with _writing(out, process):
         set_seed(config.seed)  # before the heads are initialised, so a seed fixes the whole run
-        from geep.data import load_dataset  # the datasets library: only training needs it here
-
-        with process.main_process_first():  # one download or archive extraction, then all read
-            data = load_dataset(dataset)
-        train = data["train"]
-        if config.max_train is not None and config.max_train < len(train):
-            train = train.shuffle(seed=config.seed).select(range(config.max_train))
+        data, train = _training_data(dataset, config, process)
         task = "pair" if "text_pair" in train.column_names else "single"
         labels = train.features["label"].names
         method = cls.create(model, labels, dataset, config, task=task, settings=settings)
@@ -83,33 +78,76 @@ def train_method(
             "settings": list(settings),
             "start_from": None if start_from is None else str(start_from),
             "data_sha256": encoded.sha256(),
-            "processes": process.num_processes,  # a save resumes with as many (geep.model.train_state)
+            # a save resumes with as many processes (geep.model.train_state)
+            "processes": process.num_processes,
         }
         state = TrainState(state_folder(Path(out)), run, save_every_s)
-        try:
-            with saving_into(state):
-                if start_from is None:
-                    method.fit(encoded)
-                else:
-                    method.fit_from(load_checkpoint(start_from), encoded)
-        except torch.OutOfMemoryError:
-            raise GeepError(
-                f"out of GPU memory training {method_name} at batch size {config.batch_size}, "
-                f"--seq-len {config.seq_len}; lower one of them"
-            ) from None
+        _fit(method, encoded, config, start_from, state)
         if process.is_main_process:  # the processes hold the same weights: one evaluates and saves
-            rows = data["dev"]
-            if max_dev is not None:
-                rows = rows.select(range(min(max_dev, len(rows))))
-            dev = encode_split(method.tokenizer, rows, config.seq_len)
-            speed = method.default_speeds()[0]
-            labels = method.run(dev, speed, 64).labels
-            method.info.dev_accuracy = accuracy(dev.labels.numpy(), labels)
-            method.info.dev_samples = len(dev)
+            _record_dev_accuracy(method, data["dev"], max_dev, config.seq_len)
             method.save(out)
             state.remove()
         process.wait_for_everyone()  # no process ends before the checkpoint is whole
         return method
+
+
+def _writing(out: Path, process: PartialState) -> contextlib.AbstractContextManager:
+    """The lock on ``out`` while it trains (:func:`exclusive`): a second run into it is refused
+    at once. The main process alone writes, so it alone locks ``out``."""
+    busy = f"another `geep train` is writing {out}: wait for it to end, or give another --out"
+    lock = out.with_name(f".{out.name}.lock")
+    return (
+        exclusive(lock, busy, remove=True) if process.is_main_process else contextlib.nullcontext()
+    )
+
+
+def _training_data(
+    dataset: str, config: TrainConfig, process: PartialState
+) -> tuple[DatasetDict, Dataset]:
+    """``dataset``'s splits (fetched by the main process first) and its training rows: a seeded
+    random subset of ``config.max_train`` of them when that is fewer."""
+    from geep.data import load_dataset  # the datasets library: only training needs it here
+
+    with process.main_process_first():  # one download or archive extraction, then all read
+        data = load_dataset(dataset)
+    train = data["train"]
+    if config.max_train is not None and config.max_train < len(train):
+        train = train.shuffle(seed=config.seed).select(range(config.max_train))
+    return data, train
+
+
+def _fit(
+    method: Method,
+    encoded: Encoded,
+    config: TrainConfig,
+    start_from: str | Path | None,
+    state: TrainState,
+) -> None:
+    """Train ``method`` on ``encoded``, saving into ``state`` as it goes; from the checkpoint
+    ``start_from`` when given (:meth:`Method.fit_from`). Out of GPU memory is a GeepError."""
+    try:
+        with saving_into(state):
+            if start_from is None:
+                method.fit(encoded)
+            else:
+                method.fit_from(load_checkpoint(start_from), encoded)
+    except torch.OutOfMemoryError:
+        raise GeepError(
+            f"out of GPU memory training {method.name} at batch size {config.batch_size}, "
+            f"--seq-len {config.seq_len}; lower one of them"
+        ) from None
+
+
+def _record_dev_accuracy(method: Method, rows: Dataset, max_dev: int | None, seq_len: int) -> None:
+    """Record in ``method.info`` its accuracy at its first (full-depth) speed on the dev
+    ``rows`` (the first ``max_dev`` of them; all when None)."""
+    if max_dev is not None:
+        rows = rows.select(range(min(max_dev, len(rows))))
+    dev = encode_split(method.tokenizer, rows, seq_len)
+    speed = method.default_speeds()[0]
+    labels = method.run(dev, speed, 64).labels
+    method.info.dev_accuracy = accuracy(dev.labels.numpy(), labels)
+    method.info.dev_samples = len(dev)
 
 
 def is_main_process() -> bool:
