@@ -13,8 +13,8 @@ Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
   datasets are left out: the embedded encoder is English.
 - ``compare``: the same datasets with 2000 training samples, three seeds and six dev-chosen
   settings, the dynamic-exit methods with shrinking and with regrouped batches, GEEP's two
-  ablations as entries of their own (its teacher fed the last layer only; FastBERT's two training steps),
-  plus GEEP's efficiency and the training-speed benchmarks, for comparing methods (about 3
+  ablations as entries of their own (its teacher fed the last layer only; FastBERT's two training
+  steps), plus GEEP's efficiency and the training-speed benchmarks, for comparing methods (about 3
   hours on 2 cores); and the serving benchmark under LoadGen (docs/serving.md, about 20
   minutes more).
 - ``offline``: all six offline datasets at full size (hours on a CPU, minutes on a GPU).

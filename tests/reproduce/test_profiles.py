@@ -20,11 +20,11 @@ from geep.data.registry import get_spec
 from geep.measure.flops import dims_for
 from geep.report.results import (
     _method_order,
+    ablation,
     exit_rule_section,
     fastest_table,
     load_runs,
     matched_table,
-    ablation,
     with_realised_speedup,
     write_report,
 )
