@@ -12,7 +12,6 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from safetensors.torch import save_file, save_model
-from transformers import AutoConfig
 
 import geep
 from geep.common.schema import choice, document, listing, maybe, number, text, whole
@@ -171,6 +170,8 @@ def backbone_problem(backbone: dict[str, Any]) -> str | None:
     transformers' config of the same model type (fields whose default is null may hold any);
     None when every field has its type."""
     try:
+        from transformers import AutoConfig
+
         defaults = AutoConfig.for_model(backbone["model_type"]).to_dict()
     except ValueError:
         return f"backbone.model_type {backbone['model_type']!r} is not a model transformers knows"

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
 
 from geep.common.config import MethodOptions, TrainConfig
 from geep.common.errors import GeepError
@@ -42,6 +41,8 @@ from geep.measure.work import Call, counting
 from geep.model.backbone import Backbone, load_pretrained
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from geep.core.sweeps import Calibration
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from safetensors.torch import load_file, load_model
-from transformers import AutoConfig, AutoTokenizer
 
 from geep.common.config import TrainConfig
 from geep.common.errors import GeepError
@@ -112,6 +111,8 @@ def _import_methods() -> tuple[str, ...]:
 
 def load_checkpoint(path: str | Path) -> Method:
     """Rebuild a method from a checkpoint folder (safetensors + JSON; nothing is unpickled)."""
+    from transformers import AutoConfig, AutoTokenizer  # here: `geep methods` stays fast
+
     path = Path(path)
     if not path.is_dir():
         raise GeepError(

@@ -26,11 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import tokenizers
 import torch
-import transformers
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
 
 from geep.common.errors import GeepError
 from geep.common.resources import require_memory
@@ -38,6 +35,7 @@ from geep.common.storage import atomic_directory, cache_root, exclusive
 
 if TYPE_CHECKING:
     from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
 
 CHUNK = 2048
 """Texts per tokenizer call, and rows per write to the cache: the tokenizer's output for 2048
@@ -309,6 +307,9 @@ def split_chunks(split: Dataset) -> Iterator[Chunk]:
 def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict:
     """What decides a fast tokenizer's output: its pipeline and vocabulary (without the padding
     and truncation a call last set), special tokens, sides and the libraries' versions."""
+    import tokenizers
+    import transformers
+
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     del state["padding"], state["truncation"]
     pipeline = json.dumps(state, sort_keys=True, ensure_ascii=False).encode()

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-from transformers import PretrainedConfig
+from typing import TYPE_CHECKING, Literal
 
 from geep.common.errors import GeepError
 from geep.common.schema import document, first_problem, maybe, whole
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 Convention = Literal["fastbert", "full"]
 CONVENTIONS: tuple[Convention, ...] = ("fastbert", "full")

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 
 from geep.common.config import DEFAULT_MODEL
 from geep.common.errors import GeepError
@@ -23,6 +22,9 @@ from geep.common.hub import hub_unavailable_reason
 from geep.common.storage import cache_root
 from geep.data.archives import PinnedArchive, extract_tree, fetch_archive
 from geep.measure import flops, work
+
+if TYPE_CHECKING:  # transformers is imported where it is used: `geep methods` stays fast
+    from transformers import BertConfig, PreTrainedTokenizerBase
 
 Pooling = Literal["cls", "mean"]
 
@@ -83,6 +85,8 @@ def load_pretrained(model: str) -> tuple[Backbone, PreTrainedTokenizerBase]:
             f"use the embedded '{DEFAULT_MODEL}' or a local folder saved with save_pretrained"
         )
     try:
+        from transformers import AutoModel, AutoTokenizer
+
         encoder = AutoModel.from_pretrained(source, local_files_only=local)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except OSError as err:
@@ -123,6 +127,8 @@ class Backbone(nn.Module):
     @classmethod
     def from_config(cls, config: BertConfig, pooling: Pooling = "cls") -> Backbone:
         """A randomly initialised backbone of any shape (checkpoint loading, tests, FLOPs)."""
+        from transformers import AutoModel
+
         return cls(AutoModel.from_config(config), pooling)
 
     @property

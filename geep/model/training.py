@@ -23,7 +23,6 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from geep.common.config import TrainConfig
 from geep.data.encoding import Batch, Encoded
@@ -253,6 +252,8 @@ def _prepare(
         generator=generator,  # the loader draws a seed per epoch: from here, not dropout's RNG
     )
     total = len(loader) * config.epochs
+    from transformers import get_linear_schedule_with_warmup
+
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total), total)
     model, optimizer = accelerator.prepare(model, optimizer)
     return _Run(
