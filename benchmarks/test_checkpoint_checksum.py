@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import geep.core.interface
+import geep.core.registry
 from geep.cli import main
 from geep.common.storage import file_sha256
 from geep.core.checkpoint import INFO_FILE, checksum_problem
@@ -76,7 +76,7 @@ def test_checksum_cost(
         rounds["hash"].append(seconds(lambda: checksum_problem(path, sha256)))
         rounds["checked"].append(seconds(lambda: load_checkpoint(path)))
         with monkeypatch.context() as patch:
-            patch.setattr(geep.core.interface, "checksum_problem", lambda *args: None)
+            patch.setattr(geep.core.registry, "checksum_problem", lambda *args: None)
             rounds["unchecked"].append(seconds(lambda: load_checkpoint(path)))
         rounds["evaluate"].append(seconds(lambda: evaluate(path)))
     median = {name: statistics.median(times) for name, times in rounds.items()}

@@ -367,8 +367,8 @@ class Trained:
 
 def load_unit(profile: Profile, entry: str, dataset: str, seed: int) -> Trained:
     """The trained entry, a method or an ablation
-    (:func:`geep.pipeline.evaluate.prepare_checkpoint`),
-    its test split and its dev sweep, both capped at the profile's ``max_eval`` samples
+    (:func:`geep.pipeline.evaluate.prepare_checkpoint`), its test split and its dev sweep, both
+    capped at the profile's ``max_eval`` samples
     (:func:`load_split`). With dev-chosen settings, the options it chooses on dev
     (:meth:`Method.choose_on_dev`) are chosen first and recorded in the sweep's ``choice``."""
     trained = prepare_checkpoint(checkpoint(profile, entry, dataset, seed))

@@ -20,11 +20,11 @@ from geep.data.registry import get_spec
 from geep.measure.flops import dims_for
 from geep.report.results import (
     _method_order,
-    ablation,
     exit_rule_section,
     fastest_table,
     load_runs,
     matched_table,
+    variant,
     with_realised_speedup,
     write_report,
 )
@@ -110,7 +110,7 @@ def test_dynamic_exit_methods_run_each_setting_under_every_batching(profile) -> 
 def test_an_ablation_trains_its_method_with_its_options_and_keeps_runs_of_its_own(
     tiny_model, tmp_path, monkeypatch
 ) -> None:
-    """A ablation (an ablation) trains its method with its options into a checkpoint of its own,
+    """An ablation trains its method with its options into a checkpoint of its own,
     measures its own sweep, and records run files under its name that join the profile's
     others; the methods' checkpoints, recipes and configuration stay as they are."""
     smoke = PROFILES["smoke"]
@@ -240,9 +240,9 @@ def test_a_row_without_its_batching_takes_the_run_files_options(tiny_model, tmp_
     run["method"], run["provenance"]["options"] = "pabee", {}
     run_file(tmp_path, "toy", "pabee", 42).write_text(json.dumps(run))
     frame = load_runs(tmp_path).set_index("method")
-    assert pd.isna(frame.loc["bert", "batching"]) and frame.loc["bert", "ablation"] == "bert"
+    assert pd.isna(frame.loc["bert", "batching"]) and frame.loc["bert", "variant"] == "bert"
     assert frame.loc["pabee", "batching"] == "shrink"
-    assert frame.loc["pabee", "ablation"] == "pabee (shrink)"
+    assert frame.loc["pabee", "variant"] == "pabee (shrink)"
 
 
 def test_report_needs_run_files(tmp_path: Path) -> None:
@@ -258,7 +258,7 @@ def _frame(*rows: tuple[str, dict]) -> pd.DataFrame:
             {
                 "dataset": "d",
                 "method": m,
-                "ablation": ablation(m, row.get("batching")),
+                "variant": variant(m, row.get("batching")),
                 "git_commit": "c1",
                 **row,
             }
