@@ -85,6 +85,7 @@ def test_calibration_on_a_gpu_is_fitted_with_overlap(
     frame = pd.DataFrame(
         {
             "method": ["bert"],
+            "reference": [True],
             "dataset": ["toy"],
             "seed": [42],
             "calls": [point["calls"]],

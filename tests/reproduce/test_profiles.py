@@ -24,6 +24,7 @@ from geep.report.results import (
     fastest_table,
     load_runs,
     matched_table,
+    method_traits,
     variant,
     with_realised_speedup,
     write_report,
@@ -260,6 +261,7 @@ def _frame(*rows: tuple[str, dict]) -> pd.DataFrame:
                 "method": m,
                 "variant": variant(m, row.get("batching")),
                 "git_commit": "c1",
+                **method_traits(m, {}),
                 **row,
             }
             for m, row in rows
