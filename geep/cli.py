@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -504,6 +505,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GeepError as err:
         print(f"geep: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader stopped early (`geep datasets --json | head`): no fault
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+        return 1
     except OSError as err:  # the operating system's faults: permissions, a full disk, ...
         print(f"geep: error: {describe_os_error(err)}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -470,3 +471,18 @@ def test_a_checkpoint_records_the_sha256_of_every_file_it_wrote(checkpoint) -> N
     assert sorted(info["sha256"]) == sorted(set(info["files"]) - {"config.json"})
     assert all(len(digest) == 64 for digest in info["sha256"].values())
     load_checkpoint(checkpoint)  # its own files pass
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly() -> None:
+    """`geep datasets --json | head -1`: once the pipe's reader is gone, no error line."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the command writes: its first write finds no reader
+    with os.fdopen(write_end, "wb") as stdout:
+        result = subprocess.run(
+            [sys.executable, "-m", "geep.cli", "datasets", "--json"],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    assert (result.returncode, result.stderr) == (1, "")
