@@ -138,10 +138,11 @@ def test_failed_save_leaves_old_checkpoint_intact(trained, tmp_path, monkeypatch
     path = trained.save(tmp_path / "ckpt")
     before = (path / "model.safetensors").read_bytes()
 
-    def explode(*args, **kwargs):
+    def disk_full(model, filename, **kwargs):  # the disk fills half-way through the weights
+        Path(filename).write_bytes(before[: len(before) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr("geep.core.checkpoint.save_model", explode)
+    monkeypatch.setattr("geep.core.checkpoint.save_model", disk_full)
     with pytest.raises(OSError):
         trained.save(path)
     assert (path / "model.safetensors").read_bytes() == before

@@ -54,6 +54,23 @@ def test_predicted_exits_run_each_layers_group_to_its_layer_with_one_head() -> N
     assert rows_of(calls, "head") == {1: 2, 2: 1} and rows_of(calls, "exit_prediction") == {4: 1}
 
 
+@pytest.mark.parametrize(
+    ("method", "batching", "head_tokens"),
+    [
+        ("bert", None, 1),
+        ("deebert", "shrink", 1),
+        ("pabee", "shrink", 1),
+        ("fastbert", "shrink", 5),
+        ("geep", None, 5),
+    ],
+)
+def test_each_head_call_is_the_methods_own_head(method, batching, head_tokens) -> None:
+    """FastBERT's and GEEP's heads read every token; BERT's, DeeBERT's and PABEE's only [CLS]."""
+    calls = pattern_calls(pattern(method, batching, EXITS), DIMS, batch=2, tokens=5)
+    heads = [call for call in calls if call.kind == "head"]
+    assert heads and {call.tokens for call in heads} == {head_tokens}
+
+
 def test_shrinking_batches_run_what_is_left_of_each_batch() -> None:
     calls = pattern_calls(pattern("fastbert", "shrink", EXITS), DIMS, batch=2, tokens=5)
     # batch [1, 2]: 2 rows, then 1; batch [2, 3]: 2, 2, then 1; a head after each layer call
