@@ -207,8 +207,8 @@ def cost(profile: Profile, dataset: str, method: str, measured: int) -> Row:
     forward = forward_flops(profile, dataset, method)
     trained = seeds * train * config.epochs * row.passes * (1 + BACKWARD) * forward
     per_setting = profile.rounds * test + 2 * min(profile.batch_size, test)
-    dev_sweep = get_method(profile.method_of(method)[0]).calibrates
-    dev_passes = 1 + (dev_sweep and profile.dev_settings > 0)
+    calibrates = get_method(profile.method_of(method)[0]).calibrates
+    dev_passes = 1 + (calibrates and profile.dev_settings > 0)
     evaluated = measured * per_setting + seeds * dev_passes * dev
     return replace(
         row,
