@@ -39,9 +39,15 @@ class FullDepthClassifier(nn.Module):
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """[B, T] inputs -> [B, C] logits after all layers."""
-        hidden, mask = self.backbone.embed(**batch.inputs())  # [B, T, H]
+        return self.forward_logits(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+
+    def forward_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`logits` from the [B, T] tensors themselves (one call: one CUDA graph)."""
+        hidden, mask = self.backbone.embed(input_ids, attention_mask, token_type_ids)
         hidden = self.backbone.run_layers(hidden, mask, 0, self.backbone.num_layers)
-        return self.classifier(self.backbone.sentence_vector(hidden, batch.attention_mask))
+        return self.classifier(self.backbone.sentence_vector(hidden, attention_mask))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Training loss: cross-entropy of the final classifier."""
@@ -71,7 +77,8 @@ class Bert(Method):
         layers = self.num_layers
         for batch in data.batches(batch_size):
             lengths = data.lengths[batch.index].numpy()
-            logits = self.model.logits(batch.to(self.device))
+            inputs = batch.to(self.device).inputs().values()
+            (logits,) = self.call(("forward",), self.model.forward_logits, *inputs)
             yield BatchResult(
                 index=batch.index,
                 labels=logits.argmax(dim=-1).cpu(),

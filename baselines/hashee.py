@@ -142,6 +142,10 @@ class HashEE(Bert):
     options_class = HashEEOptions
     reference = False
     speed_reads = "depth"
+    graphs_unsupported = (
+        "HashEE's layers run on each row's tokens that have not exited, a width read on the host "
+        "after every layer, so no layer call has a shape fixed before it runs; run it eager"
+    )
 
     @classmethod
     def inference_of(cls, options: HashEEOptions) -> Inference:

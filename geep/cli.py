@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geep.common.config import PRECISIONS
 from geep.common.errors import GeepError
 from geep.common.storage import describe_os_error
 
@@ -69,7 +70,9 @@ EXAMPLES = {
   geep evaluate --checkpoint runs/geep-rt --speed 0.1 --speed 0.5 --predictions preds.jsonl
   geep evaluate --checkpoint runs/fastbert-rt --sweep grid   # the papers' thresholds
   geep evaluate --checkpoint runs/geep-rt --option exit_head=shared --option exit_quantile=0.8
-  geep evaluate --checkpoint runs/geep-rt --option mode=dynamic""",
+  geep evaluate --checkpoint runs/geep-rt --option mode=dynamic
+  geep evaluate --checkpoint runs/geep-rt --precision bfloat16 --compare-precision
+  geep evaluate --checkpoint runs/geep-rt --precision bfloat16 --cuda-graphs   # on a GPU""",
     "flops": """examples:
   geep flops --config bert-base --seq-len 128 --convention fastbert
   geep flops --config minilm-l6 --seq-len 64 --convention full --num-labels 4 --json
@@ -216,6 +219,25 @@ def _add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="change an inference option of the method; repeat for several (see `geep methods`)",
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="arithmetic of inference: weights cast to bfloat16 or float16; tf32 (a CUDA "
+        "setting) keeps float32 weights with TF32 matrix products (default float32)",
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay each call that moves a batch from a CUDA graph captured per bucketed shape "
+        "(GPU only; docs/gpu.md)",
+    )
+    p.add_argument(
+        "--compare-precision",
+        action="store_true",
+        help="also run every speed in float32 and add the share of samples whose exit layer or "
+        "label --precision changed, and the float32 accuracy",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -329,6 +351,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from geep.core.runtime import Runtime
     from geep.pipeline.evaluate import (
         check_predictions_target,
         evaluate_checkpoint,
@@ -351,6 +374,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         settings=args.option,
         order="input" if args.input_order else "length",
         speed_source=args.sweep,
+        runtime=Runtime(args.precision, args.cuda_graphs),
+        compare_precision=args.compare_precision,
     )
     if args.predictions:
         labels = ev.split.data.labels.numpy()
@@ -361,7 +386,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = ", ".join(f"{k}={v}" for k, v in ev.method.info.options.items())
     print(
         f"{ev.method.name} on {ev.split.dataset} ({ev.split.name}, n={len(ev.split.texts)}, "
-        f"{ev.method.num_layers} layers, batch {ev.batch_size})"
+        f"{ev.method.num_layers} layers, batch {ev.batch_size}, {ev.method.runtime.label})"
         + (f"\noptions: {options}" if options else "")
         + (f"\n{_sweep_line(ev)}" if ev.method.calibrates and ev.speed_source != "given" else "")
     )

@@ -21,6 +21,9 @@ The fakes (the model: :class:`FakeNvml`, the utilisation monitor's):
   parsed from ``geep.methods.exit_table.CUDA_SOURCE`` (argument count, order and C types,
   arrays on the GPU and contiguous, the module's device and torch's stream current), then the
   kernel runs as Python on the shared tensors, its threads in random order.
+- :class:`ReplayingGraphs`: a graph backend (geep.core.runtime) whose replay runs the captured
+  function again on its static inputs and writes its outputs in place, as a CUDA graph's
+  replay does: graphed inference then answers for real on the CPU.
 - :class:`FakeNvml`: the part of ``pynvml`` (nvidia-ml-py) the utilisation monitor
   (geep.measure.monitor) reads, a GPU of known readings; its fixture also patches the
   ``torch.cuda`` peak-memory calls.
@@ -42,6 +45,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from geep.core import interface as runner
+from geep.measure import work
 from geep.methods import exit_table
 
 GPU = torch.device("cuda", 1)  # the fake machine's current device: the second of two
@@ -310,6 +314,26 @@ class FakeCapture(TorchFunctionMode):
                 f"CUDA error: operation not permitted when stream is capturing ({name})"
             )
         return func(*args, **kwargs)
+
+
+class ReplayingGraphs:
+    """:class:`geep.core.runtime.GraphBackend` on the CPU: a capture runs ``run`` once for its
+    outputs; a replay runs it again, uncounted (a real replay issues no Python calls), and
+    copies the results into those outputs. :attr:`replays` counts the replays."""
+
+    def __init__(self) -> None:
+        self.replays = 0
+
+    def capture(self, run: Callable[[], tuple[torch.Tensor, ...]]):
+        outputs = run()
+
+        def replay() -> None:
+            self.replays += 1
+            with work.paused():
+                for static, fresh in zip(outputs, run(), strict=True):
+                    static.copy_(fresh)
+
+        return replay, outputs
 
 
 def on_gpu(t: torch.Tensor) -> bool:

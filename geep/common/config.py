@@ -13,6 +13,11 @@ if TYPE_CHECKING:
     from typing import Self  # Python 3.11+; only for type checkers
 
 
+Precision = Literal["float32", "tf32", "bfloat16", "float16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+"""The arithmetic inference can run in (geep.core.runtime)."""
+
+
 DEFAULT_MODEL = "minilm-l6"
 """The encoder a run uses unless told otherwise: all-MiniLM-L6-v2, embedded
 (geep.model.backbone)."""

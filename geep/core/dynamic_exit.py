@@ -28,6 +28,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, get_args
 
 import numpy as np
@@ -48,6 +49,65 @@ ExitDecision = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 # (layer, hidden [b, T, H], attention_mask [b, T]) -> logits [b, C] of the head after a layer,
 # None where a layer below L has none (GEEP's exit_num)
 LayerHead = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
+
+
+# Method.call: (key, fn, *inputs) -> fn(*inputs) as a tuple, replayed from a CUDA graph
+GraphCall = Callable[..., tuple[torch.Tensor, ...]]
+
+
+@dataclass
+class LayerCalls:
+    """The calls the exit loops make: the embeddings, and one layer followed by its exit head.
+    Run as they are, or, given ``call`` (:meth:`Method.call` under CUDA graphs), as one graph
+    per (layer, bucket) whose layer mask is built inside it (geep.core.runtime; transformers'
+    mask reads no value on the host while a graph is captured)."""
+
+    backbone: Backbone
+    head: LayerHead
+    call: GraphCall | None = None
+
+    def embed(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """h_0 [B, T, H] and the layer mask (None under graphs: each step builds its own)."""
+        if self.call is None:
+            return self.backbone.embed(**batch.inputs())
+        (hidden,) = self.call(("embed",), self._embed, *batch.inputs().values())
+        return hidden, None
+
+    def mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """The layer mask for a new batch of rows (None under graphs, as for :meth:`embed`)."""
+        return self.backbone.layer_mask(hidden, attention_mask) if self.call is None else None
+
+    def step(
+        self,
+        layer: int,
+        hidden: torch.Tensor,
+        mask: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """h_layer [b, T, H] from h_{layer-1}, and the logits [b, C] of the head after it (None
+        where there is none)."""
+        if self.call is None:
+            return self._step(layer, hidden, attention_mask, mask)
+        out = self.call(("layer", layer), partial(self._step, layer), hidden, attention_mask)
+        return out[0], out[1] if len(out) > 1 else None
+
+    def _embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        return self.backbone.embed(input_ids, attention_mask, token_type_ids)[0]
+
+    def _step(
+        self,
+        layer: int,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        if mask is None and self.call is not None:
+            mask = self.backbone.layer_mask(hidden, attention_mask)
+        hidden = self.backbone.run_layers(hidden, mask, layer - 1, layer)
+        logits = self.head(layer, hidden, attention_mask)
+        return (hidden,) if logits is None else (hidden, logits)
 
 
 Batching = Literal["shrink", "regroup", "keep"]
@@ -86,6 +146,7 @@ def dynamic_exit(
     batch: Batch,
     head: LayerHead,
     exits: ExitDecision,
+    call: GraphCall | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``batch`` layer by layer, exiting samples as soon as ``exits`` says so.
 
@@ -94,17 +155,18 @@ def dynamic_exit(
     the batch. ``running`` [b] holds their positions in the batch, for rules that keep state per
     sample (PABEE's patience counter). Every sample still running at layer L exits there.
     Returns logits [B, C] and the exit layer [B] of every sample; a sample exiting at k had a
-    head evaluated at each of layers 1..k.
+    head evaluated at each of layers 1..k. ``call``: the layer calls' CUDA graphs
+    (:class:`LayerCalls`).
     """
     num_layers = backbone.num_layers
-    hidden, mask = backbone.embed(**batch.inputs())  # [B, T, H], [B, 1, T, T] or None
+    calls = LayerCalls(backbone, head, call)
+    hidden, mask = calls.embed(batch)  # [B, T, H], [B, 1, T, T] or None
     attention_mask = batch.attention_mask  # [b, T] of the running samples
     running = torch.arange(hidden.shape[0], device=hidden.device)  # [b] positions in the batch
     out_logits: torch.Tensor | None = None
     out_layers = torch.full_like(running, num_layers)
     for layer in range(1, num_layers + 1):
-        hidden = backbone.run_layers(hidden, mask, layer - 1, layer)
-        logits = head(layer, hidden, attention_mask)  # [b, C]
+        hidden, logits = calls.step(layer, hidden, mask, attention_mask)  # logits [b, C]
         if logits is None:  # no head after this layer: nobody exits
             continue
         if out_logits is None:
@@ -128,23 +190,27 @@ def dynamic_exit(
 
 
 def kept_exit(
-    backbone: Backbone, batch: Batch, head: LayerHead, exits: ExitDecision
+    backbone: Backbone,
+    batch: Batch,
+    head: LayerHead,
+    exits: ExitDecision,
+    call: GraphCall | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Run all of ``batch`` layer by layer until its last sample has exited (``keep``).
 
     ``head`` runs on every row after each layer; ``exits`` decides for the rows that have not
     exited (``running``: their positions in the batch), as in :func:`dynamic_exit`. Returns the
     logits [B, C] and exit layer [B] of every sample, taken at its exit, and the deepest exit:
-    every row ran that many layers and heads.
+    every row ran that many layers and heads. ``call``: as for :func:`dynamic_exit`.
     """
     num_layers = backbone.num_layers
-    hidden, mask = backbone.embed(**batch.inputs())  # [B, T, H]
+    calls = LayerCalls(backbone, head, call)
+    hidden, mask = calls.embed(batch)  # [B, T, H]
     running = torch.arange(hidden.shape[0], device=hidden.device)  # [b] not exited yet
     out_logits: torch.Tensor | None = None
     out_layers = torch.full_like(running, num_layers)
     for layer in range(1, num_layers + 1):
-        hidden = backbone.run_layers(hidden, mask, layer - 1, layer)
-        logits = head(layer, hidden, batch.attention_mask)  # [B, C]: the whole batch
+        hidden, logits = calls.step(layer, hidden, mask, batch.attention_mask)  # [B, C]: all
         if logits is None:  # no head after this layer: nobody exits
             continue
         if out_logits is None:
@@ -217,6 +283,7 @@ def regrouped_exit(
     head: LayerHead,
     exits: ExitDecision,
     batch_size: int,
+    call: GraphCall | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Dynamic exit over a stream of batches whose layer calls stay full (``regroup``).
 
@@ -229,9 +296,11 @@ def regrouped_exit(
     a rule that keeps state per sample (PABEE's counter) must be made for the whole data.
 
     Yields (positions [n], logits [n, C], exit layers [n]) of the samples that exited since the
-    previous yield, once before each new batch is embedded and once at the end.
+    previous yield, once before each new batch is embedded and once at the end. ``call``: as
+    for :func:`dynamic_exit`.
     """
     num_layers = backbone.num_layers
+    calls = LayerCalls(backbone, head, call)
     pools: list[list[_Rows]] = [[] for _ in range(num_layers)]
     finished: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     inputs = iter(batches)
@@ -249,7 +318,7 @@ def regrouped_exit(
             if batch is None:
                 spent = True
             else:
-                hidden, _ = backbone.embed(**batch.inputs())  # [B, T, H]
+                hidden, _ = calls.embed(batch)  # [B, T, H]
                 pools[0].append(_Rows(batch.index.to(hidden.device), hidden, batch.attention_mask))
             continue
         elif any(sizes):
@@ -259,9 +328,8 @@ def regrouped_exit(
             break
         rows = _take(pools[k], count)
         layer = k + 1
-        mask = backbone.layer_mask(rows.hidden, rows.attention_mask)
-        hidden = backbone.run_layers(rows.hidden, mask, k, layer)  # [b, T, H]
-        logits = head(layer, hidden, rows.attention_mask)  # [b, C]
+        mask = calls.mask(rows.hidden, rows.attention_mask)
+        hidden, logits = calls.step(layer, rows.hidden, mask, rows.attention_mask)  # [b, C]
         if logits is None:  # no head after this layer: every row goes on, as it is
             pools[layer].append(_Rows(rows.index, hidden, rows.attention_mask))
             continue
@@ -372,11 +440,12 @@ class DynamicExitMethod(Method):
         (module docstring). FLOPs count the layers and heads each sample ran: to its exit, or
         under ``keep`` to its batch's deepest exit."""
         batching = self.options.batching
+        call = self.call if self.graphs is not None else None  # one graph per layer call
         if batching == "regroup":
             rule = self.exit_rule(speed, len(data))  # keyed by position in the data
             batches = (batch.to(self.device) for batch in data.batches(batch_size))
             for index, logits, layers in regrouped_exit(
-                self.backbone, batches, self.exit_head, rule, batch_size
+                self.backbone, batches, self.exit_head, rule, batch_size, call
             ):
                 ran = layers.cpu().numpy()
                 heads = self.heads_through(ran)
@@ -386,12 +455,14 @@ class DynamicExitMethod(Method):
             rule = self.exit_rule(speed, len(batch.index))
             batch = batch.to(self.device)
             if batching == "keep":
-                logits, layers, deepest = kept_exit(self.backbone, batch, self.exit_head, rule)
+                logits, layers, deepest = kept_exit(
+                    self.backbone, batch, self.exit_head, rule, call
+                )
                 exits, ran = layers.cpu().numpy(), np.full(len(layers), deepest)
                 heads = self.heads_through(ran)
                 yield self.batch_result(batch.index.cpu(), logits, exits, heads, data, ran=ran)
             else:
-                logits, layers = dynamic_exit(self.backbone, batch, self.exit_head, rule)
+                logits, layers = dynamic_exit(self.backbone, batch, self.exit_head, rule, call)
                 ran = layers.cpu().numpy()
                 heads = self.heads_through(ran)
                 yield self.batch_result(batch.index.cpu(), logits, ran, heads=heads, data=data)

@@ -35,6 +35,14 @@ from tqdm.auto import tqdm
 from geep.common.config import MethodOptions, TrainConfig
 from geep.common.errors import GeepError
 from geep.core.checkpoint import CheckpointInfo, save_checkpoint
+from geep.core.runtime import (
+    DEFAULT_RUNTIME,
+    CudaGraphs,
+    GraphBackend,
+    GraphRunner,
+    Runtime,
+    check_runtime,
+)
 from geep.data.encoding import Encoded, encode_texts
 from geep.measure.flops import CONVENTIONS, EncoderDims
 from geep.measure.work import Call, counting
@@ -110,6 +118,7 @@ class Method(ABC):
     speed_reads: ClassVar[SpeedKnob] = "none"  # how its speed knob reads
     dynamic_settings: ClassVar[tuple[str, ...] | None] = None  # the options (KEY=VALUE) that
     # make it run dynamic exits: () when it always does, None when it never does
+    graphs_unsupported: ClassVar[str | None] = None  # why its calls cannot be CUDA graphs
 
     def __init__(
         self,
@@ -122,6 +131,8 @@ class Method(ABC):
         self.tokenizer = tokenizer
         self.info = info
         self.extras = extras or {}  # tensors saved next to the weights (e.g. exit statistics)
+        self.runtime = DEFAULT_RUNTIME  # precision and graph mode of inference (use_runtime)
+        self.graphs: GraphRunner | None = None  # the captured graphs, under CUDA graphs
 
     # --- what each method implements -------------------------------------------------------
 
@@ -227,6 +238,8 @@ class Method(ABC):
     def configure(self, settings: Sequence[str]) -> None:
         """Change inference options (``KEY=VALUE``); training options stay as trained."""
         self.info.options = self.options.with_settings(settings, inference_only=True).to_dict()
+        if self.graphs is not None:
+            self.graphs.graphs.clear()  # captured under the old options
 
     @property
     def backbone(self) -> Backbone:
@@ -246,7 +259,35 @@ class Method(ABC):
 
     def to(self, device: torch.device | str) -> Method:
         self.model.to(device)
+        if self.graphs is not None:
+            self.graphs.graphs.clear()  # captured on the old device
         return self
+
+    def use_runtime(self, runtime: Runtime, backend: GraphBackend | None = None) -> Method:
+        """Run inference in ``runtime``'s precision and graph mode (:mod:`geep.core.runtime`):
+        the weights are cast to its type; with graphs, every :meth:`call` is replayed from a
+        graph captured on ``backend`` (default: CUDA graphs, on a CUDA device only)."""
+        check_runtime(runtime, self.device, self.graphs_unsupported)
+        if runtime.graphs and backend is None and self.device.type != "cuda":
+            raise GeepError(f"CUDA graphs need a CUDA device: {self.name} is on {self.device}")
+        self.model.to(runtime.dtype)
+        self.graphs = GraphRunner(backend or CudaGraphs()) if runtime.graphs else None
+        self.runtime = runtime
+        return self
+
+    def call(
+        self,
+        key: tuple[object, ...],
+        fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
+        *inputs: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """``fn(*inputs)`` as a tuple: one call that moves a batch through the model, replayed
+        from the graph of ``key`` and the inputs' bucketed shape under CUDA graphs
+        (:class:`~geep.core.runtime.GraphRunner`), else run as it is."""
+        if self.graphs is not None:
+            return self.graphs(key, fn, *inputs)
+        out = fn(*inputs)
+        return out if isinstance(out, tuple) else (out,)
 
     @classmethod
     def create(
@@ -332,6 +373,18 @@ class Method(ABC):
         if batch_size < 1:
             raise GeepError(f"--batch-size must be at least 1, got {batch_size}")
         self.model.eval()
+        with self.runtime.matmul_settings():
+            return self._run(data, speed, batch_size, progress, order, on_batch)
+
+    def _run(
+        self,
+        data: Encoded,
+        speed: float,
+        batch_size: int,
+        progress: bool,
+        order: Order,
+        on_batch: Callable[[np.ndarray, np.ndarray], None] | None,
+    ) -> Predictions:
         self.prepare(speed)
         n = len(data)
         if order == "length":

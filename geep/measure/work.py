@@ -64,6 +64,24 @@ def counting() -> Iterator[Counter[Call]]:
         _log.reset(token)
 
 
+@contextmanager
+def paused() -> Iterator[None]:
+    """Count nothing inside the block (a CUDA graph's capture: its replays are counted)."""
+    log, trace = _log.set(None), _trace.set(None)
+    try:
+        yield
+    finally:
+        _log.reset(log)
+        _trace.reset(trace)
+
+
+def replay(calls: Counter[Call]) -> None:
+    """Count ``calls`` again, each as often as it ran: a replayed CUDA graph's work."""
+    for call, count in calls.items():
+        for _ in range(count):
+            record(call.kind, call.rows, call.tokens, call.flops, call.bytes)
+
+
 def recording() -> bool:
     """Whether calls are being counted (so a caller can skip computing one)."""
     return _log.get() is not None or _trace.get() is not None

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -495,17 +496,28 @@ class Geep(FastBERT):
         if self.options.mode == "dynamic":
             yield from self.dynamic_batches(data, speed, batch_size)
             return
-        head = self.options.exit_head
         for layer, index in self.plan(data, speed, batch_size).batches:
-            batch = data.batch(index).to(self.device)
-            hidden, mask = self.backbone.embed(**batch.inputs())  # [B, T, H]
-            hidden = self.backbone.run_layers(hidden, mask, 0, layer)  # h_layer
-            if head == "shared":
-                logits = self.model.shared_exit_logits(layer, hidden, mask, batch.attention_mask)
-            else:
-                logits = self.model.exit_logits(layer, hidden, batch.attention_mask)
+            inputs = data.batch(index).to(self.device).inputs().values()
+            exit_at = partial(self.exit_forward, layer)
+            (logits,) = self.call(("exit", layer, self.options.exit_head), exit_at, *inputs)
             ran = self.layers_run(np.full(len(index), layer))
             yield self.batch_result(index, logits, ran, heads=1, data=data)
+
+    def exit_forward(
+        self,
+        layer: int,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits [B, C] of a batch whose samples exit at ``layer``: the embeddings, layers
+        1..layer and ONE exit head (the option ``exit_head``); one call, so one CUDA graph per
+        (layer, bucket) under graphs."""
+        hidden, mask = self.backbone.embed(input_ids, attention_mask, token_type_ids)
+        hidden = self.backbone.run_layers(hidden, mask, 0, layer)  # h_layer [B, T, H]
+        if self.options.exit_head == "shared":
+            return self.model.shared_exit_logits(layer, hidden, mask, attention_mask)
+        return self.model.exit_logits(layer, hidden, attention_mask)
 
     # --- diagnostics ------------------------------------------------------------------------
 

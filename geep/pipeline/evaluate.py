@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from geep.common.errors import GeepError
 from geep.common.storage import atomic_write_text, cache_root, check_target
 from geep.core.interface import Method, Order, Predictions, check_seq_len
 from geep.core.registry import load_checkpoint
+from geep.core.runtime import DEFAULT_RUNTIME, Runtime
 from geep.core.sweeps import DEV_SETTINGS, dev_sweep
 from geep.data import REGISTRY
 from geep.data.encoding import Encoded, encode_split
@@ -114,6 +116,25 @@ def sweep(
     return results, runs, batch_size
 
 
+def float32_copy(method: Method) -> Method:
+    """A copy of a float32 ``method`` that stays in float32 eager when the original is cast."""
+    info, extras = copy.deepcopy(method.info), dict(method.extras)
+    return type(method)(copy.deepcopy(method.model), method.tokenizer, info, extras)
+
+
+def precision_changes(
+    float32: Predictions, low: Predictions, labels: np.ndarray
+) -> dict[str, float]:
+    """What a run in lower precision (``low``) changed against one in float32 on the same
+    samples: the share of samples that exit at another layer or get another label, and the
+    accuracy either way."""
+    return {
+        "exit_changed": float(np.mean(low.exit_layers != float32.exit_layers)),
+        "label_changed": float(np.mean(low.labels != float32.labels)),
+        "float32_accuracy": accuracy(labels, float32.labels),
+    }
+
+
 def library_versions() -> dict[str, str]:
     """The versions a result depends on, for its provenance."""
     return {
@@ -155,6 +176,7 @@ def report_json(ev: Evaluation) -> dict:
             "order": ev.order,
             "seq_len": ev.split.data.seq_len,
             "device": str(ev.method.device),
+            "runtime": ev.method.runtime.to_dict(),
             "torch_threads": torch.get_num_threads(),
             "versions": library_versions(),
         },
@@ -223,16 +245,18 @@ def label_mapping(names: Sequence[str], trained: Sequence[str], dataset: str) ->
     )
 
 
-def prepare_checkpoint(checkpoint: str | Path, settings: Sequence[str] = ()) -> Method:
+def prepare_checkpoint(
+    checkpoint: str | Path, settings: Sequence[str] = (), runtime: Runtime = DEFAULT_RUNTIME
+) -> Method:
     """A checkpoint ready to evaluate: loaded, its inference options changed by ``settings``
-    (``KEY=VALUE``), on the GPU when there is one. `geep evaluate` and the benchmark units both
-    start here."""
+    (``KEY=VALUE``), on the GPU when there is one, in ``runtime``'s precision and graph mode
+    (:mod:`geep.core.runtime`). `geep evaluate` and the benchmark units both start here."""
     cache_root()  # checked before the work
     method = load_checkpoint(checkpoint)
     method.configure(settings)
     if torch.cuda.is_available():
         method.to("cuda")
-    return method
+    return method.use_runtime(runtime)
 
 
 @dataclass
@@ -332,6 +356,8 @@ def evaluate_checkpoint(
     settings: Sequence[str] = (),
     order: Order = "length",
     speed_source: SpeedSource | None = None,
+    runtime: Runtime = DEFAULT_RUNTIME,
+    compare_precision: bool = False,
 ) -> Evaluation:
     """Load ``checkpoint`` and sweep it on a split.
 
@@ -342,9 +368,13 @@ def evaluate_checkpoint(
     ``speed_source`` (:func:`choose_speeds`; by default ``dev`` for a threshold method, whose
     papers' fixed grid can leave every setting at full depth, else ``grid``). ``settings``
     (``KEY=VALUE``) change the method's inference options. ``order``: how samples are batched
-    (:meth:`Method.run`).
+    (:meth:`Method.run`). ``runtime``: the precision and graph mode inference runs in; with
+    ``compare_precision`` a float32 copy runs every speed too, and each result's ``extra``
+    says what the precision changed (:func:`precision_changes`).
     """
     method = prepare_checkpoint(checkpoint, settings)
+    reference = float32_copy(method) if compare_precision else None
+    method.use_runtime(runtime)
     dataset = dataset or method.info.dataset
     split = split or ("all" if Path(dataset).is_file() and dataset not in REGISTRY else "test")
     evaluated = load_split(method, dataset, split, max_eval, seq_len)
@@ -355,6 +385,11 @@ def evaluate_checkpoint(
         speed_source = speed_source or ("dev" if method.calibrates else "grid")
         speeds, record = choose_speeds(method, speed_source, max_eval)
     results, runs, batch_size = sweep(method, evaluated.data, speeds, batch_size, progress, order)
+    if reference is not None:
+        _, float32_runs, _ = sweep(reference, evaluated.data, speeds, batch_size, progress, order)
+        labels = evaluated.data.labels.numpy()
+        for result, run, base in zip(results, runs, float32_runs, strict=True):
+            result.extra |= precision_changes(base, run, labels)
     return Evaluation(
         method, evaluated, batch_size, speeds, speed_source, record, results, runs, order
     )

@@ -38,6 +38,7 @@ from geep.measure.work import calls_from_rows
 from geep.report.serving import plot_server_latency, serving_files, serving_section
 from geep.reproduce.gpu_check import CHECK_FILE
 from geep.reproduce.gpu_check import check_tables as gpu_tables
+from geep.reproduce.gpu_check import plot_cells as plot_gpu_cells
 from geep.reproduce.run_files import DamagedRunFile, read_run_file
 
 CALIBRATION_FILE = "latency-calibration.json"  # benchmarks/test_latency_calibration.py
@@ -631,7 +632,7 @@ def write_report(results: str | Path) -> list[Path]:
     """
     results = Path(results)
     if (results / CHECK_FILE).is_file() and not (results / "runs").exists():
-        return [_write_gpu_check_tables(results)]
+        return _write_gpu_check_tables(results)
     frame, device = with_latency_model(with_realised_speedup(load_runs(results)), results)
     served = serving_files(results)
     encoding, serving = encoding_section(results), serving_section(served)
@@ -662,13 +663,17 @@ def write_report(results: str | Path) -> list[Path]:
     return list(outputs)
 
 
-def _write_gpu_check_tables(results: Path) -> Path:
-    """A GPU check's folder (:mod:`geep.reproduce.gpu_check`): its tables, from its file."""
-    path = results / "tables.md"
-    check_target(path, "geep report's output", "file", _report_ownership)
+def _write_gpu_check_tables(results: Path) -> list[Path]:
+    """A GPU check's folder (:mod:`geep.reproduce.gpu_check`): its tables, and for a check of
+    several modes its plot, from its file."""
     document = json.loads((results / CHECK_FILE).read_text())
-    atomic_write_files({path: gpu_tables(document).encode()})
-    return path
+    outputs = {results / "tables.md": gpu_tables(document).encode()}
+    if "batch_sizes" in document["size"]:
+        outputs[results / "speedups.png"] = figure_png(plot_gpu_cells(document))
+    for path in outputs:
+        check_target(path, "geep report's output", "file", _report_ownership)
+    atomic_write_files(outputs)
+    return list(outputs)
 
 
 SOFTWARE = "geep report"  # the PNGs' Software text: how a later report knows they are its own

@@ -44,7 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from transformers.utils import logging as transformers_logging
 
 from geep.common.config import TrainConfig
@@ -53,10 +55,11 @@ from geep.common.storage import atomic_write_text
 from geep.core.dynamic_exit import DynamicExitMethod, first_exit_layer
 from geep.core.interface import Method
 from geep.core.registry import get_method, method_names, reference_name
+from geep.core.runtime import DEFAULT_RUNTIME, Runtime
 from geep.data.encoding import Encoded
 from geep.measure.latency import Device, fit_device, published_gpu
 from geep.measure.latency import Measurement as Point
-from geep.measure.work import calls_from_rows, calls_to_rows, counting, operators_per_call
+from geep.measure.work import calls_from_rows, calls_to_rows, operators_per_call
 from geep.methods.exit_table import ExitTable
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -83,10 +86,12 @@ class CheckSize:
     intermediate: int
     vocab: int
     seq_len: int
-    samples: int  # test samples per unit
+    samples: int  # test samples, all of length seq_len (the paper's)
     train_samples: int  # GEEP's synthetic training samples (its exit table)
-    batch_size: int
+    batch_sizes: tuple[int, ...]
+    cell_batches: int  # batches per timed round of a cell (at most ``samples`` samples)
     rounds: int
+    budget_seconds: float  # the methods check skips the cells left after this long
     table_keys: int
     calibration_sizes: tuple[int, ...]
     calibration_lengths: tuple[int, ...]
@@ -102,8 +107,10 @@ GPU_SIZE = CheckSize(
     seq_len=128,
     samples=2048,
     train_samples=8192,
-    batch_size=32,
-    rounds=3,
+    batch_sizes=(1, 8, 32, 128),
+    cell_batches=16,
+    rounds=5,
+    budget_seconds=240.0,
     table_keys=1_000_000,
     calibration_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256),
     calibration_lengths=(32, 64, 128),
@@ -118,8 +125,10 @@ DRY_SIZE = CheckSize(
     seq_len=12,
     samples=24,
     train_samples=48,
-    batch_size=4,
+    batch_sizes=(1, 4),
+    cell_batches=1,
     rounds=1,
+    budget_seconds=600.0,
     table_keys=5_000,
     calibration_sizes=(1, 2, 4),
     calibration_lengths=(6, 12),
@@ -319,217 +328,135 @@ def settings_of(name: str) -> list[Setting]:
     return full + plain + [Setting(name, "hand-set", b, switch) for b in ("shrink", "regroup")]
 
 
+MODES = (DEFAULT_RUNTIME, Runtime("bfloat16"), Runtime("bfloat16", graphs=True))
+"""Each unit's precision and graph mode, in this order: float32 eager (torch's default),
+bfloat16 eager, bfloat16 with CUDA graphs (geep.core.runtime). A unit's weights are cast once,
+from float32 to bfloat16, so every mode starts from the same model."""
+
+
+def cell_key(row: dict[str, Any]) -> str:
+    """A measured cell's name: its unit, mode and batch size."""
+    unit = " ".join(filter(None, [row["method"], row["setting"], row["batching"]]))
+    return f"{unit} | {row['runtime']} | batch {row['batch_size']}"
+
+
 def check_methods(device: torch.device, size: CheckSize, model: Path, data: Encoded) -> CheckResult:
-    """Every method's units on ``device``: the rows :func:`geep.reproduce.units.measure` gives."""
+    """Every unit (:func:`settings_of`) in every mode of :data:`MODES` at every batch size of
+    ``size``: the rows :func:`geep.reproduce.units.measure` gives, each over the first
+    ``cell_batches`` batches of ``data``. A mode a unit cannot run in (CUDA graphs on a CPU, or
+    a method whose calls cannot be captured) is recorded as skipped with the reason, and so
+    is every cell left when the check has run ``size.budget_seconds``."""
     from geep.reproduce.units import measure
 
-    config = TrainConfig(seq_len=size.seq_len, batch_size=size.batch_size)
-    rows, failures = [], []
+    config = TrainConfig(seq_len=size.seq_len, batch_size=max(size.batch_sizes))
+    rows, failures, skipped = [], [], []
+    start = time.perf_counter()
     for name in method_names():
         for setting in settings_of(name):
-            label = " ".join(filter(None, [name, setting.label, setting.batching]))
-            try:
-                torch.manual_seed(0)  # the same heads for a method's every setting and policy
-                method = get_method(name).create(
-                    str(model), LABELS, "gpu-check", config, settings=setting.options
-                )
-                method.to(device)
-                chosen = hand_set(method, size, data)  # GEEP's and HashEE's tables: any speed
+            unit = " ".join(filter(None, [name, setting.label, setting.batching]))
+            torch.manual_seed(0)  # the same heads for a method's every setting and policy
+            method = get_method(name).create(
+                str(model), LABELS, "gpu-check", config, settings=setting.options
+            )
+            method.to(device)
+            for runtime in MODES:
+                try:
+                    method.use_runtime(runtime)
+                except GeepError as err:
+                    skipped.append(f"{unit} | {runtime.label}: {err}")
+                    continue
+                chosen = hand_set(method, size, data)  # in this precision
                 speed = chosen if setting.label == "hand-set" else 0.0
                 if setting.batching:
                     method.configure([f"batching={setting.batching}"])
-                row = measure(method, data, speed, size.batch_size, size.rounds)
-            except Exception as err:
-                failures.append(f"{label}: {type(err).__name__}: {err}")
-                continue
-            row.update(method=name, setting=setting.label, options=list(setting.options))
-            rows.append(row)
+                for batch in size.batch_sizes:
+                    cell = f"{unit} | {runtime.label} | batch {batch}"
+                    if time.perf_counter() - start > size.budget_seconds:
+                        skipped.append(f"{cell}: past the check's {size.budget_seconds:.0f} s")
+                        continue
+                    cut = data.select(torch.arange(min(len(data), size.cell_batches * batch)))
+                    try:
+                        row = measure(method, cut, speed, batch, size.rounds)
+                    except Exception as err:
+                        failures.append(f"{cell}: {type(err).__name__}: {err}")
+                        continue
+                    row.update(method=name, setting=setting.label, options=list(setting.options))
+                    row.update(precision=runtime.precision, graphs=runtime.graphs)
+                    rows.append(row)
             del method
-    expected = sum(len(settings_of(n)) for n in method_names())
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     util = [r["gpu_util_percent"] for r in rows if r.get("gpu_util_percent") is not None]
-    summary = f"{len(rows)}/{expected} units ran"
+    summary = f"{len(rows)} cells ran, {len(skipped)} skipped"
     if util:
         summary += f", NVML utilisation {min(util):.0f}-{max(util):.0f}%"
     if failures:
         summary += "; " + failures[0]
-    passed = not failures and all(r["n"] == len(data) for r in rows)
-    return CheckResult("methods", passed, summary, details={"rows": rows, "failures": failures})
+    passed = not failures and bool(rows)
+    details = {"rows": rows, "failures": failures, "skipped": skipped}
+    return CheckResult("methods", passed, summary, details=details)
 
 
 def check_calibration(
-    device: torch.device, size: CheckSize, model: Path, units: list[dict[str, Any]]
+    device: torch.device, size: CheckSize, model: Path, cells: list[dict[str, Any]]
 ) -> CheckResult:
-    """Fit the latency model on full-depth ``bert`` at every size and length, then predict every
-    unit's measured time with it and with the datasheet model of this GPU."""
-    config = TrainConfig(seq_len=size.seq_len, batch_size=size.batch_size)
-    bert = get_method(reference_name()).create(str(model), LABELS, "gpu-check", config).to(device)
-    points, table = [], []
-    for length in size.calibration_lengths:
-        for batch in size.calibration_sizes:
-            data, _ = synthetic_split(size, 2 * batch, seed=batch + length, length=length)
-            calls = bert.run(data, 0.0, batch).calls  # also the first-call allocations
-            operators = operators_per_call(lambda d=data, b=batch: bert.run(d, 0.0, b))
-            seconds = statistics.median(
-                sum(bert.run(data, 0.0, batch).batch_seconds)
-                for _ in range(size.calibration_repeats)
-            )
-            points.append(Point(calls, operators, seconds))
-            table.append(
-                {
-                    "batch_size": batch,
-                    "length": length,
-                    "samples": len(data),
-                    "seconds": seconds,
-                    "calls": calls_to_rows(calls),
-                    "operators": operators,
-                }
-            )
-    fitted = fit_device(points, _device_label(device), overlap=device.type == "cuda")
-    models = {"fitted": fitted}
-    datasheet = _datasheet(device)
-    if datasheet is not None:
-        models["datasheet"] = datasheet
-    errors: dict[str, dict[str, float]] = {m: {} for m in models}
-    for row in units:
-        key = " ".join(filter(None, [row["method"], row["setting"], row.get("batching")]))
-        calls = calls_from_rows(row["calls"])
-        for m, dev in models.items():
-            errors[m][key] = dev.seconds(calls, row["operators"]) / row["round_seconds_median"] - 1
-    worst = {
-        m: max((abs(e) for e in errs.values()), default=float("nan")) for m, errs in errors.items()
-    }
+    """Per mode of the measured ``cells``: the latency model (geep.measure.latency) fitted on
+    full-depth ``bert`` at every calibration size and length in that mode, then its error on
+    every cell of that mode (and, for float32 eager on a GPU, the datasheet model's)."""
+    config = TrainConfig(seq_len=size.seq_len, batch_size=max(size.batch_sizes))
+    modes = [m for m in MODES if any(r["runtime"] == m.label for r in cells)]
+    models: dict[str, Device] = {}
+    errors: dict[str, dict[str, float]] = {}
+    points_of: dict[str, list[dict[str, Any]]] = {}
+    for runtime in modes:
+        bert = get_method(reference_name()).create(str(model), LABELS, "gpu-check", config)
+        bert.to(device).use_runtime(runtime)
+        points, table = [], []
+        for length in size.calibration_lengths:
+            for batch in size.calibration_sizes:
+                data, _ = synthetic_split(size, 2 * batch, seed=batch + length, length=length)
+                calls = bert.run(data, 0.0, batch).calls  # also the first-call allocations
+                operators = operators_per_call(lambda m=bert, d=data, b=batch: m.run(d, 0.0, b))
+                seconds = statistics.median(
+                    sum(bert.run(data, 0.0, batch).batch_seconds)
+                    for _ in range(size.calibration_repeats)
+                )
+                points.append(Point(calls, operators, seconds))
+                table.append(
+                    {"batch_size": batch, "length": length, "seconds": seconds}
+                    | {"calls": calls_to_rows(calls), "operators": operators}
+                )
+        label = f"{_device_label(device)} ({runtime.label})"
+        fitted = {runtime.label: fit_device(points, label, overlap=device.type == "cuda")}
+        datasheet = _datasheet(device) if runtime == DEFAULT_RUNTIME else None
+        if datasheet is not None:
+            fitted["float32 datasheet"] = datasheet
+        for name, model_ in fitted.items():
+            models[name] = model_
+            errors[name] = {
+                cell_key(r): model_.seconds(calls_from_rows(r["calls"]), r["operators"])
+                / r["round_seconds_median"]
+                - 1
+                for r in cells
+                if r["runtime"] == runtime.label and r["method"] != reference_name()
+            }
+        points_of[runtime.label] = table
     median = {
         m: statistics.median(abs(e) for e in errs.values()) if errs else float("nan")
         for m, errs in errors.items()
     }
-    summary = (
-        f"{len(points)} bert points; fitted: {fitted.operator_seconds * 1e6:.1f} us/operator, "
-        f"{fitted.flops_per_second / 1e12:.1f} TFLOP/s, {fitted.bytes_per_second / 1e12:.2f} TB/s; "
-        + "; ".join(f"{m} model error median {median[m]:.0%}, worst {worst[m]:.0%}" for m in models)
-    )
+    summary = "; ".join(f"{m}: model error median {median[m]:.0%}" for m in models)
     details = {
-        "points": table,
-        "models": {m: asdict(dev) for m, dev in models.items()},
+        "points": points_of,
+        "models": {m: asdict(d) for m, d in models.items()},
         "relative_error": errors,
+        "median_error": median,
     }
-    passed = len(points) >= 3 and all(np.isfinite(v) for v in worst.values() if units)
-    return CheckResult("calibration", passed, summary, details=details)
+    passed = bool(models) and all(np.isfinite(v) for v in median.values())
+    return CheckResult("calibration", passed, summary or "no cells to fit", details=details)
 
 
-CHECKS = ("gpu-tests", "exit-table", "methods", "calibration", "graphs")
-GRAPH_SIZES = (1, 4, 16, 64, 256)
-GRAPH_LENGTHS = (32, 128)
-GRAPH_REPEATS = 20
-
-
-def check_graphs(device: torch.device, size: CheckSize, model: Path) -> CheckResult:
-    """Full-depth ``bert`` three ways at each (batch size, length): eager, one CUDA graph per
-    (layer, batch) call (what fixed-size regrouped batches could replay) and one graph for the
-    whole forward; the latency model fitted on each, so its per-operator cost under graphs is
-    measured, not assumed. On a CPU (the dry run) only the eager times are taken."""
-    config = TrainConfig(seq_len=size.seq_len, batch_size=size.batch_size)
-    bert = get_method(reference_name()).create(str(model), LABELS, "gpu-check", config)
-    bert = bert.to(device).model
-    bert.eval()
-    sizes = GRAPH_SIZES if device.type == "cuda" else size.calibration_sizes
-    lengths = GRAPH_LENGTHS if device.type == "cuda" else size.calibration_lengths
-    ways = ("eager", "layer graphs", "whole graph") if device.type == "cuda" else ("eager",)
-    points: dict[str, list[Point]] = {w: [] for w in ways}
-    table = []
-    for length in lengths:
-        for rows in sizes:
-            data, _ = synthetic_split(size, rows, seed=rows + length, length=length)
-            batch = data.batch(torch.arange(rows)).to(device)
-            with torch.inference_mode():
-                with counting() as calls:
-                    bert.logits(batch)
-                operators = operators_per_call(lambda b=batch: bert.logits(b))
-                runs = {"eager": lambda b=batch: bert.logits(b)}
-                if device.type == "cuda":
-                    runs |= _graphed(bert, batch)
-                seconds = {w: _median_seconds(runs[w], device, size) for w in ways}
-            for w in ways:
-                points[w].append(Point(calls, operators, seconds[w]))
-            table.append({"batch_size": rows, "length": length, "seconds": seconds})
-            del runs
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    models = {
-        w: fit_device(p, f"{_device_label(device)} ({w})", overlap=device.type == "cuda")
-        for w, p in points.items()
-    }
-    summary = "; ".join(
-        f"{w}: {m.operator_seconds * 1e6:.2f} us/operator" for w, m in models.items()
-    )
-    if "whole graph" in seconds:
-        first = table[0]["seconds"]
-        summary += (
-            f"; batch {table[0]['batch_size']} length {table[0]['length']}: eager "
-            f"{first['eager'] * 1e3:.2f} ms, layer graphs {first['layer graphs'] * 1e3:.2f} ms, "
-            f"whole graph {first['whole graph'] * 1e3:.2f} ms"
-        )
-    details = {"points": table, "models": {w: asdict(m) for w, m in models.items()}}
-    return CheckResult("graphs", len(table) >= 3, summary, details=details)
-
-
-def _median_seconds(run: Callable[[], object], device: torch.device, size: CheckSize) -> float:
-    """The median time of ``run()`` (synchronised), after one untimed call."""
-    repeats = GRAPH_REPEATS if device.type == "cuda" else size.calibration_repeats
-    run()
-    _synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _graphed(model: torch.nn.Module, batch: Any) -> dict[str, Callable[[], object]]:
-    """Replays of ``model.logits(batch)`` captured as CUDA graphs: one per call (embeddings, each
-    layer, the head; each reads the previous one's output) and one for the whole forward."""
-    backbone = model.backbone
-    inputs = batch.inputs()
-    _, mask = backbone.embed(**inputs)  # the mask is built outside the graphs: it may synchronise
-
-    def whole() -> torch.Tensor:
-        h = backbone.encoder.embeddings(
-            input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"]
-        )
-        h = backbone.run_layers(h, mask, 0, backbone.num_layers)
-        return model.classifier(backbone.sentence_vector(h, batch.attention_mask))
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs asks
-        for _ in range(2):
-            whole()
-    torch.cuda.current_stream().wait_stream(side)
-    pool = torch.cuda.graph_pool_handle()
-    whole_graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(whole_graph, pool=pool):
-        whole()
-    embed = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(embed, pool=pool):
-        h = backbone.encoder.embeddings(
-            input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"]
-        )
-    layer_graphs = [embed]
-    for layer in range(backbone.num_layers):
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            h = backbone.run_layers(h, mask, layer, layer + 1)
-        layer_graphs.append(graph)
-    head = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(head, pool=pool):
-        model.classifier(backbone.sentence_vector(h, batch.attention_mask))
-
-    def per_layer() -> None:
-        for graph in [*layer_graphs, head]:
-            graph.replay()
-
-    return {"layer graphs": per_layer, "whole graph": whole_graph.replay}
+CHECKS = ("gpu-tests", "exit-table", "methods", "calibration")
 
 
 def _datasheet(device: torch.device) -> Device | None:
@@ -590,7 +517,7 @@ def run_checks(
     device = torch.device("cpu") if dry_run else torch.device("cuda", torch.cuda.current_device())
     size = DRY_SIZE if dry_run else GPU_SIZE
     if batch_size is not None:
-        size = replace(size, batch_size=batch_size)
+        size = replace(size, batch_sizes=(batch_size,))
     label = _device_label(device)
     out = out or Path("results") / f"gpu-{slug(label.split(',')[0])}"
     out.mkdir(parents=True, exist_ok=True)
@@ -607,7 +534,7 @@ def run_checks(
         report(timed("exit-table", lambda: check_exit_table(device, size)))
     with tempfile.TemporaryDirectory() as folder:
         model = make_model(Path(folder), size)
-        data, _ = synthetic_split(size, size.samples, seed=0)
+        data, _ = synthetic_split(size, size.samples, seed=0, length=size.seq_len)
         units: list[dict[str, Any]] = []
         if "methods" in only:
             methods = timed("methods", lambda: check_methods(device, size, model, data))
@@ -615,8 +542,6 @@ def run_checks(
             units = (methods.details or {}).get("rows", [])
         if "calibration" in only:
             report(timed("calibration", lambda: check_calibration(device, size, model, units)))
-        if "graphs" in only:
-            report(timed("graphs", lambda: check_graphs(device, size, model)))
     path = out / CHECK_FILE
     document = {
         "device": label,
@@ -673,7 +598,10 @@ def main(argv: list[str] | None = None) -> int:
         "--only", type=_check_names, default=CHECKS, help=f"some of: {','.join(CHECKS)}"
     )
     parser.add_argument(
-        "--batch-size", type=int, help="the methods' batch size (default 32; 4 in a dry run)"
+        "--batch-size",
+        type=int,
+        help="time the methods at this batch size only (default 1, 8, 32 and 128; 1 and 4 in a "
+        "dry run)",
     )
     parser.add_argument("--commit", help="the commit checked (default: git's, where there is one)")
     args = parser.parse_args(argv)
@@ -695,11 +623,9 @@ def main(argv: list[str] | None = None) -> int:
 # --- the report ---------------------------------------------------------------------------------
 
 
-def check_tables(document: dict[str, Any]) -> str:
-    """The check's file as tables: each check's line, then every unit of the methods check with
-    its measured time, its ratio to full-depth ``bert`` and the latency models' errors."""
-    size = document["size"]
-    lines = [
+def _header(document: dict[str, Any]) -> list[str]:
+    """The tables' title and how the check was made."""
+    return [
         f"# Results: profile gpu-check on {document['device']}",
         "",
         f"`python -m geep.reproduce.gpu_check{' --dry-run' if document['dry_run'] else ''}` "
@@ -708,6 +634,122 @@ def check_tables(document: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in document["versions"].items())
         + ".",
         "",
+    ]
+
+
+def cell_frame(document: dict[str, Any]) -> pd.DataFrame:
+    """The methods check's cells (one row each), with ``ms`` per batch (median round over its
+    batches), the rounds' ``spread`` ((max - min) / median), the ``speedup`` over full-depth
+    ``bert`` in the same mode and batch size, and the per-mode latency model's ``modelled_ms``
+    and ``model_error`` (measured cells of ``bert`` itself have none)."""
+    checks = {c["name"]: c for c in document["checks"]}
+    rows = (checks.get("methods", {}).get("details") or {}).get("rows", [])
+    errors = (checks.get("calibration", {}).get("details") or {}).get("relative_error", {})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    frame["cell"] = [cell_key(r) for r in rows]
+    batches = np.ceil(frame["n"] / frame["batch_size"])
+    frame["ms"] = frame["round_seconds_median"] / batches * 1e3
+    frame["spread"] = [(max(r) - min(r)) / statistics.median(r) for r in frame["round_seconds"]]
+    full = frame[frame["method"] == reference_name()].set_index(["runtime", "batch_size"])["ms"]
+    keys = list(zip(frame["runtime"], frame["batch_size"], strict=True))
+    frame["speedup"] = [full.get(k, np.nan) / ms for k, ms in zip(keys, frame["ms"], strict=True)]
+    fitted = {m: e for m, e in errors.items() if "datasheet" not in m}
+    error = {cell: e for errs in fitted.values() for cell, e in errs.items()}
+    frame["model_error"] = frame["cell"].map(error)
+    frame["modelled_ms"] = frame["ms"] * (1 + frame["model_error"])
+    return frame
+
+
+def matrix_tables(document: dict[str, Any]) -> str:
+    """A check of every mode and batch size (:func:`check_methods`): per batch size, every
+    cell's time beside what the latency model fitted on ``bert`` in its mode predicts."""
+    size = document["size"]
+    checks = {c["name"]: c for c in document["checks"]}
+    lines = [
+        *_header(document),
+        f"A randomly initialised BERT ({size['layers']} layers, hidden {size['hidden']}); "
+        f"{size['samples']} synthetic samples of length {size['seq_len']}; every method at "
+        "full depth and at its hand-set exits (mean exit nearest mid-depth, about 2x FLOPs; "
+        f"docs/gpu.md), in each mode; each time is the median of {size['rounds']} rounds of "
+        f"at most {size['cell_batches']} batches, one cell after the other. The modelled time "
+        "is the latency model fitted on full-depth `bert` in the same mode "
+        "(geep/measure/latency.py).",
+        "",
+        *(
+            f"- {'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['summary']}"
+            for c in document["checks"]
+        ),
+        "",
+    ]
+    frame = cell_frame(document)
+    for batch, cells in frame.groupby("batch_size", sort=True) if len(frame) else []:
+        lines += [
+            f"Batch size {batch}:",
+            "",
+            "| method | setting | batching | mode | mean exit | FLOPs speedup | ms per batch | "
+            "spread | speedup over `bert` | GPU utilisation | modelled ms | model error |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in cells.itertuples():
+            util = r.gpu_util_percent
+            batching = r.batching if isinstance(r.batching, str) else "-"
+            lines.append(
+                f"| `{r.method}` | {r.setting} | {batching} | {r.runtime} | "
+                f"{r.avg_exit_layer:.2f} | {r.speedup_full:.2f}x | {r.ms:.2f} | {r.spread:.0%} | "
+                f"{r.speedup:.2f}x | {'-' if pd.isna(util) else f'{util:.0f}%'} | "
+                + ("- | - |" if pd.isna(r.model_error) else f"{r.modelled_ms:.2f} | ")
+                + ("" if pd.isna(r.model_error) else f"{r.model_error:+.0%} |")
+            )
+        lines.append("")
+    skipped = (checks.get("methods", {}).get("details") or {}).get("skipped", [])
+    if skipped:
+        lines += ["Not measured:", "", *(f"- {s}" for s in skipped), ""]
+    calibration = checks.get("calibration", {}).get("details") or {}
+    for name, model in calibration.get("models", {}).items():
+        lines.append(
+            f"- {name} model: {model['operator_seconds'] * 1e6:.1f} us per operator, "
+            f"{model['flops_per_second'] / 1e12:.1f} TFLOP/s, "
+            f"{model['bytes_per_second'] / 1e12:.2f} TB/s, median error "
+            f"{calibration['median_error'][name]:.0%} ({model['source']})"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_cells(document: dict[str, Any]) -> Figure:
+    """Speedup over full-depth ``bert`` against batch size, a panel per mode, a line per unit
+    at its hand-set exits."""
+    frame = cell_frame(document)
+    frame = frame[frame["setting"] == "hand-set"]
+    modes = [m.label for m in MODES if m.label in set(frame["runtime"])]
+    fig = Figure(figsize=(4.2 * max(len(modes), 1), 3.6), layout="constrained")
+    axes = fig.subplots(1, max(len(modes), 1), squeeze=False, sharey=True)[0]
+    for ax, mode in zip(axes, modes, strict=False):
+        cells = frame[frame["runtime"] == mode]
+        for unit, line in cells.groupby(["method", "batching"], dropna=False, sort=False):
+            name = " ".join(str(u) for u in unit if isinstance(u, str))
+            ax.plot(line["batch_size"], line["speedup"], marker="o", label=name)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_title(mode)
+        ax.set_xlabel("batch size")
+    axes[0].set_ylabel("speedup over full-depth bert (measured)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{document['device']}: hand-set exits (about 2x FLOPs)")
+    return fig
+
+
+def check_tables(document: dict[str, Any]) -> str:
+    """The check's file as tables: :func:`matrix_tables` for a check of several modes, else
+    (the float32 check at one batch size) each check's line, then every unit of the methods
+    check with its measured time, its ratio to full-depth ``bert`` and the latency models'
+    errors."""
+    if "batch_sizes" in document["size"]:
+        return matrix_tables(document)
+    size = document["size"]
+    lines = [
+        *_header(document),
         f"A randomly initialised BERT ({size['layers']} layers, hidden {size['hidden']}), "
         f"{size['samples']} synthetic samples of lengths 8-{size['seq_len']} in batches of "
         f"{size['batch_size']}, float32; each time is the median of {size['rounds']} rounds "

@@ -30,10 +30,11 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 
-from geep.common.config import DEFAULT_MODEL, TrainConfig
+from geep.common.config import DEFAULT_MODEL, Precision, TrainConfig
 from geep.common.errors import GeepError
 from geep.core.dynamic_exit import Batching
 from geep.core.registry import method_names
+from geep.core.runtime import DEFAULT_RUNTIME, Runtime
 from geep.core.sweeps import DEV_SETTINGS
 from geep.data.registry import OFFLINE_TIER, REGISTRY, get_spec
 from geep.serving.server import BatcherConfig, LoadSettings, ServingPlan
@@ -83,6 +84,9 @@ class Profile:
     training_speed: bool = True  # run the training-step benchmark (test_training_speed.py)
     serving: ServingPlan | None = None  # the serving benchmark (test_serving.py); None skips it
     ablations: dict[str, Ablation] = field(default_factory=dict)  # measured after the methods
+    # the arithmetic and graph mode every unit is measured in (geep.core.runtime)
+    precision: Precision = "float32"
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         for name, ablation in self.ablations.items():
@@ -90,6 +94,10 @@ class Profile:
                 raise GeepError(
                     f"ablation {name!r} of {ablation.method}: name it {ablation.method}-..."
                 )
+
+    @property
+    def runtime(self) -> Runtime:
+        return Runtime(self.precision, self.cuda_graphs)
 
     def method_names(self) -> list[str]:
         """The registered methods this profile runs, in the registry's order."""
@@ -124,6 +132,8 @@ class Profile:
         never mix."""
         unshared = ("description", "serving", "ablations")
         settings = {k: v for k, v in asdict(self).items() if k not in unshared}
+        if self.runtime == DEFAULT_RUNTIME:  # float32 eager hashes as a profile without them
+            del settings["precision"], settings["cuda_graphs"]
         settings["methods"] = self.method_names()
         raw = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(raw.encode()).hexdigest()[:12]

@@ -181,10 +181,14 @@ def measure(
     row["batch_size"] = batch_size
     row["batch_size_requested"] = requested
     row["rounds"] = len(runs)
-    row["round_seconds_median"] = statistics.median(sum(r.batch_seconds) for r in runs)
+    row["round_seconds"] = [sum(r.batch_seconds) for r in runs]
+    row["round_seconds_median"] = statistics.median(row["round_seconds"])
     row["calls"] = calls_to_rows(runs[-1].calls)  # every call's shape, for geep.measure.latency
     first = data.select(torch.arange(min(len(data), batch_size)))  # untimed
+    if method.graphs is not None:  # its graphs captured first: a replay's operators are counted
+        method.run(first, speed, batch_size)
     row["operators"] = operators_per_call(lambda: method.run(first, speed, batch_size))
+    row["runtime"] = method.runtime.label
     return row
 
 
@@ -237,6 +241,7 @@ def provenance(profile: Profile, method: Method, data: Encoded) -> dict[str, Any
         "test_samples": len(data),
         "inference_order": "length",  # Method.run's default, the same for every method
         "device": device_name(method.device),
+        "runtime": method.runtime.to_dict(),
         "versions": library_versions(),
     }
 
@@ -371,7 +376,7 @@ def load_unit(profile: Profile, entry: str, dataset: str, seed: int) -> Trained:
     capped at the profile's ``max_eval`` samples
     (:func:`load_split`). With dev-chosen settings, the options it chooses on dev
     (:meth:`Method.choose_on_dev`) are chosen first and recorded in the sweep's ``choice``."""
-    trained = prepare_checkpoint(checkpoint(profile, entry, dataset, seed))
+    trained = prepare_checkpoint(checkpoint(profile, entry, dataset, seed), runtime=profile.runtime)
     sweep = {}
     if trained.calibrates and profile.dev_settings:
         dev = load_split(trained, dataset, "dev", profile.max_eval)

@@ -4,6 +4,7 @@ cache before it is halved."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,8 +12,9 @@ import torch
 
 from geep.common.errors import GeepError
 from geep.core import interface as runner
-from tests.fakes import GPU, FakeCuda, OnFakeGpu
-from tests.helpers import toy_test_split
+from geep.core.runtime import Runtime
+from tests.fakes import GPU, FakeCuda, FakeCupy, OnFakeGpu
+from tests.helpers import new_method, toy_test_split
 
 
 def test_timed_batches_synchronize_the_gpu(bert_on_gpu: runner.Method, fake_cuda: FakeCuda) -> None:
@@ -47,3 +49,40 @@ def test_out_of_memory_on_a_gpu_empties_its_cache(
 
 def out_of_memory(*args: Any, **kwargs: Any) -> None:
     raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+
+GRAPHED = [("bert", ()), ("geep", ()), ("fastbert", ()), ("fastbert", ("batching=regroup",))]
+GRAPHED += [("pabee", ()), ("deebert", ("batching=keep",)), ("geep", ("mode=dynamic",))]
+
+
+@pytest.mark.parametrize(("name", "settings"), GRAPHED)
+def test_cuda_graphs_capture_every_call_once_without_a_host_sync(
+    name: str,
+    settings: tuple[str, ...],
+    tiny_model: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fake_cuda: FakeCuda,
+    fake_cupy: FakeCupy,  # GEEP's exit table on the GPU
+) -> None:
+    """Under ``Runtime(graphs=True)`` on the fake GPU each call is warmed up on a side stream,
+    captured by torch.cuda.graph (which refuses a host synchronisation inside it, as CUDA does)
+    once per bucketed shape, and replayed once per call that moves a batch."""
+    method = new_method(name, tiny_model, *settings)
+    data = toy_test_split(method)
+    if method.inference_of(method.options) == "predicted":
+        method.keep_statistics(data, exit_layers=1 + torch.arange(len(data)) % method.num_layers)
+    monkeypatch.setattr(type(method), "device", property(lambda self: GPU))
+    speed = {"full-depth": 0.0, "predicted": 0.5}.get(method.inference_of(method.options), 0.0)
+    speed = 1.0 if method.speed_reads == "patience" else speed
+    method.use_runtime(Runtime(graphs=True))
+    out = method.run(data, speed, 4)
+    assert len(out.labels) == len(data)
+    graphs = fake_cuda.graphs
+    assert graphs and all(g.captured for g in graphs) and len(graphs) == method.graphs.captures
+    assert len(fake_cuda.called("Stream")) == len(graphs)  # a warm-up stream per capture
+    dynamic = method.inference_of(method.options) == "dynamic"
+    replayed = ("embed", "layer") if dynamic else ("embed",)
+    assert sum(g.replays for g in graphs) == sum(
+        n for c, n in out.calls.items() if c.kind in replayed
+    )
+    assert "BertLayer" in {m for g in graphs for m in g.modules}

@@ -158,7 +158,8 @@ def test_the_gpu_check_sets_and_runs_each_copy_like_its_original(
                 assert all(torch.equal(method.extras[k], extras[k]) for k in extras)
         assert speeds[0] == speeds[1]
         monkeypatch.setattr(gpu_check, "method_names", lambda o=original, c=copy: [o, c])
-        result = gpu_check.check_methods(torch.device("cpu"), DRY_SIZE, model, data)
+        size = replace(DRY_SIZE, batch_sizes=(4,))
+        result = gpu_check.check_methods(torch.device("cpu"), size, model, data)
         assert result.passed, result.summary
         rows = {name: [] for name in (original, copy)}
         for row in result.details["rows"]:

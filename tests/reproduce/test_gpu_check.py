@@ -27,25 +27,56 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_the_dry_run_passes_every_check_and_writes_how_it_was_made(dry_run: dict) -> None:
     checks = {c["name"]: c for c in dry_run["checks"]}
-    assert list(checks) == ["gpu-tests", "exit-table", "methods", "calibration", "graphs"]
+    assert list(checks) == ["gpu-tests", "exit-table", "methods", "calibration"]
     assert dry_run["passed"] and all(c["passed"] for c in checks.values())
     assert dry_run["dry_run"] and dry_run["git_commit"] == "abc"
     assert dry_run["versions"]["torch"] == torch.__version__
     assert "skipped" in checks["gpu-tests"]["summary"]  # no CUDA here: the gpu tests skip
 
 
-def test_every_method_runs_full_depth_and_its_hand_set_exits_under_each_policy(
-    dry_run: dict,
-) -> None:
-    rows = dry_run["checks"][2]["details"]["rows"]
+def test_every_method_runs_in_each_mode_and_batch_size_the_cpu_allows(dry_run: dict) -> None:
+    """Every unit in float32 and bfloat16 eager at each batch size; CUDA graphs, which the CPU
+    cannot run, are listed as not measured with the reason; each row names its mode."""
+    methods = dry_run["checks"][2]["details"]
+    rows = methods["rows"]
     units = {(r["method"], r["setting"], r["batching"]) for r in rows}
     assert {m for m, _, _ in units} == set(method_names())
     assert ("fastbert", "hand-set", "regroup") in units and ("geep", "hand-set", None) in units
+    cells = {
+        (r["method"], r["setting"], r["batching"], r["runtime"], r["batch_size"]) for r in rows
+    }
+    assert {(r["precision"], r["graphs"], r["runtime"]) for r in rows} == {
+        ("float32", False, "float32 eager"),
+        ("bfloat16", False, "bfloat16 eager"),
+    }
+    assert {r["batch_size"] for r in rows} == set(DRY_SIZE.batch_sizes)
+    assert len(cells) == len(rows) == 2 * len(DRY_SIZE.batch_sizes) * len(units)
+    skipped = methods["skipped"]  # each unit's CUDA graphs, with the reason
+    assert len(skipped) == len(units) and all("bfloat16 + CUDA graphs: " in s for s in skipped)
+    assert all(
+        ("HashEE's layers run on each row's tokens" if s.startswith("hashee") else "need a CUDA")
+        in s
+        for s in skipped
+    )
     full = [r for r in rows if r["setting"] == "full"]
     assert all(r["avg_exit_layer"] == DRY_SIZE.layers for r in full)
-    assert all(r["n"] == DRY_SIZE.samples and r["calls"] and r["operators"] for r in rows)
-    errors = dry_run["checks"][3]["details"]["relative_error"]["fitted"]
-    assert len(errors) == len(rows)  # the model predicted every unit
+    cut = [min(DRY_SIZE.samples, DRY_SIZE.cell_batches * r["batch_size"]) for r in rows]
+    assert [r["n"] for r in rows] == cut
+    assert all(r["calls"] and r["operators"] and len(r["round_seconds"]) == 1 for r in rows)
+    errors = dry_run["checks"][3]["details"]["relative_error"]
+    assert list(errors) == ["float32 eager", "bfloat16 eager"]
+    others = [r for r in rows if r["method"] != "bert"]
+    assert sum(len(e) for e in errors.values()) == len(others)  # the model predicted each cell
+
+
+def test_the_report_of_a_dry_run_holds_every_cell_and_a_plot(dry_run: dict, tmp_path: Path) -> None:
+    (tmp_path / gpu_check.CHECK_FILE).write_text(json.dumps(dry_run))
+    assert write_report(tmp_path) == [tmp_path / "tables.md", tmp_path / "speedups.png"]
+    tables = (tmp_path / "tables.md").read_text()
+    rows = dry_run["checks"][2]["details"]["rows"]
+    assert sum(line.startswith("| `") for line in tables.splitlines()) == len(rows)
+    assert "| `fastbert` | hand-set | regroup | bfloat16 eager |" in tables
+    assert "- hashee hand-set | bfloat16 + CUDA graphs: CUDA graphs cannot run" in tables
 
 
 def test_geeps_hand_made_table_predicts_each_samples_target_layer(tmp_path: Path) -> None:
@@ -79,7 +110,8 @@ def test_a_method_that_fails_fails_the_check_and_the_status(monkeypatch, tmp_pat
     monkeypatch.setattr(get_method("pabee"), "run", broken)
     assert main(["--dry-run", "--out", str(tmp_path)]) == 1
     methods = json.loads((tmp_path / "gpu-check.json").read_text())["checks"][2]
-    assert not methods["passed"] and "pabee full: RuntimeError: boom" in methods["summary"]
+    assert not methods["passed"]
+    assert "pabee full | float32 eager | batch 1: RuntimeError: boom" in methods["summary"]
 
 
 def test_without_cuda_it_refuses_in_one_line(monkeypatch, tmp_path, capsys) -> None:
