@@ -98,13 +98,17 @@ def exit_margin(method: Method, data, exits: np.ndarray) -> torch.Tensor:
 def test_fastbert_as_layer_pieces_exits_and_answers_as_torch(fastbert, pieces, batching):
     """Every piece runs in ONNX Runtime (no torch weight is left), driven by the exit loop: at a
     speed between the exit statistics (no decision near the threshold) every sample exits at
-    torch's layer, with torch's label wherever that is clear of a tie."""
+    torch's layer, with torch's label wherever that is clear of a tie; every head's logits are
+    torch's within float32 rounding (1e-3: the kernels differ by 1e-5 at most)."""
     data = mixed_split(fastbert)
     runtime = pieces
     for method in (fastbert, runtime):
         method.configure([f"batching={batching}"])
     assert not list(runtime.model.parameters()), "a piece still runs in torch"
     assert list(fastbert.model.parameters()), "the original lost its weights"
+    # every head after every layer, on one padded batch: float32 rounding apart, torch's logits
+    got, want = layer_logits(runtime, data), layer_logits(fastbert, data)
+    assert torch.allclose(got, want, atol=1e-3), "a piece is not its torch module"
     speed = spread_speed(fastbert, data)
     want, got = fastbert.run(data, speed, 8), runtime.run(data, speed, 8)
     assert len(set(want.exit_layers)) > 1, "every sample exits alike: nothing is tested"
