@@ -29,7 +29,7 @@ from tests.helpers import (
     trained_on_toy,
 )
 
-INT8_AGREEMENT = 0.85  # the least share of int8 labels equal to float32's (benchmarks' AGREEMENT)
+INT8_AGREEMENT = 0.85  # the least share of int8 labels equal to float32's on the toy task
 
 
 @pytest.fixture(scope="module")
