@@ -1,14 +1,21 @@
 """Serving under load (geep.serving.server): each method behind a dynamic batcher, driven by MLPerf
 LoadGen in its SingleStream, Offline and Server scenarios, against full-depth ``bert`` in
-float32 and in dynamic int8 (geep.core.quantize).
+float32 and in dynamic int8 (geep.core.quantize), in torch and in ONNX Runtime
+(geep.core.onnx_runtime).
 
-One unit per (dataset, method, batching policy, precision, setting) of the profile's ``serving``
-plan: ``bert`` at full depth in float32 and int8; every early-exit method at the plan's settings
+One unit per (dataset, method, batching policy, runtime, precision, setting) of the profile's
+``serving`` plan: ``bert`` at full depth in float32 and int8, and in ONNX Runtime as one graph in
+each of the plan's ``onnx_precisions``; every early-exit method at the plan's settings
 chosen on the dev split, never on test (``matched``: FLOPs speedup closest to the plan's,
 ``within``: the fastest within the plan's accuracy drop of ``bert``;
 geep.serving.server.choose_settings), the dynamic-exit methods under the plan's batching policies
-(``shrink``, ``regroup``, ``keep``); last, the early-exit variant that served the highest rate
-at the plan's last setting in float32, again in int8 (do the savings stack?). Then, with the
+(``shrink``, ``regroup``, ``keep``); at the plan's last setting, its ``int8_methods`` in torch
+int8 and its ``onnx_pieces`` in ONNX Runtime as layer pieces (each of ``onnx_precisions``);
+last, the early-exit variant that served the highest rate at the plan's last setting in
+float32, again in int8 (do the savings stack?). A unit in int8 or in ONNX Runtime records
+``fp32_agreement``, the share of its served labels equal to the same method's in torch float32,
+which must reach :data:`AGREEMENT`; ONNX Runtime units are skipped without the onnx extra. Then,
+with the
 plan's ``overload`` multiples, its ``overload_methods`` (``bert`` at full depth, an early-exit
 method at the plan's first setting) in the Server scenario at those multiples of the highest
 rate they held, behind a queue limit (geep.serving.server.measure_overload).
@@ -33,6 +40,7 @@ import pytest
 from benchmarks.conftest import profile_of
 from geep.common.storage import atomic_write_text, exclusive
 from geep.core.interface import Method
+from geep.core.onnx_runtime import EXTRA, onnx_available, onnx_pieces, onnx_whole
 from geep.core.quantize import int8
 from geep.core.registry import get_method, reference_name
 from geep.data.encoding import Encoded
@@ -42,6 +50,13 @@ from geep.reproduce.profiles import Profile
 from geep.reproduce.units import device_name, git_commit, load_unit, speeds_for
 from geep.serving.server import choose_settings, describe, measure_overload, measure_serving
 
+AGREEMENT = {"fp32": 0.98, "int8": 0.80}
+"""The least share of a unit's served labels that must equal the same method's in torch float32,
+by the unit's precision: float32 in ONNX Runtime differs by rounding only (a near-tie, or an
+exit statistic on its threshold, may flip); int8 moves every logit and exit statistic by its
+rounding steps, and the smoke profile's lightly trained checkpoints hold many near-ties (PABEE in
+int8 kept 54 of its 64 smoke labels, 84%; torch int8 keeps 95-97% in ``compare``)."""
+
 
 class ServingUnit(NamedTuple):
     dataset: str
@@ -50,30 +65,47 @@ class ServingUnit(NamedTuple):
     precision: str  # "fp32" or "int8"
     setting: str  # "full" (bert), "matched" or "within"
     overload: bool = False  # Server runs past the highest rate this unit's row held
+    runtime: str = "torch"  # or "onnx" (one graph) or "onnx-pieces" (geep.core.onnx_runtime)
 
     @property
     def id(self) -> str:
-        parts = [self.dataset, self.method, self.batching, self.precision, self.setting]
+        parts = [self.dataset, self.method, self.batching, self.runtime, self.precision]
         overload = "overload" if self.overload else None
-        return "-".join(p for p in [*parts, overload] if p and p != "fp32")
+        return "-".join(
+            p for p in [*parts, self.setting, overload] if p not in (None, "fp32", "torch")
+        )
 
 
 def serving_units(profile: Profile) -> list[ServingUnit]:
-    """The profile's serving units, in the order they run ("best" last per dataset)."""
+    """The profile's serving units, in the order they run ("best" last per dataset; a method's
+    int8 and ONNX Runtime units just after its float32 ones, while its dev choice is kept)."""
     plan = profile.serving
     if plan is None:
         return []
     found = []
+    last = plan.settings[-1]
     for dataset in plan.datasets:
-        found += [ServingUnit(dataset, reference_name(), None, p, "full") for p in ("fp32", "int8")]
+        reference = reference_name()
+        found += [ServingUnit(dataset, reference, None, p, "full") for p in ("fp32", "int8")]
+        found += [
+            ServingUnit(dataset, reference, None, p, "full", runtime="onnx")
+            for p in plan.onnx_precisions
+        ]
         for name in profile.method_names():
-            if name == reference_name():
+            if name == reference:
                 continue
             cls = get_method(name)
             policies = plan.batchings if cls.batching_of(cls.options_class()) else (None,)
             for batching in policies:
                 found += [ServingUnit(dataset, name, batching, "fp32", s) for s in plan.settings]
-        found.append(ServingUnit(dataset, "best", None, "int8", plan.settings[-1]))
+            if name in plan.int8_methods:
+                found.append(ServingUnit(dataset, name, None, "int8", last))
+            if name in plan.onnx_pieces:
+                found += [
+                    ServingUnit(dataset, name, None, p, last, runtime="onnx-pieces")
+                    for p in plan.onnx_precisions
+                ]
+        found.append(ServingUnit(dataset, "best", None, "int8", last))
         if plan.overload:
             found += [
                 ServingUnit(
@@ -159,7 +191,8 @@ def best_variant(results: Path, dataset: str, setting: str) -> dict[str, Any]:
     rows = [
         r
         for r in read_serving(results, dataset)["rows"]
-        if r["method"] != reference_name() and r["precision"] == "fp32" and r["setting"] == setting
+        if r["method"] != reference_name()
+        and (r["precision"], r["runtime"], r["setting"]) == ("fp32", "torch", setting)
     ]
     if not rows:
         pytest.skip(f"no early-exit variant was served at `{setting}` before this unit")
@@ -222,19 +255,23 @@ def test_serving(benchmark, profile: Profile, results_dir: Path, serving_unit: S
     if name == "best":
         best = best_variant(results_dir, unit.dataset, setting)
         name, batching = best["method"], best["batching"]
+    if unit.runtime != "torch" and not onnx_available():
+        pytest.skip(f"ONNX Runtime units need the onnx extra: {EXTRA}")
     picked = chosen(profile, unit.dataset, name)
     method = picked.method
     if batching is not None:
         method.configure([f"batching={batching}"])
-    if unit.precision == "int8":
-        method = int8(method)
     speed = picked.speeds[setting]
+    reference = None
+    if (unit.runtime, unit.precision) != ("torch", "fp32"):
+        reference = method.run(picked.test, speed, plan.batcher.max_batch).labels
+        method = runtime_of(method, unit, picked.test)
     logs = results_dir / "serving" / "logs" / unit.dataset / unit.id
     shutil.rmtree(logs, ignore_errors=True)
     row: dict[str, Any] = {}
 
     def serve() -> None:
-        row.update(measure_serving(method, picked.test, speed, plan, logs))
+        row.update(measure_serving(method, picked.test, speed, plan, logs, reference))
 
     benchmark.pedantic(serve, rounds=1, iterations=1)
     keep_summaries(logs)
@@ -243,6 +280,7 @@ def test_serving(benchmark, profile: Profile, results_dir: Path, serving_unit: S
         "dataset": unit.dataset,
         "method": name,
         "batching": batching,
+        "runtime": unit.runtime,
         "precision": unit.precision,
         "setting": setting,
         "speed": speed,
@@ -254,6 +292,21 @@ def test_serving(benchmark, profile: Profile, results_dir: Path, serving_unit: S
     record_serving(results_dir, profile, unit.dataset, row)
     benchmark.extra_info.update({"profile": profile.name, **row})
     assert np.isfinite(row["offline_samples_per_s"]) and row["offline_samples_per_s"] > 0
+    if reference is not None:
+        assert row["fp32_agreement"] >= AGREEMENT[unit.precision], (
+            f"{unit.id}: {row['fp32_agreement']:.3f} of its labels are float32 torch's"
+        )
+
+
+def runtime_of(method: Method, unit: ServingUnit, example: Encoded) -> Method:
+    """The unit's copy of ``method``: torch int8 (geep.core.quantize), or ONNX Runtime in the
+    unit's precision, as one graph or as layer pieces (geep.core.onnx_runtime), traced on the
+    served samples' shapes (``example``: no label is read)."""
+    if unit.runtime == "onnx":
+        return onnx_whole(method, example, unit.precision)
+    if unit.runtime == "onnx-pieces":
+        return onnx_pieces(method, example, unit.precision)
+    return int8(method)
 
 
 def serve_overload(benchmark, profile: Profile, results_dir: Path, unit: ServingUnit) -> None:
@@ -282,6 +335,7 @@ def serve_overload(benchmark, profile: Profile, results_dir: Path, unit: Serving
         "dataset": unit.dataset,
         "method": unit.method,
         "batching": None,
+        "runtime": "torch",
         "precision": "fp32",
         "setting": unit.setting,
         "speed": speed,

@@ -255,7 +255,10 @@ class Method(ABC):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the model's weights are: the CPU for a model without torch weights (one run by
+        ONNX Runtime, :mod:`geep.core.onnx_runtime`)."""
+        weight = next(self.model.parameters(), None)
+        return torch.device("cpu") if weight is None else weight.device
 
     def to(self, device: torch.device | str) -> Method:
         self.model.to(device)

@@ -157,12 +157,13 @@ class Backbone(nn.Module):
         input_ids, attention_mask, token_type_ids: [B, T]. Returns h_0 [B, T, H] and the mask.
         """
         rows, tokens = input_ids.shape
-        # three lookups summed and normalised: read three [B, T, H] blocks, write one
-        itemsize = self.encoder.embeddings.word_embeddings.weight.element_size()
+        hidden = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        # three lookups summed and normalised: read three [B, T, H] blocks, write one (of the
+        # embeddings' element size, which h_0 has)
+        itemsize = hidden.element_size()
         work.record(
             "embed", rows, tokens, 0, work.embedding_bytes(rows, tokens, self.hidden_size, itemsize)
         )
-        hidden = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         return hidden, self.layer_mask(hidden, attention_mask)
 
     def layer_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:

@@ -41,8 +41,13 @@ def serving_files(results: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
+RUNTIMES = {"torch": "", "onnx": "ONNX Runtime", "onnx-pieces": "ONNX Runtime layer pieces"}
+
+
 def _name(row: dict[str, Any]) -> str:
-    parts = [f"`{row['method']}`", row["batching"], "int8" if row["precision"] == "int8" else ""]
+    """The unit's name: method, batching policy, runtime (torch unnamed), int8."""
+    runtime = RUNTIMES[row.get("runtime", "torch")]  # files written before runtimes: torch
+    parts = [f"`{row['method']}`", row["batching"], runtime, row["precision"] == "int8" and "int8"]
     return " ".join(p for p in parts if p)
 
 
@@ -55,12 +60,21 @@ def _reference(entry: str) -> bool:
 def serving_table(document: dict[str, Any]) -> str:
     """Markdown: one row per served unit, figures and their ratios to float32 ``bert``'s."""
     rows = document["rows"]
-    base = next((r for r in rows if _reference(r["method"]) and r["precision"] == "fp32"), None)
+    base = next(
+        (
+            r
+            for r in rows
+            if _reference(r["method"])
+            and r["precision"] == "fp32"
+            and r.get("runtime", "torch") == "torch"
+        ),
+        None,
+    )
     target = rows[0]["server_target_ms"]
     lines = [
-        "| method | setting | accuracy | single-stream p90 ms | offline samples/s | "
-        f"server rate at p99 <= {target:g} ms |",
-        "|---|---|---|---|---|---|",
+        "| method | setting | accuracy | as float32 torch | single-stream p90 ms | "
+        f"offline samples/s | server rate at p99 <= {target:g} ms |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def ratio(value: float | None, reference: float | None, lower_is_better: bool) -> str:
@@ -76,6 +90,7 @@ def serving_table(document: dict[str, Any]) -> str:
             _name(r) + (f" (best at {r['best_of']})" if r.get("best_of") else ""),
             r["setting"],
             f"{r['accuracy']:.3f} ± {half:.3f}",
+            "" if r.get("fp32_agreement") is None else f"{r['fp32_agreement']:.1%}",
             f"{r['single_stream_p90_ms']:.1f}"
             + ratio(r["single_stream_p90_ms"], base and base["single_stream_p90_ms"], True),
             f"{r['offline_samples_per_s']:.0f}"
@@ -107,8 +122,11 @@ def serving_section(documents: dict[str, dict[str, Any]]) -> str | None:
         f"whose p99 latency met {load['target_latency'] * 1000:g} ms, searched by halving "
         "below the offline throughput. Settings chosen on dev: `matched`, FLOPs speedup closest "
         "to the plan's; `within`, the fastest within its accuracy drop of `bert`. In brackets: "
-        "the ratio to float32 `bert` measured in the same run. Accuracy: the labels served in "
-        "LoadGen's accuracy mode, ± the half-width of the 95% bootstrap interval.",
+        "the ratio to float32 `bert` in torch measured in the same run. Accuracy: the labels "
+        "served in LoadGen's accuracy mode, ± the half-width of the 95% bootstrap interval; as "
+        "float32 torch: for a unit in int8 or in ONNX Runtime (float32 or dynamic int8: `bert` "
+        "as one graph, an early-exit method as layer pieces driven by its own exit loop), the "
+        "share of its served labels equal to the same method's in float32 torch.",
     ]
     for dataset, document in documents.items():
         parts += ["", f"### {dataset}", "", serving_table(document)]

@@ -166,6 +166,10 @@ PROFILES = {
             overload=(2.0, 5.0),  # bert and GEEP past their rates, 32 waiting at most
             overload_methods=("bert", "geep"),
             overload_queue=32,
+            int8_methods=("geep",),  # beside the best variant's int8
+            onnx_precisions=(
+                "int8",
+            ),  # bert as one graph; layer pieces (30 s to export) in compare
         ),
     ),
     "quick": Profile(
@@ -203,6 +207,9 @@ PROFILES = {
             overload=(2.0, 5.0),  # bert and GEEP past their rates, one dispatch waiting at most
             overload_methods=("bert", "geep"),
             overload_queue=64,
+            int8_methods=("fastbert", "geep"),
+            onnx_precisions=("fp32", "int8"),  # bert as one graph, FastBERT as layer pieces
+            onnx_pieces=("fastbert",),
         ),
         ablations={  # GEEP without each of its training ingredients (docs/methods.md)
             # full depth and the six dev-chosen settings: the fixed grid would add 9 more each

@@ -509,6 +509,12 @@ class ServingPlan:
     overload: tuple[float, ...] = ()
     overload_methods: tuple[str, ...] = ()  # the profile names them
     overload_queue: int = 64
+    # at the last of ``settings``: early-exit methods served in torch's dynamic int8 as well, and
+    # the ONNX Runtime units (geep.core.onnx_runtime; the onnx extra): ``bert`` as one graph and
+    # ``onnx_pieces`` as layer pieces, in each of ``onnx_precisions``
+    int8_methods: tuple[str, ...] = ()
+    onnx_precisions: tuple[str, ...] = ()
+    onnx_pieces: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         replace(self.batcher, max_queue=self.overload_queue)  # a limit the batcher accepts
@@ -561,13 +567,20 @@ def highest_rate(
 
 
 def measure_serving(
-    method: Method, data: Encoded, speed: float, plan: ServingPlan, out: Path
+    method: Method,
+    data: Encoded,
+    speed: float,
+    plan: ServingPlan,
+    out: Path,
+    reference: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Serve ``data`` (with its labels) at ``speed`` through LoadGen; LoadGen's logs go under
     ``out``. Returns the row of figures:
 
     - accuracy mode (every sample once, Offline): the served labels' accuracy with its 95%
-      bootstrap interval, and ``served_agreement``, the share equal to :meth:`Method.run`'s;
+      bootstrap interval, ``served_agreement``, the share equal to :meth:`Method.run`'s, and
+      with ``reference`` (the labels [N] of the same method in torch float32, for a unit in
+      another precision or runtime) ``fp32_agreement``, the share equal to those;
     - SingleStream at batch 1 (``max_batch`` 1, no wait): its p90 latency;
     - Offline: samples per second;
     - Server: the highest Poisson rate whose p99 latency met ``plan.load.target_latency``
@@ -616,6 +629,7 @@ def measure_serving(
         "accuracy_low": low,
         "accuracy_high": high,
         "served_agreement": float(np.mean(served == expected)),
+        "fp32_agreement": None if reference is None else float(np.mean(served == reference)),
         "n": n,
         "single_stream_p90_ms": single["90.00_percentile_latency_ns"] / 1e6,
         "single_stream_validity": single["validity"],

@@ -13,7 +13,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from benchmarks.test_serving import AGREEMENT
 from geep.cli import main
+from geep.core.onnx_runtime import onnx_available
 from geep.core.registry import method_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +127,17 @@ def test_every_method_is_served_in_every_loadgen_scenario(smoke) -> None:
     expected |= {(m, None, "fp32") for m in set(method_names()) - dynamic}
     best = rows["rotten-tomatoes-best-int8-matched"]
     assert (best["method"], best["batching"], "fp32") in expected - {("bert", None, "fp32")}
-    assert served == expected | {("bert", None, "int8"), (best["method"], best["batching"], "int8")}
+    int8 = {
+        ("bert", None, "int8"),
+        ("geep", None, "int8"),
+        (best["method"], best["batching"], "int8"),
+    }
+    assert served == expected | int8
+    runtimes = {(r["method"], r["runtime"], r["precision"]) for r in rows.values()}
+    assert ("bert", "onnx", "int8") in runtimes or not onnx_available()  # one graph, int8
+    for row in rows.values():  # int8 and ONNX Runtime units are checked against float32 torch
+        if (row["runtime"], row["precision"]) != ("torch", "fp32"):
+            assert row["fp32_agreement"] >= AGREEMENT[row["precision"]], row["unit"]
     for unit, row in rows.items():
         logs = results / "serving" / "logs" / "rotten-tomatoes" / unit
         runs = {path.parent.name for path in logs.glob("*/mlperf_log_summary.txt")}

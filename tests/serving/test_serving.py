@@ -289,11 +289,12 @@ def test_the_rate_search_finds_the_highest_rate_that_meets_the_target() -> None:
 # --- the report -----------------------------------------------------------------------------------
 
 
-def serving_row(method: str, batching=None, precision="fp32", **figures) -> dict:
+def serving_row(method: str, batching=None, precision="fp32", runtime="torch", **figures) -> dict:
     row = {
-        "unit": f"rt-{method}-{batching}-{precision}",
+        "unit": f"rt-{method}-{batching}-{runtime}-{precision}",
         "method": method,
         "batching": batching,
+        "runtime": runtime,
         "precision": precision,
         "setting": "full" if method == "bert" else "within",
         "accuracy": 0.8,
@@ -314,6 +315,8 @@ def test_the_serving_table_gives_ratios_to_float32_bert(tmp_path) -> None:
         serving_row("bert"),
         serving_row("fastbert", "regroup", single_stream_p90_ms=10.0, offline_samples_per_s=150.0),
         serving_row("bert", precision="int8", server_rate=None),
+        serving_row("bert", runtime="onnx", fp32_agreement=0.984, offline_samples_per_s=120.0),
+        serving_row("fastbert", runtime="onnx-pieces", precision="int8", fp32_agreement=0.9),
     ]
     document = {
         "dataset": "rt",
@@ -327,12 +330,16 @@ def test_the_serving_table_gives_ratios_to_float32_bert(tmp_path) -> None:
     lines = {line.split(" | ")[0]: line for line in section.splitlines() if line.startswith("| `")}
     assert "| 10.0 (2.00x) | 150 (1.50x) | 60 (1.00x) |" in lines["| `fastbert` regroup"]
     assert "none met it" in lines["| `bert` int8"]
-    assert "0.800 ± 0.020" in lines["| `bert`"]
+    assert "0.800 ± 0.020 |  | 20.0 (1.00x)" in lines["| `bert`"]  # the ratios' reference
+    assert "| 98.4% | 20.0 (1.00x) | 120 (1.20x) |" in lines["| `bert` ONNX Runtime"]
+    assert "| 90.0% |" in lines["| `fastbert` ONNX Runtime layer pieces int8"]
     fig = plot_server_latency(document)
     lines = {line.get_label(): line for line in fig.axes[0].lines}
     assert sorted(lines) == [
+        "bert ONNX Runtime full",
         "bert full",
         "bert int8 full",
+        "fastbert ONNX Runtime layer pieces int8 within",
         "fastbert regroup within",
         "p99 target",
     ]
