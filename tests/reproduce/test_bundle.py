@@ -34,6 +34,7 @@ from geep.reproduce.bundle import (
     WEIGHTS,
     Bundle,
     build_bundle,
+    bundle_bytes,
     exit_distribution,
     full_depth_accuracy,
     layer_shares,
@@ -41,6 +42,7 @@ from geep.reproduce.bundle import (
     main,
     mapped_exit_layers,
     train_all,
+    travel_budget,
 )
 from tests.helpers import assert_one_error_line, toy
 
@@ -283,3 +285,20 @@ def test_the_command_runs_from_a_checkout_that_is_not_installed() -> None:
     help_ = [sys.executable, "-S", "-m", "geep.reproduce.bundle", "--help"]
     done = subprocess.run(help_, cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "--out" in done.stdout, done.stderr
+
+
+@pytest.mark.slow
+def test_the_compare_bundle_of_the_embedded_model_fits_beside_the_checkout(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The real one: minilm-l6 and rotten-tomatoes from their pinned archives (cached after the
+    first fetch), at ``compare``'s recipe."""
+    out = tmp_path / "gpu-bundle"
+    assert main(["--out", str(out)]) == 0
+    assert "of the GPU machine's 64 MiB" in capsys.readouterr().out
+    assert bundle_bytes(out) <= travel_budget(out)
+    bundle = load_bundle(out)
+    assert [len(bundle.train), len(bundle.dev), len(bundle.test)] == [2000, 1275, 1275]
+    bert = get_method("bert").create(str(bundle.model), bundle.labels, "rt", bundle.recipe("bert"))
+    assert bert.num_layers == 6 and bert.backbone.pooling == "mean"  # 1_Pooling came along
+    assert {p.dtype for p in bert.model.parameters()} == {torch.float32}
