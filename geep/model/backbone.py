@@ -76,7 +76,9 @@ def model_pooling(source: str) -> Pooling:
 
 
 def load_pretrained(model: str) -> tuple[Backbone, PreTrainedTokenizerBase]:
-    """Load the encoder and tokenizer for ``model`` (embedded name, local folder or hub id)."""
+    """Load the encoder and tokenizer for ``model`` (embedded name, local folder or hub id). The
+    weights are float32, as every method trains and runs them, also when the checkpoint stores
+    float16 or bfloat16 (they are upcast as they load)."""
     source = resolve_model_dir(model)
     local = Path(source).exists()
     if not local and (reason := hub_unavailable_reason()):
@@ -87,7 +89,8 @@ def load_pretrained(model: str) -> tuple[Backbone, PreTrainedTokenizerBase]:
     try:
         from transformers import AutoModel, AutoTokenizer
 
-        encoder = AutoModel.from_pretrained(source, local_files_only=local)
+        # float32 whatever the checkpoint holds: transformers 5 loads a float16 file as float16
+        encoder = AutoModel.from_pretrained(source, local_files_only=local, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except OSError as err:
         where = f"in {source}" if local else f"'{model}' from the Hugging Face hub"

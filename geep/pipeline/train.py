@@ -64,9 +64,8 @@ def train_method(
     process = this_process()
     with _writing(out, process):
         set_seed(config.seed)  # before the heads are initialised, so a seed fixes the whole run
-        data, train = _training_data(dataset, config, process)
-        task = "pair" if "text_pair" in train.column_names else "single"
-        labels = train.features["label"].names
+        data, train = training_data(dataset, config, process)
+        task, labels = task_and_labels(train)
         method = cls.create(model, labels, dataset, config, task=task, settings=settings)
         method.to(process.device)
         encoded = encode_split(method.tokenizer, train, config.seq_len)
@@ -82,7 +81,9 @@ def train_method(
             "processes": process.num_processes,
         }
         state = TrainState(state_folder(Path(out)), run, save_every_s)
-        _fit(method, encoded, config, start_from, state)
+        with saving_into(state):
+            first_stage = None if start_from is None else load_checkpoint(start_from)
+            fit_method(method, encoded, first_stage)
         if process.is_main_process:  # the processes hold the same weights: one evaluates and saves
             _record_dev_accuracy(method, data["dev"], max_dev, config.seq_len)
             method.save(out)
@@ -101,7 +102,7 @@ def _writing(out: Path, process: PartialState) -> contextlib.AbstractContextMana
     )
 
 
-def _training_data(
+def training_data(
     dataset: str, config: TrainConfig, process: PartialState
 ) -> tuple[DatasetDict, Dataset]:
     """``dataset``'s splits (fetched by the main process first) and its training rows: a seeded
@@ -116,26 +117,28 @@ def _training_data(
     return data, train
 
 
-def _fit(
-    method: Method,
-    encoded: Encoded,
-    config: TrainConfig,
-    start_from: str | Path | None,
-    state: TrainState,
-) -> None:
-    """Train ``method`` on ``encoded``, saving into ``state`` as it goes; from the checkpoint
-    ``start_from`` when given (:meth:`Method.fit_from`). Out of GPU memory is a GeepError."""
+def task_and_labels(rows: Dataset) -> tuple[str, list[str]]:
+    """A split's task (``pair`` when it has a ``text_pair`` column, else ``single``) and its class
+    names, as a method is created with them."""
+    return "pair" if "text_pair" in rows.column_names else "single", rows.features["label"].names
+
+
+def fit_method(method: Method, encoded: Encoded, first_stage: Method | None = None) -> Method:
+    """Train ``method`` on ``encoded`` with its checkpoint's recipe: whole (:meth:`Method.fit`),
+    or from ``first_stage``, a ``bert`` fine-tuned on the same data, when given
+    (:meth:`Method.fit_from`). Out of GPU memory is a GeepError. Returns ``method``."""
     try:
-        with saving_into(state):
-            if start_from is None:
-                method.fit(encoded)
-            else:
-                method.fit_from(load_checkpoint(start_from), encoded)
+        if first_stage is None:
+            method.fit(encoded)
+        else:
+            method.fit_from(first_stage, encoded)
     except torch.OutOfMemoryError:
+        config = TrainConfig.from_dict(method.info.train)
         raise GeepError(
             f"out of GPU memory training {method.name} at batch size {config.batch_size}, "
             f"--seq-len {config.seq_len}; lower one of them"
         ) from None
+    return method
 
 
 def _record_dev_accuracy(method: Method, rows: Dataset, max_dev: int | None, seq_len: int) -> None:
