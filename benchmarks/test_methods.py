@@ -4,7 +4,9 @@ FLOPs, exits, latency, utilisation.
 One benchmark per unit; pytest-benchmark times ``profile.rounds`` runs over the test split after
 a warm-up, and ``extra_info`` carries everything :func:`geep.reproduce.units.measure` measured (the
 work counts of :mod:`geep.measure.work` included; the calls themselves only in the run files) plus
-"method", "dataset", "seed", "setting", "speed_source", "batching" and "batch_size". A setting
+"method", "dataset", "seed", "setting", "speed_source", "batching" and "batch_size"; in a profile
+of another precision than float32, also what it changed against float32 eager ("exit_changed",
+"label_changed", "float32_accuracy": geep.pipeline.evaluate.precision_changes). A setting
 is a speed of the fixed sweep (``0.5``) or one chosen on the dev split (``dev3``: geep.core.sweeps);
 a dynamic-exit method measures each setting under every batching policy of the profile
 (``shrink``, ``regroup``: geep.core.dynamic_exit), one after the other. Each row is also kept in
@@ -64,6 +66,7 @@ def test_unit(benchmark, profile: Profile, results_dir: Path, resume: bool, unit
         loaded.method, loaded.test, fields["speed"], profile.batch_size, profile.rounds, timed_by
     )
     row.update(fields)
+    row.update(loaded.precision_changes(fields["speed"], profile.batch_size))
     path = record(
         results_dir, profile, loaded.method, dataset, loaded.test, row, loaded.sweep, name
     )

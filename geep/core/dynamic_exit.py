@@ -87,8 +87,9 @@ class LayerCalls:
         """h_layer [b, T, H] from h_{layer-1}, and the logits [b, C] of the head after it (None
         where there is none)."""
         if self.call is None:
-            return self._step(layer, hidden, attention_mask, mask)
-        out = self.call(("layer", layer), partial(self._step, layer), hidden, attention_mask)
+            out = self._step(layer, hidden, attention_mask, mask)
+        else:
+            out = self.call(("layer", layer), partial(self._step, layer), hidden, attention_mask)
         return out[0], out[1] if len(out) > 1 else None
 
     def _embed(

@@ -121,7 +121,7 @@ def _full_mask(hidden: torch.Tensor) -> torch.Tensor:
 
 
 class OnnxClassifier(nn.Module):
-    """A full-depth classifier whose ``logits(batch)`` runs as one graph. ``backbone`` is the
+    """A full-depth classifier whose ``forward_logits`` runs as one graph. ``backbone`` is the
     torch model's, shared and never run: the suite asks it the model's shape (its layers and
     widths, for FLOPs)."""
 
@@ -130,13 +130,19 @@ class OnnxClassifier(nn.Module):
         self.backbone = source.backbone
         self.graph = graph
 
-    def logits(self, batch: Batch) -> torch.Tensor:
+    def forward_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
         """[B, T] inputs -> [B, C] logits after all layers."""
-        return self.graph(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        return self.graph(input_ids, attention_mask, token_type_ids)
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        return self.forward_logits(batch.input_ids, batch.attention_mask, batch.token_type_ids)
 
 
 class _Logits(nn.Module):
-    """What :func:`onnx_whole` exports: a model's ``logits`` on the three input tensors."""
+    """What :func:`onnx_whole` exports: a model's ``forward_logits`` on the three input
+    tensors."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -145,8 +151,7 @@ class _Logits(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
     ) -> torch.Tensor:
-        unread = input_ids[:, 0]  # labels and positions: not read (len() would fix the batch)
-        return self.model.logits(Batch(input_ids, attention_mask, token_type_ids, unread, unread))
+        return self.model.forward_logits(input_ids, attention_mask, token_type_ids)
 
 
 class _Flat(nn.Module):
@@ -164,10 +169,13 @@ class _Flat(nn.Module):
 
 def onnx_whole(method: Method, example: Encoded, precision: Precision = "fp32") -> Method:
     """A copy of a full-depth ``method`` (``inference_of``: full-depth, a model answering
-    ``logits(batch)``) whose model runs as one ONNX Runtime graph in ``precision``; traced on
+    ``forward_logits(input_ids, attention_mask, token_type_ids)``) whose model runs as one ONNX
+    Runtime graph in ``precision``; traced on
     a batch of ``example`` (module docstring). The original is left as it was."""
     _check(method, precision)
-    if method.inference_of(method.options) != "full-depth" or not hasattr(method.model, "logits"):
+    if method.inference_of(method.options) != "full-depth" or not hasattr(
+        method.model, "forward_logits"
+    ):
         raise GeepError(
             f"{method.name} is not a full-depth classifier: only one exports as one graph "
             "(a dynamic-exit method exports as layer pieces)"

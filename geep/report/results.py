@@ -83,6 +83,10 @@ COLUMNS = [
     "profile",
     "config_hash",
     "device",
+    "runtime",
+    "exit_changed",
+    "label_changed",
+    "float32_accuracy",
     "git_commit",
 ]
 
@@ -120,6 +124,7 @@ def load_runs(results: str | Path) -> pd.DataFrame:
                     "profile": meta["profile"],
                     "config_hash": meta["config_hash"],
                     "device": meta["device"],
+                    "runtime": _runtime_label(meta.get("runtime")),
                     "git_commit": meta.get("git_commit"),
                 }
             )
@@ -132,6 +137,14 @@ def load_runs(results: str | Path) -> pd.DataFrame:
         )
     order = ["dataset", "method", "batching", "seed", "speed_source", "speed"]
     return frame.sort_values(order, key=_method_order).reset_index(drop=True)
+
+
+def _runtime_label(runtime: dict | None) -> str:
+    """A run file's precision and graph mode as tables name it (geep.core.runtime); float32
+    eager for a run file that records none."""
+    runtime = runtime or {}
+    graphs = "+ CUDA graphs" if runtime.get("graphs") else "eager"
+    return f"{runtime.get('precision', 'float32')} {graphs}"
 
 
 def method_traits(entry: str, options: dict) -> dict:
@@ -400,6 +413,46 @@ def model_section(frame: pd.DataFrame, device: Device) -> str:
     )
 
 
+def precision_section(frame: pd.DataFrame) -> str | None:
+    """What the profile's precision changed against float32 eager, per dataset, method and
+    setting (seeds' means): accuracy either way and the share of test samples that exit at
+    another layer or get another label (geep.pipeline.evaluate.precision_changes); None for a
+    float32 run."""
+    if "exit_changed" not in frame.columns or frame["exit_changed"].isna().all():
+        return None
+    keys = ["dataset", "variant", "setting"]
+    means = frame.groupby(keys, sort=False)[
+        ["accuracy", "float32_accuracy", "exit_changed", "label_changed"]
+    ].mean()
+    runtime = frame["runtime"].iloc[0]
+    lines = [
+        f"## What {runtime} changed against float32 eager",
+        "",
+        "The same checkpoints on the same test samples, a float32 eager copy run beside each "
+        "unit: accuracy either way and the share of samples that exit at another layer or get "
+        "another label.",
+        "",
+        f"| dataset | method | batching | setting | accuracy ({runtime}) | accuracy (float32) "
+        "| exit changed | label changed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, name, setting), r in means.iterrows():
+        cells = [dataset, *_name_cells(name), setting, f"{r.accuracy:.3f}"]
+        cells += [f"{r.float32_accuracy:.3f}", f"{r.exit_changed:.1%}", f"{r.label_changed:.1%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    worst = means.groupby(level="variant", sort=False)[["exit_changed", "label_changed"]].max()
+    lines += [
+        "",
+        "At most, per method: "
+        + "; ".join(
+            f"`{v}` {r.exit_changed:.1%} of exits, {r.label_changed:.1%} of labels"
+            for v, r in worst.iterrows()
+        )
+        + ".",
+    ]
+    return "\n".join(lines)
+
+
 def encoding_section(results: Path) -> str | None:
     """Markdown: the large-split encoding benchmark's figures, when the profile ran it."""
     path = results / ENCODING_FILE
@@ -493,6 +546,7 @@ def tables_markdown(
     serving: str | None = None,
     regime: str | None = None,
     rules: str | None = None,
+    precision: str | None = None,
 ) -> str:
     """All datasets' tables, with how they were made."""
     first = frame.iloc[0]
@@ -502,7 +556,8 @@ def tables_markdown(
     parts = [
         f"# Results: profile `{first['profile']}` (config {first['config_hash']})",
         "",
-        f"Device: {first['device']}; {commits if len(runs) > 1 else f'commit {runs.index[0]}'}; "
+        f"Device: {first['device']}, {first['runtime']}; "
+        f"{commits if len(runs) > 1 else f'commit {runs.index[0]}'}; "
         f"seeds {', '.join(str(s) for s in seeds)}. Accuracy on the test split, ± the "
         "half-width of its 95% bootstrap interval"
         + (", and the standard deviation across seeds" if len(seeds) > 1 else "")
@@ -530,7 +585,7 @@ def tables_markdown(
         parts += ["", model_section(frame, device)]
         for dataset in frame["dataset"].unique():
             parts += ["", f"### {dataset}", "", work_table(frame, dataset)]
-    for section in (rules, encoding, serving, regime):
+    for section in (precision, rules, encoding, serving, regime):
         if section is not None:
             parts += ["", section]
     return "\n".join(parts) + "\n"
@@ -655,7 +710,13 @@ def write_report(results: str | Path) -> list[Path]:
     outputs = {
         results / "results.csv": frame[columns].to_csv(index=False).encode(),
         results / "tables.md": tables_markdown(
-            frame, device, encoding, serving, section, exit_rule_section(results)
+            frame,
+            device,
+            encoding,
+            serving,
+            section,
+            exit_rule_section(results),
+            precision_section(frame),
         ).encode(),
     }
     outputs |= {results / name: figure_png(plot(*args)) for name, plot, args in plots}

@@ -19,8 +19,9 @@ machine, which receives only the checkout (docs/gpu.md), trains every method fro
 
 :func:`load_bundle` checks every file against the manifest and writes the float32 model folder
 that :meth:`Method.create` loads (the float16 weights upcast, the rows no sample uses zero);
-:func:`train_all` trains every method on it; :func:`exit_distribution` and
-:func:`mapped_exit_layers` carry a trained method's exits over to a deeper synthetic model.
+:func:`train_all` trains every method on it; :func:`layer_shares` and
+:func:`mapped_exit_layers` carry a trained method's exits over to a deeper synthetic model (the
+GPU check's, geep.reproduce.gpu_check).
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ from geep.common.storage import (
 from geep.core.interface import Method
 from geep.core.registry import get_method, method_names, reference_name
 from geep.data.encoding import Encoded, encode_split
-from geep.measure.metrics import accuracy
 from geep.model.backbone import resolve_model_dir
 from geep.reproduce.profiles import get_profile
 
@@ -393,13 +393,6 @@ def train_all(
     return trained
 
 
-def full_depth_accuracy(method: Method, data: Encoded, batch_size: int = 64) -> float:
-    """``method``'s accuracy on ``data`` at its first (full-depth) speed, as ``geep train``
-    records it on dev."""
-    predicted = method.run(data, method.default_speeds()[0], batch_size).labels
-    return accuracy(data.labels.numpy(), predicted)
-
-
 def layer_shares(exit_layers: np.ndarray, layers: int) -> torch.Tensor:
     """The share of samples exiting at each layer 1..``layers`` [layers] (float64) from their
     exit layers [N] (:func:`_spread`: a fractional one, HashEE's per-token mean, is split between
@@ -420,17 +413,9 @@ def _spread(depths: torch.Tensor, weights: torch.Tensor, layers: int) -> torch.T
     return shares[1:]
 
 
-def exit_distribution(
-    method: Method, data: Encoded, speed: float, batch_size: int = 64
-) -> torch.Tensor:
-    """The share of ``data``'s samples that ``method`` exits at each of its layers at ``speed``
-    [L] (:func:`layer_shares`)."""
-    return layer_shares(method.run(data, speed, batch_size).exit_layers, method.num_layers)
-
-
 def mapped_exit_layers(shares: torch.Tensor, layers: int, n: int, seed: int = 0) -> torch.Tensor:
     """Exit layers [n] in 1..``layers`` for a synthetic model of ``layers`` layers whose exits
-    follow ``shares`` [L] of an L-layer model (:func:`exit_distribution`), in random order.
+    follow ``shares`` [L] of an L-layer model (:func:`layer_shares`), in random order.
 
     The rule: a sample that exits after layer k of L ran k/L of the encoder, so on the deeper
     model it exits at the same depth, layer k * layers / L; where that is not whole its share is

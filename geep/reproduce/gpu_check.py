@@ -1,36 +1,42 @@
 """The GPU check: one command that shows the suite's CUDA paths work and measures what the
 latency model only assumes (docs/gpu.md).
 
-``python -m geep.reproduce.gpu_check`` runs, on the first CUDA device:
+``python -m geep.reproduce.gpu_check`` runs, on the first CUDA device, in each of the modes of
+:data:`MODES` (float32 eager, bfloat16 eager, bfloat16 with CUDA graphs; geep.core.runtime):
 
 1. ``gpu-tests``: the tests marked ``gpu`` (pytest, from the checkout's tests/);
 2. ``exit-table``: GEEP's exit table built from about a million distinct keys by the CUDA
    kernels and by the CPU backend: the same keys and counts, the same million lookups;
-3. ``methods``: every method on a randomly initialised BERT-base-shaped encoder (12 layers,
-   hidden 768, length up to 128: time does not depend on the weights' values), each at full depth
-   and at a hand-set exit setting, timed by :func:`geep.reproduce.units.measure` with NVML
-utilisation;
-4. ``calibration``: full-depth ``bert`` timed at batch sizes 1 to 256 and three lengths, the
-   latency model (:mod:`geep.measure.latency`) fitted on those points, then its error on every unit
-   of (3), beside the error of the model built from the GPU's datasheet;
-5. ``graphs``: full-depth ``bert`` eager, as one CUDA graph per call and as one graph for the
-   whole forward, at batch sizes 1 to 256, with the model fitted on each.
+3. ``trained``: every method trained on the GPU bundle (geep.reproduce.bundle: the embedded
+   encoder and ``compare``'s rotten-tomatoes splits), then at its setting nearest 2x FLOPs on
+   dev: its test accuracy, the samples whose exit or label bfloat16 changes, and its time;
+4. ``methods``: every method on a randomly initialised BERT-base-shaped encoder (12 layers,
+   hidden 768, length 128: time does not depend on the weights' values) at full depth and
+   at exits giving about 2x FLOPs, at batch sizes 1 to 128, timed by
+   :func:`geep.reproduce.units.measure` with NVML utilisation;
+5. ``calibration``: full-depth ``bert`` timed at batch sizes 1 to 256 and three lengths, the
+   latency model (:mod:`geep.measure.latency`) fitted on those points, then its error on every
+   cell of (4) in the same mode (and the float32 datasheet model's).
 
-Hand-set exits: GEEP's table is built from synthetic training samples whose tokens come from a
-band of the vocabulary that names their exit layer (uniform over 1..L), so its predictions
-spread over every layer; a threshold method's threshold is the quantile of its heads' exit
-statistics that puts its mean exit nearest mid-depth; PABEE waits for L/2 - 1 agreeing layers;
-HashEE runs its frequency hash at L/2.
+The exits of (4) are the trained models' of (3), mapped from their 6 layers onto 12 at the same
+mean depth (:func:`geep.reproduce.bundle.mapped_exit_layers`); without (3) they are hand-set
+with their mean at mid-depth. Either way GEEP's table is built from synthetic training samples
+whose tokens come from a band of the vocabulary that names their exit layer, and the test
+samples' tokens name the exits wanted, so its predictions land there; a threshold method's
+threshold is the quantile of its heads' exit statistics that puts its mean exit nearest the
+target; PABEE waits for one layer less than it; HashEE runs its frequency hash at it.
 
 It writes ``<out>/gpu-check.json`` (every check's result and how it was made) and
 ``<out>/tables.md``, and prints one line per check; the status is 0 when every check passed.
-``--dry-run`` runs the same code on the CPU at a tiny size (the CUDA tests then skip), so CI
-knows the check starts.
+``--dry-run`` runs the same code on the CPU at a tiny size (the CUDA tests then skip, the
+trained check trains on synthetic data unless given a bundle), so CI knows the check starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import re
 import statistics
@@ -61,11 +67,13 @@ from geep.measure.latency import Device, fit_device, published_gpu
 from geep.measure.latency import Measurement as Point
 from geep.measure.work import calls_from_rows, calls_to_rows, operators_per_call
 from geep.methods.exit_table import ExitTable
+from geep.reproduce.bundle import Bundle, load_bundle
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD, CLS, SEP = 0, 2, 3
 LABELS = ["negative", "positive"]
 CHECK_FILE = "gpu-check.json"
+BUNDLE = "gpu-bundle"  # where the trained check looks for the GPU bundle (geep.reproduce.bundle)
 
 # Float32 datasheet figures (the check runs in float32, TF32 off: torch's default):
 # peak FLOP/s and memory bandwidth, matched by name.
@@ -92,6 +100,7 @@ class CheckSize:
     cell_batches: int  # batches per timed round of a cell (at most ``samples`` samples)
     rounds: int
     budget_seconds: float  # the methods check skips the cells left after this long
+    trained_batch: int  # the batch size the trained check times its methods at
     table_keys: int
     calibration_sizes: tuple[int, ...]
     calibration_lengths: tuple[int, ...]
@@ -110,7 +119,8 @@ GPU_SIZE = CheckSize(
     batch_sizes=(1, 8, 32, 128),
     cell_batches=16,
     rounds=5,
-    budget_seconds=240.0,
+    budget_seconds=210.0,
+    trained_batch=32,
     table_keys=1_000_000,
     calibration_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256),
     calibration_lengths=(32, 64, 128),
@@ -129,6 +139,7 @@ DRY_SIZE = CheckSize(
     cell_batches=1,
     rounds=1,
     budget_seconds=600.0,
+    trained_batch=4,
     table_keys=5_000,
     calibration_sizes=(1, 2, 4),
     calibration_lengths=(6, 12),
@@ -174,14 +185,19 @@ def make_model(folder: Path, size: CheckSize, seed: int = 0) -> Path:
 
 
 def synthetic_split(
-    size: CheckSize, n: int, seed: int, length: int | None = None
+    size: CheckSize,
+    n: int,
+    seed: int,
+    length: int | None = None,
+    targets: torch.Tensor | None = None,
 ) -> tuple[Encoded, torch.Tensor]:
     """``n`` samples [CLS] tokens [SEP] of lengths uniform in [8, seq_len] (or ``length``), and
-    each one's target exit layer [n] (uniform over 1..L): its tokens come from the target's band
-    of the vocabulary, so GEEP's table maps them back to it."""
+    each one's target exit layer [n] (uniform over 1..L, or ``targets`` [n]): its tokens come
+    from the target's band of the vocabulary, so GEEP's table maps them back to it."""
     rng = np.random.default_rng(seed)
     layers = size.layers
-    targets = rng.integers(1, layers + 1, n)
+    drawn = rng.integers(1, layers + 1, n)  # drawn either way: the same tokens for a seed
+    targets = drawn if targets is None else np.asarray(targets, dtype=np.int64)
     lengths = rng.integers(8, size.seq_len + 1, n) if length is None else np.full(n, length)
     band = (size.vocab - len(SPECIAL)) // layers
     ids = np.full((n, size.seq_len), PAD, dtype=np.int64)
@@ -283,26 +299,30 @@ class Setting:
     options: tuple[str, ...] = ()
 
 
-def hand_set(method: Method, size: CheckSize, data: Encoded) -> float:
-    """Put exits at hand-set places (module docstring); the speed that gives them. The method
-    is asked how its exits are decided and how its speed reads, never its name."""
+def hand_set(
+    method: Method, size: CheckSize, data: Encoded, mean_exit: float | None = None
+) -> float:
+    """Put exits at hand-set places (module docstring) with their mean at ``mean_exit``
+    (default mid-depth, (L + 1) / 2); the speed that gives them. A predicted-exit method exits
+    where ``data``'s tokens name. The method is asked how its exits are decided and how its
+    speed reads, never its name."""
     layers = method.num_layers
+    middle = (layers + 1) / 2 if mean_exit is None else mean_exit
     if method.inference_of(method.options) == "predicted":  # statistics that place each exit
         train, targets = synthetic_split(size, size.train_samples, seed=1)
         method.keep_statistics(train, targets)
         return 0.5  # any threshold in (0, 1) exits at the targets (Method.keep_statistics)
     method.keep_statistics(data)  # e.g. HashEE's token counts; most methods keep none
-    if method.speed_reads == "patience":
-        return float(max(1, layers // 2 - 1))
+    if method.speed_reads == "patience":  # exits about one layer after its patience runs out
+        return float(max(1, round(middle) - 1))
     if method.speed_reads == "depth":
-        return float(layers // 2)
+        return float(max(1, round(middle)))
     if isinstance(method, DynamicExitMethod):
         sample = data.select(torch.arange(min(len(data), 512)))
         stats = method.exit_statistics(sample)  # [N, L-1]
         candidates = torch.quantile(
             stats.flatten().double(), torch.linspace(0.02, 0.98, 49, dtype=torch.double)
         )
-        middle = (layers + 1) / 2
         return float(
             min(
                 candidates.tolist(),
@@ -340,19 +360,36 @@ def cell_key(row: dict[str, Any]) -> str:
     return f"{unit} | {row['runtime']} | batch {row['batch_size']}"
 
 
-def check_methods(device: torch.device, size: CheckSize, model: Path, data: Encoded) -> CheckResult:
+def check_methods(
+    device: torch.device,
+    size: CheckSize,
+    model: Path,
+    data: Encoded,
+    exits: dict[str, torch.Tensor] | None = None,
+) -> CheckResult:
     """Every unit (:func:`settings_of`) in every mode of :data:`MODES` at every batch size of
     ``size``: the rows :func:`geep.reproduce.units.measure` gives, each over the first
-    ``cell_batches`` batches of ``data``. A mode a unit cannot run in (CUDA graphs on a CPU, or
-    a method whose calls cannot be captured) is recorded as skipped with the reason, and so
-    is every cell left when the check has run ``size.budget_seconds``."""
+    ``cell_batches`` batches of ``data``. A method with ``exits`` (exit layers [N] mapped from
+    its trained model, :func:`check_trained`) exits as they do: its setting is ``trained
+    exits``, its samples' tokens name those layers and its mean exit is theirs; the others'
+    exits are hand-set. A mode a unit cannot run in (CUDA graphs on a CPU, or a method whose
+    calls cannot be captured) is recorded as skipped with the reason, and so is every cell
+    left when the check has run ``size.budget_seconds``."""
     from geep.reproduce.units import measure
 
     config = TrainConfig(seq_len=size.seq_len, batch_size=max(size.batch_sizes))
     rows, failures, skipped = [], [], []
     start = time.perf_counter()
+    exits = exits or {}
     for name in method_names():
+        mapped = exits.get(name)
+        mean_exit = None if mapped is None else float(mapped.double().mean())
+        units_data = data
+        if mapped is not None:  # the tokens name the mapped layers (GEEP predicts from them)
+            units_data, _ = synthetic_split(size, len(mapped), 0, size.seq_len, mapped)
         for setting in settings_of(name):
+            if mapped is not None and setting.label != "full":
+                setting = replace(setting, label="trained exits")
             unit = " ".join(filter(None, [name, setting.label, setting.batching]))
             torch.manual_seed(0)  # the same heads for a method's every setting and policy
             method = get_method(name).create(
@@ -365,8 +402,8 @@ def check_methods(device: torch.device, size: CheckSize, model: Path, data: Enco
                 except GeepError as err:
                     skipped.append(f"{unit} | {runtime.label}: {err}")
                     continue
-                chosen = hand_set(method, size, data)  # in this precision
-                speed = chosen if setting.label == "hand-set" else 0.0
+                chosen = hand_set(method, size, units_data, mean_exit)  # in this precision
+                speed = 0.0 if setting.label == "full" else chosen
                 if setting.batching:
                     method.configure([f"batching={setting.batching}"])
                 for batch in size.batch_sizes:
@@ -374,7 +411,9 @@ def check_methods(device: torch.device, size: CheckSize, model: Path, data: Enco
                     if time.perf_counter() - start > size.budget_seconds:
                         skipped.append(f"{cell}: past the check's {size.budget_seconds:.0f} s")
                         continue
-                    cut = data.select(torch.arange(min(len(data), size.cell_batches * batch)))
+                    cut = units_data.select(
+                        torch.arange(min(len(units_data), size.cell_batches * batch))
+                    )
                     try:
                         row = measure(method, cut, speed, batch, size.rounds)
                     except Exception as err:
@@ -395,6 +434,115 @@ def check_methods(device: torch.device, size: CheckSize, model: Path, data: Enco
     passed = not failures and bool(rows)
     details = {"rows": rows, "failures": failures, "skipped": skipped}
     return CheckResult("methods", passed, summary, details=details)
+
+
+def synthetic_bundle(folder: Path, size: CheckSize) -> Bundle:
+    """A bundle of the synthetic model in ``folder`` and synthetic splits, for a dry run (the
+    real one, :mod:`geep.reproduce.bundle`, trains the embedded encoder: minutes per method on
+    a CPU)."""
+    config = TrainConfig(epochs=1, batch_size=8, seq_len=size.seq_len).to_dict()
+    manifest = {
+        "dataset": "synthetic samples",
+        "profile": "a dry run",
+        "model": "the check's random BERT",
+        "task": "single",
+        "labels": LABELS,
+        "train": {name: config for name in method_names()},
+    }
+    train, dev, test = (synthetic_split(size, size.samples, seed)[0] for seed in (2, 3, 4))
+    return Bundle(folder, manifest, folder, train, dev, test)
+
+
+def nearest_setting(
+    method: Method, dev: Encoded, batch_size: int, target: float = 2.0
+) -> tuple[float, float]:
+    """The speed of ``method``'s grid whose FLOPs speedup (``full`` convention) on ``dev`` is
+    nearest ``target``, and that speedup; full depth for the reference."""
+    from geep.pipeline.evaluate import sweep
+
+    if method.reference:
+        return 0.0, 1.0
+    results, _, _ = sweep(method, dev, method.default_speeds(), batch_size, progress=False)
+    best = min(results, key=lambda r: abs(r.speedup_full - target))
+    return best.speed, best.speedup_full
+
+
+def check_trained(device: torch.device, size: CheckSize, bundle: Bundle) -> CheckResult:
+    """Every method trained on ``bundle`` on ``device`` (:func:`geep.reproduce.bundle.train_all`,
+    at the bundle's recipe), then, at its setting nearest 2x FLOPs on the dev split, in every
+    mode of :data:`MODES`: accuracy on the test split, the share of test samples that exit at
+    another layer or get another label than in float32 eager, and the time at batch size
+    ``size.trained_batch`` (:func:`geep.reproduce.units.measure`). The details keep each
+    method's exit distribution over its layers in float32 (``shares``), which
+    :func:`check_methods` maps onto the deeper model."""
+    from geep.pipeline.evaluate import precision_changes
+    from geep.reproduce.bundle import layer_shares, train_all
+    from geep.reproduce.units import measure
+
+    start = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):  # the training bars: one line per check
+        trained = train_all(bundle, device, method_names())
+    train_seconds = time.perf_counter() - start
+    batch, labels = size.trained_batch, bundle.test.labels.numpy()
+    rows, failures, skipped, shares = [], [], [], {}
+    for name in list(trained):
+        method = trained.pop(name)  # freed (with its graphs) before the next one runs
+        speed, dev_speedup = nearest_setting(method, bundle.dev, batch)
+        float32 = method.run(bundle.test, speed, batch)
+        shares[name] = layer_shares(float32.exit_layers, method.num_layers).tolist()
+        for runtime in MODES:
+            cell = f"{name} | {runtime.label} | batch {batch}"
+            try:
+                method.use_runtime(runtime)
+            except GeepError as err:
+                skipped.append(f"{cell}: {err}")
+                continue
+            try:
+                row = measure(method, bundle.test, speed, batch, size.rounds)
+                low = method.run(bundle.test, speed, batch)
+            except Exception as err:
+                failures.append(f"{cell}: {type(err).__name__}: {err}")
+                continue
+            row.update(precision_changes(float32, low, labels))
+            row.update(method=name, dev_speedup_full=dev_speedup)
+            row.update(precision=runtime.precision, graphs=runtime.graphs)
+            rows.append(row)
+        del method
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    reference = {r["runtime"]: r["accuracy"] for r in rows if r["method"] == reference_name()}
+    summary = (
+        f"{len(shares)} methods trained in {train_seconds:.0f} s; {len(rows)} cells ran, "
+        f"{len(skipped)} skipped; {reference_name()} accuracy "
+        + ", ".join(f"{a:.3f} ({m})" for m, a in reference.items())
+    )
+    if failures:
+        summary += "; " + failures[0]
+    details = {
+        "bundle": {
+            k: bundle.manifest.get(k) for k in ("dataset", "profile", "model", "git_commit")
+        },
+        "train_seconds": train_seconds,
+        "rows": rows,
+        "failures": failures,
+        "skipped": skipped,
+        "shares": shares,
+    }
+    return CheckResult("trained", not failures and bool(rows), summary, details=details)
+
+
+def mapped_exits(trained: CheckResult | None, size: CheckSize) -> dict[str, torch.Tensor]:
+    """Each trained method's exits (the trained check's ``shares``) mapped onto ``size.layers``
+    layers for ``size.samples`` samples (:func:`geep.reproduce.bundle.mapped_exit_layers`);
+    none for the reference or without a trained check."""
+    from geep.reproduce.bundle import mapped_exit_layers
+
+    shares = ((trained.details or {}) if trained else {}).get("shares", {})
+    return {
+        name: mapped_exit_layers(torch.tensor(s), size.layers, size.samples)
+        for name, s in shares.items()
+        if name != reference_name()
+    }
 
 
 def check_calibration(
@@ -456,7 +604,7 @@ def check_calibration(
     return CheckResult("calibration", passed, summary or "no cells to fit", details=details)
 
 
-CHECKS = ("gpu-tests", "exit-table", "methods", "calibration")
+CHECKS = ("gpu-tests", "exit-table", "trained", "methods", "calibration")
 
 
 def _datasheet(device: torch.device) -> Device | None:
@@ -507,9 +655,12 @@ def run_checks(
     commit: str | None,
     only: tuple[str, ...] = CHECKS,
     batch_size: int | None = None,
+    bundle: Path | None = None,
 ) -> tuple[list[CheckResult], Path]:
-    """Every check, in order; writes ``gpu-check.json`` under ``out`` (default
-    ``results/gpu-<device>``) and returns the results and that file."""
+    """Every check of ``only``, in order; writes ``gpu-check.json`` under ``out`` (default
+    ``results/gpu-<device>``) and returns the results and that file. The trained check reads
+    the GPU bundle at ``bundle`` (default :data:`BUNDLE`; in a dry run without one, a synthetic
+    bundle of the tiny model)."""
     if not dry_run and not torch.cuda.is_available():
         raise GeepError(
             "the GPU check needs a CUDA device (torch sees none); --dry-run runs it on the CPU"
@@ -535,9 +686,20 @@ def run_checks(
     with tempfile.TemporaryDirectory() as folder:
         model = make_model(Path(folder), size)
         data, _ = synthetic_split(size, size.samples, seed=0, length=size.seq_len)
+        trained = None
+        if "trained" in only:
+
+            def train() -> CheckResult:
+                if bundle is None and dry_run:
+                    return check_trained(device, size, synthetic_bundle(model, size))
+                return check_trained(device, size, load_bundle(bundle or Path(BUNDLE)))
+
+            trained = timed("trained", train)
+            report(trained)
+        exits = mapped_exits(trained, size)
         units: list[dict[str, Any]] = []
         if "methods" in only:
-            methods = timed("methods", lambda: check_methods(device, size, model, data))
+            methods = timed("methods", lambda: check_methods(device, size, model, data, exits))
             report(methods)
             units = (methods.details or {}).get("rows", [])
         if "calibration" in only:
@@ -603,6 +765,12 @@ def main(argv: list[str] | None = None) -> int:
         help="time the methods at this batch size only (default 1, 8, 32 and 128; 1 and 4 in a "
         "dry run)",
     )
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        help=f"the GPU bundle the trained check trains on (default {BUNDLE}; a dry run without "
+        "one trains on synthetic data)",
+    )
     parser.add_argument("--commit", help="the commit checked (default: git's, where there is one)")
     args = parser.parse_args(argv)
     if args.commit is None:
@@ -612,7 +780,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.batch_size is not None and args.batch_size < 1:
             raise GeepError(f"--batch-size must be at least 1, got {args.batch_size}")
-        results, path = run_checks(args.dry_run, args.out, args.commit, args.only, args.batch_size)
+        results, path = run_checks(
+            args.dry_run, args.out, args.commit, args.only, args.batch_size, args.bundle
+        )
     except GeepError as err:
         print(f"geep: {err}", file=sys.stderr)
         return 2
@@ -662,6 +832,44 @@ def cell_frame(document: dict[str, Any]) -> pd.DataFrame:
     return frame
 
 
+def trained_lines(document: dict[str, Any]) -> list[str]:
+    """The trained check (:func:`check_trained`) as a table: per method and mode, the accuracy
+    with its interval, what bfloat16 changed against float32, FLOPs and time against ``bert``
+    in the same mode; nothing for a check without it."""
+    checks = {c["name"]: c for c in document["checks"]}
+    details = checks.get("trained", {}).get("details") or {}
+    rows = details.get("rows", [])
+    if not rows:
+        return []
+    made = details["bundle"]
+    batches = {r["runtime"]: np.ceil(r["n"] / r["batch_size"]) for r in rows}
+    ms = [r["round_seconds_median"] / batches[r["runtime"]] * 1e3 for r in rows]
+    full = {
+        r["runtime"]: t for r, t in zip(rows, ms, strict=True) if r["method"] == reference_name()
+    }
+    lines = [
+        f"Trained models: every method trained on the GPU bundle ({made['model']} on "
+        f"{made['dataset']} at {made['profile']}'s recipe) in {details['train_seconds']:.0f} s, "
+        f"each at its setting nearest 2x FLOPs on dev, on the {rows[0]['n']} test samples in "
+        f"batches of {rows[0]['batch_size']}; changed: the share of test samples that exit at "
+        "another layer or get another label than in float32 eager.",
+        "",
+        "| method | mode | accuracy | exit changed | label changed | mean exit | FLOPs speedup | "
+        "ms per batch | speedup over `bert` |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r, t in zip(rows, ms, strict=True):
+        lines.append(
+            f"| `{r['method']}` | {r['runtime']} | {r['accuracy']:.3f} "
+            f"[{r['accuracy_low']:.3f}, {r['accuracy_high']:.3f}] | {r['exit_changed']:.1%} | "
+            f"{r['label_changed']:.1%} | {r['avg_exit_layer']:.2f} | {r['speedup_full']:.2f}x | "
+            f"{t:.2f} | " + (f"{full[r['runtime']] / t:.2f}x |" if r["runtime"] in full else "- |")
+        )
+    skipped = details.get("skipped", [])
+    lines += ["", *(f"- not measured: {s}" for s in skipped), ""] if skipped else [""]
+    return lines
+
+
 def matrix_tables(document: dict[str, Any]) -> str:
     """A check of every mode and batch size (:func:`check_methods`): per batch size, every
     cell's time beside what the latency model fitted on ``bert`` in its mode predicts."""
@@ -671,8 +879,10 @@ def matrix_tables(document: dict[str, Any]) -> str:
         *_header(document),
         f"A randomly initialised BERT ({size['layers']} layers, hidden {size['hidden']}); "
         f"{size['samples']} synthetic samples of length {size['seq_len']}; every method at "
-        "full depth and at its hand-set exits (mean exit nearest mid-depth, about 2x FLOPs; "
-        f"docs/gpu.md), in each mode; each time is the median of {size['rounds']} rounds of "
+        "full depth and at exits that give about 2x FLOPs: its trained model's exits mapped "
+        "onto these layers where the trained check ran (setting `trained exits`), else hand-set "
+        "(mean exit nearest mid-depth; docs/gpu.md), in each mode; each time is the median of "
+        f"{size['rounds']} rounds of "
         f"at most {size['cell_batches']} batches, one cell after the other. The modelled time "
         "is the latency model fitted on full-depth `bert` in the same mode "
         "(geep/measure/latency.py).",
@@ -683,6 +893,7 @@ def matrix_tables(document: dict[str, Any]) -> str:
         ),
         "",
     ]
+    lines += trained_lines(document)
     frame = cell_frame(document)
     for batch, cells in frame.groupby("batch_size", sort=True) if len(frame) else []:
         lines += [
@@ -719,9 +930,9 @@ def matrix_tables(document: dict[str, Any]) -> str:
 
 def plot_cells(document: dict[str, Any]) -> Figure:
     """Speedup over full-depth ``bert`` against batch size, a panel per mode, a line per unit
-    at its hand-set exits."""
+    at its early exits (trained or hand-set)."""
     frame = cell_frame(document)
-    frame = frame[frame["setting"] == "hand-set"]
+    frame = frame[frame["setting"] != "full"]
     modes = [m.label for m in MODES if m.label in set(frame["runtime"])]
     fig = Figure(figsize=(4.2 * max(len(modes), 1), 3.6), layout="constrained")
     axes = fig.subplots(1, max(len(modes), 1), squeeze=False, sharey=True)[0]
@@ -736,7 +947,7 @@ def plot_cells(document: dict[str, Any]) -> Figure:
         ax.set_xlabel("batch size")
     axes[0].set_ylabel("speedup over full-depth bert (measured)")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{document['device']}: hand-set exits (about 2x FLOPs)")
+    fig.suptitle(f"{document['device']}: exits at about 2x FLOPs")
     return fig
 
 

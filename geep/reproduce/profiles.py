@@ -17,6 +17,8 @@ Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
   steps), plus GEEP's efficiency and the training-speed benchmarks, for comparing methods (about 3
   hours on 2 cores); and the serving benchmark under LoadGen (docs/serving.md, about 20
   minutes more).
+- ``quick-bfloat16``: ``quick`` on rotten-tomatoes in bfloat16, each unit also run by a float32
+  eager copy of its checkpoint: what bfloat16 changes in exits, labels and accuracy.
 - ``offline``: all six offline datasets at full size (hours on a CPU, minutes on a GPU).
 - ``paper``: the twelve paper datasets with bert-base-uncased / bert-base-chinese and the papers'
   recipe (lr 2e-5, batch 32, length 128, 3 epochs, plainly shuffled batches; HashEE lr 5e-5, 4
@@ -232,6 +234,15 @@ PROFILES = {
         method_train={"hashee": {"lr": 5e-5, "epochs": 4}},
     ),
 }
+
+PROFILES["quick-bfloat16"] = replace(
+    PROFILES["quick"],
+    name="quick-bfloat16",
+    description="quick's checkpoints and settings on rotten-tomatoes in bfloat16 (weights "
+    "cast), a float32 eager copy run beside each unit to count the exits and labels it moves",
+    datasets=("rotten-tomatoes",),
+    precision="bfloat16",
+)
 
 
 def get_profile(name: str | None = None) -> Profile:

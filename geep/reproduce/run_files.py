@@ -79,6 +79,8 @@ ROW_SCHEMA = document(
         **{k: maybe(number(0)) for k in ("gpu_util_percent", "gpu_memory_mib")},
         "calls": maybe(listing(CALL_ROW)),
         "operators": maybe(OPERATORS),
+        # what a precision other than float32 changed (absent in float32)
+        **{k: maybe(number(0, 1)) for k in ("exit_changed", "label_changed", "float32_accuracy")},
     }
 )
 RUN_FILE_SCHEMA = document(

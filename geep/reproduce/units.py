@@ -33,7 +33,14 @@ from geep.data.registry import get_spec
 from geep.measure.flops import dims_for
 from geep.measure.monitor import UtilisationMonitor
 from geep.measure.work import calls_to_rows, operators_per_call
-from geep.pipeline.evaluate import library_versions, load_split, prepare_checkpoint, summarize
+from geep.pipeline.evaluate import (
+    float32_copy,
+    library_versions,
+    load_split,
+    precision_changes,
+    prepare_checkpoint,
+    summarize,
+)
 from geep.pipeline.train import train_method
 from geep.reproduce.profiles import Profile
 from geep.reproduce.run_files import DamagedRunFile, read_run_file, run_file, set_aside
@@ -351,6 +358,17 @@ class Trained:
     test: Encoded
     sweep: dict[str, Any]  # dev_sweep's record; {} when the method has none
     entry: str  # the profile entry it was trained as: a method or an ablation
+    float32: Method | None = None  # a float32 eager copy, when the profile runs another precision
+
+    def precision_changes(self, speed: float, batch_size: int) -> dict[str, float]:
+        """What the profile's precision changes against float32 eager at ``speed`` on the test
+        split (:func:`geep.pipeline.evaluate.precision_changes`); nothing in float32."""
+        if self.float32 is None:
+            return {}
+        self.float32.configure([f"batching={self.method.batching}"] if self.method.batching else [])
+        base = self.float32.run(self.test, speed, batch_size)
+        low = self.method.run(self.test, speed, batch_size)
+        return precision_changes(base, low, self.test.labels.numpy())
 
     def resolve(self, setting: str) -> dict[str, Any]:
         """A setting id's row fields: ``"0.5"`` is a fixed speed (``speed_source`` "grid"),
@@ -375,8 +393,12 @@ def load_unit(profile: Profile, entry: str, dataset: str, seed: int) -> Trained:
     (:func:`geep.pipeline.evaluate.prepare_checkpoint`), its test split and its dev sweep, both
     capped at the profile's ``max_eval`` samples
     (:func:`load_split`). With dev-chosen settings, the options it chooses on dev
-    (:meth:`Method.choose_on_dev`) are chosen first and recorded in the sweep's ``choice``."""
-    trained = prepare_checkpoint(checkpoint(profile, entry, dataset, seed), runtime=profile.runtime)
+    (:meth:`Method.choose_on_dev`) are chosen first and recorded in the sweep's ``choice``.
+    In a profile of another precision than float32 it runs in that one, and a float32 eager copy
+    is kept to compare with (:meth:`Trained.precision_changes`)."""
+    trained = prepare_checkpoint(checkpoint(profile, entry, dataset, seed))
+    float32 = None if profile.precision == "float32" else float32_copy(trained)
+    trained.use_runtime(profile.runtime)
     sweep = {}
     if trained.calibrates and profile.dev_settings:
         dev = load_split(trained, dataset, "dev", profile.max_eval)
@@ -385,4 +407,4 @@ def load_unit(profile: Profile, entry: str, dataset: str, seed: int) -> Trained:
         if choice:
             sweep["choice"] = choice
     test = load_split(trained, dataset, "test", profile.max_eval).data
-    return Trained(trained, test, sweep, entry)
+    return Trained(trained, test, sweep, entry, float32)

@@ -192,6 +192,7 @@ TIMING = {  # what a unit measures about the machine, not the model: differs run
     "torch_peak_memory_mib",
     "cpu_util_percent",
     "utilisation_samples",
+    "round_seconds",
     "round_seconds_median",
 }
 

@@ -1,8 +1,9 @@
 """The GPU bundle (geep.reproduce.bundle) on the tiny model and the toy dataset folder: what it
 holds reads back as the suite encodes it, with float32 weights equal to the float16-rounded
 originals; a damaged or missing file and an oversized bundle are refused; every method trains
-on it and predicts; a trained model's exits carry over to a deeper model at the same mean depth;
-and its command runs from a checkout that is not installed, as on the offline GPU machine."""
+on it and predicts, also in the GPU check; a trained model's exits carry over to a deeper model
+at the same mean depth; and its command runs from a checkout that is not installed, as on the
+offline GPU machine."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from geep.core.registry import get_method, method_names
 from geep.model.train_state import this_process
 from geep.pipeline.evaluate import load_split
 from geep.pipeline.train import training_data
-from geep.reproduce import profiles
+from geep.reproduce import gpu_check, profiles
 from geep.reproduce.bundle import (
     DEVICE_LIMIT,
     MANIFEST,
@@ -35,8 +36,6 @@ from geep.reproduce.bundle import (
     Bundle,
     build_bundle,
     bundle_bytes,
-    exit_distribution,
-    full_depth_accuracy,
     layer_shares,
     load_bundle,
     main,
@@ -180,7 +179,6 @@ def test_every_method_trains_on_the_bundle_and_predicts(
         for speed in (method.default_speeds()[0], method.default_speeds()[-1]):
             out = method.run(bundle.test, speed, 8)
             assert len(out.labels) == len(bundle.test) and (out.exit_layers >= 1).all(), name
-        assert 0 <= full_depth_accuracy(method, bundle.test) <= 1
     for name, method in trained.items():
         inference = method.inference_of(method.options)
         if inference in ("predicted", "token-exit"):  # GEEP's and HashEE's statistics: kept
@@ -234,15 +232,19 @@ def test_six_layers_map_onto_the_even_layers_of_twelve() -> None:
     assert not torch.equal(exits, exits.sort().values)  # in random order, as synthetic targets
 
 
-def test_a_trained_methods_exit_distribution_is_its_runs(
-    bundle: Bundle, trained: dict[str, Method]
-) -> None:
-    for method in trained.values():
-        speed = method.default_speeds()[-1]
-        shares = exit_distribution(method, bundle.test, speed)
-        assert shares.shape == (method.num_layers,) and float(shares.sum()) == pytest.approx(1)
-        mean = float(shares @ torch.arange(1.0, method.num_layers + 1, dtype=torch.float64))
-        assert mean == pytest.approx(method.run(bundle.test, speed, 8).exit_layers.mean())
+def test_the_gpu_checks_trained_check_trains_on_a_bundle(built: Path, tmp_path: Path) -> None:
+    """``--bundle`` as on the GPU machine (here in a dry run, on the CPU): every method trained
+    on the bundle's splits and measured on its test split, the bundle named in the results."""
+    out = tmp_path / "check"
+    argv = ["--dry-run", "--only", "trained", "--bundle", str(built), "--out", str(out)]
+    assert gpu_check.main(argv) == 0
+    (trained,) = json.loads((out / gpu_check.CHECK_FILE).read_text())["checks"]
+    manifest = json.loads((built / MANIFEST).read_text())
+    assert trained["details"]["bundle"]["dataset"] == manifest["dataset"]
+    assert trained["details"]["bundle"]["profile"] == PROFILE
+    rows = trained["details"]["rows"]
+    assert {r["method"] for r in rows} == set(method_names())
+    assert {r["n"] for r in rows} == {manifest["samples"]["test"]}
 
 
 # --- the command -------------------------------------------------------------------------------

@@ -10,9 +10,11 @@ import subprocess
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
 
 from geep.common.errors import GeepError
 from geep.core.registry import get_method
@@ -25,6 +27,7 @@ from geep.report.results import (
     load_runs,
     matched_table,
     method_traits,
+    precision_section,
     variant,
     with_realised_speedup,
     write_report,
@@ -383,3 +386,54 @@ def test_the_report_prints_each_run_files_exit_rule_comparison(tiny_model, tmp_p
     assert section in (tmp_path / "tables.md").read_text()
     record(tmp_path, smoke, method, "toy", data, run_row("dev1", 0.6, 2.0), {"speeds": [0.5]})
     assert exit_rule_section(tmp_path) is None
+
+
+def test_a_profile_in_bfloat16_runs_each_unit_beside_a_float32_copy(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_unit casts the checkpoint to the profile's precision and keeps a float32 eager copy;
+    the changes it counts come from the two runs, under the unit's batching; a float32 profile
+    keeps no copy and counts nothing."""
+    method = trained_on_toy(new_method("fastbert", tiny_model))
+    test = toy_test_split(method)
+    monkeypatch.setattr(reproduce, "checkpoint", lambda *args: Path("unused"))
+    monkeypatch.setattr(reproduce, "prepare_checkpoint", lambda path: method)
+    monkeypatch.setattr(reproduce, "load_split", lambda *args: SimpleNamespace(data=test))
+    profile = replace(PROFILES["smoke"], precision="bfloat16", dev_settings=0)
+    loaded = reproduce.load_unit(profile, "fastbert", "toy", 1)
+    assert loaded.method is method and method.runtime.precision == "bfloat16"
+    assert {p.dtype for p in loaded.float32.model.parameters()} == {torch.float32}
+    runs = []
+    run = type(method).run
+
+    def spied(self, *args, **kwargs):  # bfloat16's labels flipped: every one changes
+        runs.append((self.runtime.precision, self.batching))
+        out = run(self, *args, **kwargs)
+        if self.runtime.precision == "bfloat16":
+            out.labels = 1 - out.labels
+        return out
+
+    monkeypatch.setattr(type(method), "run", spied)
+    method.configure(["batching=regroup"])
+    changes = loaded.precision_changes(0.5, 8)
+    assert runs == [("float32", "regroup"), ("bfloat16", "regroup")]
+    assert changes["label_changed"] == 1.0 and changes["exit_changed"] == 0.0
+    plain = reproduce.load_unit(replace(profile, precision="float32"), "fastbert", "toy", 1)
+    assert plain.float32 is None and plain.precision_changes(0.5, 8) == {}
+
+
+def test_the_report_says_what_a_lower_precision_changed() -> None:
+    rows = [
+        {"dataset": "d", "variant": "fastbert (shrink)", "setting": "dev1", "accuracy": a}
+        | {"float32_accuracy": 0.8, "exit_changed": e, "label_changed": x}
+        | {"runtime": "bfloat16 eager"}
+        for a, e, x in [(0.8, 0.1, 0.0), (0.7, 0.3, 0.1)]  # two seeds
+    ]
+    rows.append({**rows[0], "setting": "dev2", "exit_changed": 0.0, "label_changed": 0.0})
+    section = precision_section(pd.DataFrame(rows))
+    assert "## What bfloat16 eager changed against float32 eager" in section
+    assert "| d | `fastbert` | shrink | dev1 | 0.750 | 0.800 | 20.0% | 5.0% |" in section
+    assert "`fastbert (shrink)` 20.0% of exits, 5.0% of labels" in section
+    assert "| d | `fastbert` | shrink | dev2 | 0.800 | 0.800 | 0.0% | 0.0% |" in section
+    float32 = pd.DataFrame([{**rows[0], "exit_changed": None}])
+    assert precision_section(float32) is None
