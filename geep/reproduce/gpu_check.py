@@ -745,9 +745,14 @@ def _check_names(text: str) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m geep.reproduce.gpu_check",
-        description="Check the suite's CUDA paths on this GPU and measure the latency model.",
+        description="Check the suite's CUDA paths on this GPU: every method trained on the GPU "
+        "bundle, then timed in float32, bfloat16 and bfloat16 with CUDA graphs at batch sizes "
+        "1-128 beside the latency model's prediction (docs/gpu.md).",
         epilog=(
-            "examples:\n  python -m geep.reproduce.gpu_check\n"
+            "examples:\n"
+            "  python -m geep.reproduce.bundle --out gpu-bundle   # where the suite's data is\n"
+            "  python -m geep.reproduce.gpu_check                 # on the GPU, in the checkout\n"
+            "  python -m geep.reproduce.gpu_check --only methods,calibration --batch-size 32\n"
             "  python -m geep.reproduce.gpu_check --dry-run --out /tmp/gpu-dry"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
