@@ -264,14 +264,46 @@ def _mean_cell(picked: pd.DataFrame, speedups: tuple[str, ...] = ("speedup_full"
     return f"{text} ({', '.join(shown)})"
 
 
+ALIKE = ("accuracy", "speedup_full", "exit_histogram")  # what policies that exit alike share
+
+
+def exits_alike(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows an accuracy table lists: a method whose batching policies exit alike (every
+    dataset, seed and setting with the same accuracy, FLOPs and exit histogram under each:
+    shrinking and regrouped batches exit the same samples, geep.core.dynamic_exit) once, as
+    ``method (shrink = regroup)``; a method whose policies differ once per policy."""
+    if "batching" not in frame.columns:
+        return frame
+    keep = []
+    for method, rows in frame.groupby("method", sort=False):
+        policies = list(dict.fromkeys(rows["batching"].dropna()))
+        if len(policies) < 2:
+            keep.append(rows)
+            continue
+        keys, shared = ["dataset", "seed", "setting"], [c for c in ALIKE if c in rows]
+        per_policy = [
+            rows[rows["batching"] == p].set_index(keys)[shared].sort_index().astype(str)
+            for p in policies
+        ]
+        if all(other.equals(per_policy[0]) for other in per_policy[1:]):
+            first = rows[rows["batching"] == policies[0]].copy()
+            first["variant"] = f"{method} ({' = '.join(policies)})"
+            keep.append(first)
+        else:
+            keep.append(rows)
+    return pd.concat(keep).sort_index()  # in the frame's order
+
+
 def matched_table(frame: pd.DataFrame, dataset: str) -> str:
-    """Markdown: each method at full depth and at each target FLOPs speedup.
+    """Markdown: each method at full depth and at each target FLOPs speedup; batching policies
+    that exit alike share one row (:func:`exits_alike`).
 
     At a target, each seed's slowest setting whose speedup (as printed, 2 decimals) reaches it
     is taken: chosen by FLOPs alone, never by test accuracy.
     """
     header = ["method", "batching", "full depth"] + [f">= {t:g}x" for t in TARGETS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    frame = exits_alike(frame)
     matched = [matched_settings(frame, dataset, target) for target in (0.0, *TARGETS)]
     for name in matched[0]:
         cells = _name_cells(name)
@@ -601,11 +633,12 @@ def setting_means(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_speed_accuracy(frame: pd.DataFrame, dataset: str) -> Figure:
-    """Accuracy against FLOPs speedup on one dataset, one curve per method, with the accuracy's
-    95% bootstrap interval as error bars."""
+    """Accuracy against FLOPs speedup on one dataset, one curve per method (batching policies
+    that exit alike as one, :func:`exits_alike`), with the accuracy's 95% bootstrap interval as
+    error bars."""
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
-    means = setting_means(frame[frame["dataset"] == dataset])
+    means = setting_means(exits_alike(frame[frame["dataset"] == dataset]))
     for name, group in means.groupby("variant", sort=False):
         group = group.sort_values("speedup_full")
         errors = [

@@ -302,8 +302,10 @@ def test_matched_table_takes_the_slowest_setting_reaching_each_speedup() -> None
     assert lines[3] == "| `bert` | - | 0.820 ± 0.020 (1.00x) | - | - | - |"
 
 
-def test_each_batching_policy_is_a_row_of_its_own() -> None:
-    """A dynamic-exit method's shrinking and regrouped runs are matched separately."""
+def test_policies_that_exit_alike_share_an_accuracy_row_and_keep_their_times() -> None:
+    """A dynamic-exit method whose shrinking and regrouped runs have the same accuracy, FLOPs
+    and exits is one row of the accuracy table; the fastest-setting table, which holds wall
+    clock, keeps a row per policy."""
     frame = _frame(
         ("bert", run_row("0", 0.82, 1.0)),
         ("fastbert", run_row("0", 0.81, 1.0, batching="shrink")),
@@ -313,14 +315,27 @@ def test_each_batching_policy_is_a_row_of_its_own() -> None:
     )
     lines = matched_table(frame, "d").splitlines()
     assert lines[3:] == [
-        "| `fastbert` | shrink | 0.810 ± 0.020 (1.00x) | 0.815 ± 0.020 (2.00x) "
-        "| 0.815 ± 0.020 (2.00x) | - |",
-        "| `fastbert` | regroup | 0.810 ± 0.020 (1.00x) | 0.815 ± 0.020 (2.00x) "
+        "| `fastbert` | shrink = regroup | 0.810 ± 0.020 (1.00x) | 0.815 ± 0.020 (2.00x) "
         "| 0.815 ± 0.020 (2.00x) | - |",
     ]
     fastest = fastest_table(frame, "d").splitlines()  # the same FLOPs, not the same time
     assert fastest[3] == "| `fastbert` | shrink | 0.815 ± 0.020 (2.00x, 1.50x) | 0.5 |"
     assert fastest[4] == "| `fastbert` | regroup | 0.815 ± 0.020 (2.00x, 2.00x) | 0.5 |"
+
+
+@pytest.mark.parametrize(
+    "differs", [{"accuracy": 0.8}, {"speedup_full": 2.5}, {"exit_histogram": [0, 0, 1, 9]}]
+)
+def test_policies_that_exit_differently_keep_a_row_each(differs: dict) -> None:
+    frame = _frame(
+        ("bert", run_row("0", 0.82, 1.0)),
+        ("pabee", run_row("0", 0.81, 1.0, batching="shrink")),
+        ("pabee", run_row("2", 0.815, 2.0, batching="shrink")),
+        ("pabee", run_row("0", 0.81, 1.0, batching="regroup")),
+        ("pabee", run_row("2", 0.815, 2.0, batching="regroup") | differs),
+    )
+    rows = matched_table(frame, "d").splitlines()[3:]
+    assert [r.split(" | ")[1] for r in rows] == ["shrink", "regroup"]
 
 
 def test_tables_average_seeds_and_give_their_spread() -> None:
