@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from geep.common.style import outside_legend
 from geep.measure import flops
 from geep.measure.flops import NAMED_DIMS, EncoderDims
 from geep.measure.latency import GPUS, SUSTAINED_COMPUTE, Device
@@ -400,33 +401,31 @@ def sensitivity_table(picked: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot_regime(regime: pd.DataFrame) -> Figure:
+def plot_regime(regime: pd.DataFrame, styles: dict[str, dict[str, str]] | None = None) -> Figure:
     """Modelled speedup over `bert` against batch size on BERT-base at length 128 on the H100, one
     panel per cost per operator, one line per variant (``regime``: :func:`paper_regime`; seed
-    and dataset means)."""
+    and dataset means), drawn in ``styles`` (per variant: colour, line style and marker, as
+    geep.report.results.variant_styles gives them; default matplotlib's)."""
     means = regime.groupby(["device", "variant", "batch_size"], sort=False)[
         "modelled_speedup"
     ].mean()
-    fig = Figure(figsize=(13, 4.2))
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
     axes = fig.subplots(1, len(LAUNCH_COSTS), sharey=True)
     for ax, launch in zip(axes, LAUNCH_COSTS, strict=True):
         for variant, line in means.xs(f"H100, {launch}").groupby(level="variant", sort=False):
-            style = "--" if "shrink" in variant else "-"
             ax.plot(
                 line.index.get_level_values("batch_size"),
                 line.values,
-                style,
-                marker="o",
                 markersize=3,
-                label=variant,
+                label=variant if ax is axes[0] else None,
+                **(styles or {}).get(variant, {"marker": "o"}),
             )
         ax.axhline(1.0, color="gray", linewidth=0.8)
         ax.set(xscale="log", xlabel="batch size", title=f"modelled, H100, {launch}")
         ax.set_xticks(list(BATCH_SIZES), [str(b) for b in BATCH_SIZES])
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("modelled speedup over bert (BERT-base, length 128)")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    outside_legend(fig)
     return fig
 
 

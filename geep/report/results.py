@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 
 from geep.common.errors import GeepError
 from geep.common.storage import atomic_write_files, check_target
+from geep.common.style import LINESTYLES, MARKERS, colours, outside_legend
 from geep.core.dynamic_exit import BATCHINGS
 from geep.core.registry import method_names, method_of
 from geep.measure.latency import GPUS, Device, fit_device, load_calibration
@@ -288,6 +289,7 @@ def exits_alike(frame: pd.DataFrame) -> pd.DataFrame:
         if all(other.equals(per_policy[0]) for other in per_policy[1:]):
             first = rows[rows["batching"] == policies[0]].copy()
             first["variant"] = f"{method} ({' = '.join(policies)})"
+            first["batching"] = None  # no one policy: drawn as a method without one
             keep.append(first)
         else:
             keep.append(rows)
@@ -632,13 +634,31 @@ def setting_means(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.groupby(keys, sort=False)[present].mean().reset_index()
 
 
+def variant_styles(frame: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """Each variant's colour (its method's, the same in every figure: geep.common.style, the
+    registry's methods first), line style and marker (its batching policy's)."""
+    names = method_names()
+    palette = colours([*names, *(m for m in frame["method"].unique() if m not in names)])
+    styles = {}
+    for row in frame.drop_duplicates("variant").itertuples():
+        batching = row.batching if isinstance(row.batching, str) else None
+        styles[row.variant] = {
+            "color": palette[row.method],
+            "linestyle": LINESTYLES[batching],
+            "marker": MARKERS[batching],
+        }
+    return styles
+
+
 def plot_speed_accuracy(frame: pd.DataFrame, dataset: str) -> Figure:
     """Accuracy against FLOPs speedup on one dataset, one curve per method (batching policies
     that exit alike as one, :func:`exits_alike`), with the accuracy's 95% bootstrap interval as
     error bars."""
-    fig = Figure(figsize=(6.5, 4.2))
+    fig = Figure(figsize=(8, 4.2), layout="constrained")
     ax = fig.subplots()
-    means = setting_means(exits_alike(frame[frame["dataset"] == dataset]))
+    rows = exits_alike(frame[frame["dataset"] == dataset])
+    styles = variant_styles(rows)
+    means = setting_means(rows)
     for name, group in means.groupby("variant", sort=False):
         group = group.sort_values("speedup_full")
         errors = [
@@ -649,26 +669,34 @@ def plot_speed_accuracy(frame: pd.DataFrame, dataset: str) -> Figure:
             group["speedup_full"],
             group["accuracy"],
             yerr=errors,
-            marker="o",
             markersize=3,
             capsize=2,
             linewidth=1,
             label=name,
+            **styles[name],
         )
     ax.set(xlabel="FLOPs speedup (full convention)", ylabel="test accuracy", title=dataset)
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    outside_legend(fig)
     return fig
 
 
 def plot_realised_speedup(frame: pd.DataFrame) -> Figure:
     """Wall-clock speedup over ``bert`` against FLOPs speedup, every dataset and method."""
     frame = with_realised_speedup(frame)
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(7.5, 4), layout="constrained")
     ax = fig.subplots()
+    styles = variant_styles(frame)
     for name, group in frame.groupby("variant", sort=False):
-        ax.scatter(group["speedup_full"], group["wall_speedup"], label=name, s=14)
+        style = styles[name]
+        ax.scatter(
+            group["speedup_full"],
+            group["wall_speedup"],
+            label=name,
+            s=14,
+            color=style["color"],
+            marker=style["marker"],
+        )
     top = max(frame["speedup_full"].max(), frame["wall_speedup"].max(skipna=True), 1.0)
     ax.plot([0, top], [0, top], color="gray", linestyle="--", linewidth=1, label="wall = FLOPs")
     batch = int(frame["batch_size"].iloc[0])
@@ -678,8 +706,7 @@ def plot_realised_speedup(frame: pd.DataFrame) -> Figure:
         title=f"realised vs theoretical speedup, batch {batch}",
     )
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    outside_legend(fig)
     return fig
 
 
@@ -689,25 +716,31 @@ def plot_modelled_speedup(frame: pd.DataFrame, dataset: str) -> Figure:
     rows = frame[frame["dataset"] == dataset]
     columns = ["speedup_full", "wall_speedup", "modelled_h100_speedup"]
     means = rows.groupby(["variant", "setting"], sort=False)[columns].mean().reset_index()
-    fig = Figure(figsize=(10, 4.2))
+    styles = variant_styles(rows)
+    fig = Figure(figsize=(11.5, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
     panels = [
         ("wall_speedup", "measured: CPU wall clock"),
         ("modelled_h100_speedup", "modelled: H100"),
     ]
-    markers = "os^vDP*X"
     top = max(means[columns].max(skipna=True).max(), 1.0)
     for ax, (column, title) in zip(axes, panels, strict=True):
-        for i, (name, group) in enumerate(means.groupby("variant", sort=False)):
-            x, y = group["speedup_full"], group[column]
-            ax.scatter(x, y, marker=markers[i % len(markers)], s=18, label=name)
+        for name, group in means.groupby("variant", sort=False):
+            style = styles[name]
+            ax.scatter(
+                group["speedup_full"],
+                group[column],
+                s=18,
+                color=style["color"],
+                marker=style["marker"],
+                label=name if ax is axes[0] else None,
+            )
         ax.plot([0, top], [0, top], color="gray", linestyle="--", linewidth=1)
         ax.axhline(1.0, color="gray", linewidth=0.5)
         ax.set(xlabel="FLOPs speedup (full convention)", title=f"{dataset}, {title}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("speedup over full-depth bert")
-    axes[0].legend()
-    fig.tight_layout()
+    outside_legend(fig)
     return fig
 
 
@@ -735,7 +768,7 @@ def write_report(results: str | Path) -> list[Path]:
         ]
     plots += [(f"serving-{d}.png", plot_server_latency, (doc,)) for d, doc in served.items()]
     if regime is not None:
-        plots.append(("paper-regime.png", plot_regime, (regime,)))
+        plots.append(("paper-regime.png", plot_regime, (regime, variant_styles(frame))))
     names = ["results.csv", "tables.md", *(name for name, _, _ in plots)]
     for name in names:
         check_target(results / name, "geep report's output", "file", _report_ownership)

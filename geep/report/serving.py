@@ -12,7 +12,8 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from geep.common.errors import GeepError
-from geep.core.registry import method_of
+from geep.common.style import LINESTYLES, colours, outside_legend
+from geep.core.registry import method_names, method_of
 
 SERVING_FOLDER = "serving"
 OVERLOAD_FOLDER = "overload"  # inside the serving folder
@@ -184,29 +185,29 @@ def _multiples(document: dict[str, Any]) -> list[float]:
     return sorted({run["multiple"] for row in document["rows"] for run in row["runs"]})
 
 
-LINESTYLES = {None: "-", "shrink": "-", "regroup": "--", "keep": ":"}
-MARKERS = {"full": "o", "matched": "o", "within": "s"}
+SETTING_MARKERS = {"full": "o", "matched": "o", "within": "s"}
 
 
 def plot_server_latency(document: dict[str, Any]) -> Figure:
     """p99 latency against the offered Poisson rate, one line per served unit: a colour per
     method, the line's style its batching policy (solid shrink, dashed regroup, dotted keep),
     the marker its setting (circle matched, square within), int8 in a thick line."""
-    fig = Figure(figsize=(8, 5))
+    fig = Figure(figsize=(10, 5), layout="constrained")
     ax = fig.subplots()
-    colours = {}
+    names = method_names()
+    served = [r["method"] for r in document["rows"]]
+    palette = colours([*names, *(m for m in served if m not in names)])
     for r in document["rows"]:
         runs = sorted(r["server_runs"], key=lambda run: run["rate"])
         if not runs:
             continue
-        colour = colours.setdefault(r["method"], f"C{len(colours) % 10}")
         int8 = r["precision"] == "int8"
         ax.plot(
             [x["rate"] for x in runs],
             [x["p99_ms"] for x in runs],
-            color=colour,
+            color=palette[r["method"]],
             linestyle=LINESTYLES.get(r["batching"], "-"),
-            marker=MARKERS.get(r["setting"], "o"),
+            marker=SETTING_MARKERS.get(r["setting"], "o"),
             linewidth=2.5 if int8 else 1.2,
             markersize=4,
             label=f"{_name(r).replace('`', '')} {r['setting']}",
@@ -218,6 +219,5 @@ def plot_server_latency(document: dict[str, Any]) -> Figure:
     ax.set_ylabel("p99 latency (ms)")
     ax.set_title(f"{document['dataset']}: serving under load (LoadGen Server scenario)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
+    outside_legend(fig, ncol=2)
     return fig

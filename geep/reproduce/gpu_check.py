@@ -58,6 +58,7 @@ from transformers.utils import logging as transformers_logging
 from geep.common.config import TrainConfig
 from geep.common.errors import GeepError
 from geep.common.storage import atomic_write_text
+from geep.common.style import LINESTYLES, MARKERS, colours, outside_legend
 from geep.core.dynamic_exit import DynamicExitMethod, first_exit_layer
 from geep.core.interface import Method
 from geep.core.registry import get_method, method_names, reference_name
@@ -939,19 +940,29 @@ def plot_cells(document: dict[str, Any]) -> Figure:
     frame = cell_frame(document)
     frame = frame[frame["setting"] != "full"]
     modes = [m.label for m in MODES if m.label in set(frame["runtime"])]
-    fig = Figure(figsize=(4.2 * max(len(modes), 1), 3.6), layout="constrained")
+    fig = Figure(figsize=(4.2 * max(len(modes), 1) + 1.8, 3.6), layout="constrained")
     axes = fig.subplots(1, max(len(modes), 1), squeeze=False, sharey=True)[0]
+    palette = colours(method_names())
     for ax, mode in zip(axes, modes, strict=False):
         cells = frame[frame["runtime"] == mode]
-        for unit, line in cells.groupby(["method", "batching"], dropna=False, sort=False):
-            name = " ".join(str(u) for u in unit if isinstance(u, str))
-            ax.plot(line["batch_size"], line["speedup"], marker="o", label=name)
+        for (method, batching), line in cells.groupby(
+            ["method", "batching"], dropna=False, sort=False
+        ):
+            batching = batching if isinstance(batching, str) else None
+            ax.plot(
+                line["batch_size"],
+                line["speedup"],
+                color=palette[method],
+                linestyle=LINESTYLES[batching],
+                marker=MARKERS[batching],
+                label=" ".join(filter(None, [method, batching])) if ax is axes[0] else None,
+            )
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xscale("log", base=2)
         ax.set_title(mode)
         ax.set_xlabel("batch size")
     axes[0].set_ylabel("speedup over full-depth bert (measured)")
-    axes[0].legend(fontsize=7)
+    outside_legend(fig)
     fig.suptitle(f"{document['device']}: exits at about 2x FLOPs")
     return fig
 

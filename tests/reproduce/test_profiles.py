@@ -452,3 +452,50 @@ def test_the_report_says_what_a_lower_precision_changed() -> None:
     assert "| d | `fastbert` | shrink | dev2 | 0.800 | 0.800 | 0.0% | 0.0% |" in section
     float32 = pd.DataFrame([{**rows[0], "exit_changed": None}])
     assert precision_section(float32) is None
+
+
+def _drawn(fig) -> dict[str, str]:
+    """Each label of a figure's legend and the colour it is drawn in (as #rrggbb)."""
+    from matplotlib.colors import to_hex
+
+    (legend,) = fig.legends  # one legend, the figure's: outside the axes
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    drawn = {}
+    for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True):
+        colour = handle.get_color() if hasattr(handle, "get_color") else handle.get_facecolor()
+        drawn[text.get_text()] = to_hex(colour[0] if len(colour) == 4 else colour)
+    return drawn
+
+
+def test_a_method_has_one_colour_in_every_plot_whichever_others_are_drawn() -> None:
+    """Speed-accuracy, realised and modelled speedups: a method's colour is the registry's
+    (Okabe-Ito, colour-blind safe), with or without an ablation beside it; its policies share
+    it; every legend lies outside the axes."""
+    from geep.common.style import PALETTE, colours
+    from geep.core.registry import method_names
+    from geep.report.results import (
+        plot_modelled_speedup,
+        plot_realised_speedup,
+        plot_speed_accuracy,
+    )
+
+    assert PALETTE[:8] == (
+        "#000000", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7", "#F0E442",
+    )  # fmt: skip
+    expected = colours(method_names())
+    rows = [
+        ("bert", run_row("0", 0.82, 1.0, modelled_h100_speedup=1.0)),
+        ("fastbert", run_row("0.5", 0.81, 2.0, batching="shrink", modelled_h100_speedup=1.5)),
+        ("fastbert", run_row("0.5", 0.8, 2.0, batching="regroup", modelled_h100_speedup=1.6)),
+    ]
+    ablation = ("geep-two-step", run_row("0.5", 0.80, 2.0, modelled_h100_speedup=1.7))
+    for frame in (_frame(*rows), _frame(ablation, *rows)):
+        for fig in (
+            plot_speed_accuracy(frame, "d"),
+            plot_realised_speedup(frame),
+            plot_modelled_speedup(frame, "d"),
+        ):
+            drawn = _drawn(fig)
+            assert drawn["bert"] == expected["bert"].lower()
+            assert drawn["fastbert (shrink)"] == drawn["fastbert (regroup)"]
+            assert drawn["fastbert (shrink)"] == expected["fastbert"].lower()
