@@ -72,7 +72,8 @@ EXAMPLES = {
   geep evaluate --checkpoint runs/geep-rt --option exit_head=shared --option exit_quantile=0.8
   geep evaluate --checkpoint runs/geep-rt --option mode=dynamic
   geep evaluate --checkpoint runs/geep-rt --precision bfloat16 --compare-precision
-  geep evaluate --checkpoint runs/geep-rt --precision bfloat16 --cuda-graphs   # on a GPU""",
+  geep evaluate --checkpoint runs/geep-rt --precision bfloat16 --cuda-graphs   # on a GPU
+  geep evaluate --checkpoint runs/bert-rt --rounds 5   # samples/s: the median of 5 runs""",
     "flops": """examples:
   geep flops --config bert-base --seq-len 128 --convention fastbert
   geep flops --config minilm-l6 --seq-len 64 --convention full --num-labels 4 --json
@@ -238,6 +239,13 @@ def _add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         help="also run every speed in float32 and add the share of samples whose exit layer or "
         "label --precision changed, and the float32 accuracy",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="timed runs of each speed: samples/s from the median run, with the runs' spread "
+        "((max - min) / median) (1)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -376,6 +384,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         speed_source=args.sweep,
         runtime=Runtime(args.precision, args.cuda_graphs),
         compare_precision=args.compare_precision,
+        rounds=args.rounds,
     )
     if args.predictions:
         labels = ev.split.data.labels.numpy()
@@ -399,13 +408,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{r.flops_fastbert / 1e6:.1f}",
             f"{r.speedup:.2f}x",
             f"{r.throughput:.1f}",
+            *([f"{r.round_spread:.0%}"] if args.rounds > 1 else []),
             f"{r.latency_ms_p50:.1f}",
             *(f"{r.extra[k]:.3f}" if k in r.extra else "" for k in extra),
         ]
         for r in ev.results
     ]
-    header = ["speed", "accuracy", "avg exit", "MFLOPs", "speedup", "samples/s", "p50 ms"]
-    print(_table(rows, header + extra))
+    header = ["speed", "accuracy", "avg exit", "MFLOPs", "speedup", "samples/s"]
+    header += [f"spread ({args.rounds} runs)"] if args.rounds > 1 else []
+    print(_table(rows, [*header, "p50 ms", *extra]))
     return 0
 
 

@@ -48,6 +48,7 @@ class SpeedResult:
     speedup: float
     speedup_full: float
     throughput: float  # samples per second: the split over the median run's time
+    round_spread: float  # the runs' times, (max - min) / median (0 for one run)
     latency_ms_p50: float  # per batch, over every batch of every run
     latency_ms_p95: float
     n: int
@@ -73,6 +74,7 @@ def summarize(
     full_fastbert = method.full_depth_flops(lengths, "fastbert").mean()
     full_full = method.full_depth_flops(lengths, "full").mean()
     batches = [s for r in runs for s in r.batch_seconds]
+    rounds = [sum(r.batch_seconds) for r in runs]
     low, high = bootstrap_interval(labels == out.labels)
     return SpeedResult(
         speed=speed,
@@ -85,7 +87,8 @@ def summarize(
         flops_full=float(out.flops_full.mean()),
         speedup=float(full_fastbert / out.flops_fastbert.mean()),
         speedup_full=float(full_full / out.flops_full.mean()),
-        throughput=len(labels) / float(np.median([sum(r.batch_seconds) for r in runs])),
+        throughput=len(labels) / float(np.median(rounds)),
+        round_spread=float((max(rounds) - min(rounds)) / np.median(rounds)),
         latency_ms_p50=latency_ms(batches, 50),
         latency_ms_p95=latency_ms(batches, 95),
         n=len(labels),
@@ -104,16 +107,25 @@ def sweep(
     batch_size: int,
     progress: bool = True,
     order: Order = "length",
+    rounds: int = 1,
 ) -> tuple[list[SpeedResult], list[Predictions], int]:
-    """Run every speed setting on ``data`` (labels required), batching in ``order``; results in
-    the order of ``speeds``, and the batch size used (``batch_size``, halved while it does not
-    fit in GPU memory)."""
+    """Run every speed setting ``rounds`` times on ``data`` (labels required), batching in
+    ``order``; results in the order of ``speeds`` (timing over the rounds: the median and the
+    spread), the last run of each, and the batch size used (``batch_size``, halved while it
+    does not fit in GPU memory)."""
+    if rounds < 1:
+        raise GeepError(f"--rounds must be at least 1, got {rounds}")
     for speed in speeds:  # fail before any work on a bad setting
         method.check_speed(speed)
     batch_size = method.warm_up(data, speeds[0], batch_size)
-    runs = [method.run(data, s, batch_size, progress, order) for s in speeds]
-    results = [summarize(method, data, s, [r]) for s, r in zip(speeds, runs, strict=True)]
-    return results, runs, batch_size
+    results, last = [], []
+    for speed in speeds:
+        runs = [
+            method.run(data, speed, batch_size, progress and k == 0, order) for k in range(rounds)
+        ]
+        results.append(summarize(method, data, speed, runs))
+        last.append(runs[-1])
+    return results, last, batch_size
 
 
 def float32_copy(method: Method) -> Method:
@@ -358,6 +370,7 @@ def evaluate_checkpoint(
     speed_source: SpeedSource | None = None,
     runtime: Runtime = DEFAULT_RUNTIME,
     compare_precision: bool = False,
+    rounds: int = 1,
 ) -> Evaluation:
     """Load ``checkpoint`` and sweep it on a split.
 
@@ -370,7 +383,8 @@ def evaluate_checkpoint(
     (``KEY=VALUE``) change the method's inference options. ``order``: how samples are batched
     (:meth:`Method.run`). ``runtime``: the precision and graph mode inference runs in; with
     ``compare_precision`` a float32 copy runs every speed too, and each result's ``extra``
-    says what the precision changed (:func:`precision_changes`).
+    says what the precision changed (:func:`precision_changes`). ``rounds``: timed runs of each
+    speed (the median's throughput and the runs' spread).
     """
     method = prepare_checkpoint(checkpoint, settings)
     reference = float32_copy(method) if compare_precision else None
@@ -384,7 +398,11 @@ def evaluate_checkpoint(
     else:
         speed_source = speed_source or ("dev" if method.calibrates else "grid")
         speeds, record = choose_speeds(method, speed_source, max_eval)
-    results, runs, batch_size = sweep(method, evaluated.data, speeds, batch_size, progress, order)
+    if rounds < 1:  # before the work
+        raise GeepError(f"--rounds must be at least 1, got {rounds}")
+    results, runs, batch_size = sweep(
+        method, evaluated.data, speeds, batch_size, progress, order, rounds
+    )
     if reference is not None:
         _, float32_runs, _ = sweep(reference, evaluated.data, speeds, batch_size, progress, order)
         labels = evaluated.data.labels.numpy()

@@ -255,13 +255,17 @@ def with_latency_model(frame: pd.DataFrame, results: Path) -> tuple[pd.DataFrame
 
 def _mean_cell(picked: pd.DataFrame, speedups: tuple[str, ...] = ("speedup_full",)) -> str:
     """One table cell from one chosen row per seed: mean accuracy +- the mean half-width of its
-    95% interval, the seeds' standard deviation when there are several, and mean speedups."""
+    95% interval, the seeds' standard deviation when there are several, and mean speedups (with
+    the wall clock's, the spread of its timed runs where there were several)."""
     accuracy = picked["accuracy"].mean()
     half = ((picked["accuracy_high"] - picked["accuracy_low"]) / 2).mean()
     text = f"{accuracy:.3f} ± {half:.3f}"
     if len(picked) > 1:
         text += f", sd {picked['accuracy'].std(ddof=1):.3f}"
     shown = [f"{picked[s].mean():.2f}x" for s in speedups if picked[s].notna().all()]
+    timed = {"rounds", "round_spread"} <= set(picked.columns) and "wall_speedup" in speedups
+    if timed and (picked["rounds"] > 1).all():  # the timed runs' (max - min) / median
+        shown.append(f"spread {picked['round_spread'].mean():.0%}")
     return f"{text} ({', '.join(shown)})"
 
 

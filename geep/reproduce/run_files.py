@@ -75,7 +75,8 @@ ROW_SCHEMA = document(
         # the work counts and the device's figures (absent from older runs, null when unknown)
         **{k: maybe(number(0)) for k in ("flops_executed_full", "mean_layer_batch_rows")},
         **{k: maybe(whole(0)) for k in ("layer_batches", "head_calls", "head_rows")},
-        **{k: maybe(number(0)) for k in ("round_seconds_median", "cpu_util_percent")},
+        **{k: maybe(number(0)) for k in ("round_seconds_median", "round_spread")},
+        "cpu_util_percent": maybe(number(0)),
         **{k: maybe(number(0)) for k in ("gpu_util_percent", "gpu_memory_mib")},
         "calls": maybe(listing(CALL_ROW)),
         "operators": maybe(OPERATORS),

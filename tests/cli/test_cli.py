@@ -123,6 +123,31 @@ def test_evaluate_table_and_max_eval(checkpoint, capsys) -> None:
     assert "bert on" in out and "n=5" in out and "accuracy" in out
 
 
+def test_evaluate_times_several_rounds_and_gives_their_spread(checkpoint, capsys, monkeypatch):
+    """--rounds 3: each speed runs three times; samples/s is the median run's and the spread
+    is (max - min) / median of the runs' times."""
+    from geep.core.interface import Method
+
+    seconds = iter([1.0, 4.0, 2.0])  # the three timed runs of the one speed
+    run = Method.run
+
+    def timed(self, *args, **kwargs):
+        out = run(self, *args, **kwargs)
+        out.batch_seconds = [next(seconds, 0.5)]  # the warm-up's run is not timed here
+        return out
+
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--max-eval", "6", "--split", "dev"]
+    monkeypatch.setattr(Method, "warm_up", lambda self, data, speed, batch_size: batch_size)
+    monkeypatch.setattr(Method, "run", timed)
+    assert main([*argv, "--rounds", "3", "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["round_spread"] == pytest.approx(1.5) and result["throughput"] == 3.0
+    seconds = iter([1.0, 4.0, 2.0])
+    assert main([*argv, "--rounds", "3"]) == 0
+    header, row = capsys.readouterr().out.splitlines()[-2:]
+    assert "spread (3 runs)" in header and "150%" in row.split()
+
+
 @pytest.mark.parametrize("command", ["datasets", "methods", "train", "evaluate", "flops"])
 def test_every_command_has_help_with_examples(command, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
@@ -152,6 +177,7 @@ BAD = [  # (command line, what its one error line must say)
     (f"{T} {{toy}} --method geep --option exit_head", "bad option 'exit_head'"),
     (f"{T} {{toy}} --method geep --option head=shared", "KEY one of batching, teacher_inputs"),
     ("evaluate --checkpoint {ckpt} --option mode=dynamic", "this method has no options"),
+    ("evaluate --checkpoint {ckpt} --rounds 0", "--rounds must be at least 1, got 0"),
 ]
 
 

@@ -323,6 +323,19 @@ def test_policies_that_exit_alike_share_an_accuracy_row_and_keep_their_times() -
     assert fastest[4] == "| `fastbert` | regroup | 0.815 ± 0.020 (2.00x, 2.00x) | 0.5 |"
 
 
+def test_wall_clock_of_several_timed_runs_carries_their_spread() -> None:
+    timed = {"rounds": 5, "round_spread": 0.08}
+    frame = _frame(
+        ("bert", run_row("0", 0.82, 1.0, **timed)),
+        ("geep", run_row("0.5", 0.815, 2.0, throughput=150, **timed)),
+    )
+    assert fastest_table(frame, "d").splitlines()[3] == (
+        "| `geep` | - | 0.815 ± 0.020 (2.00x, 1.50x, spread 8%) | 0.5 |"
+    )
+    once = _frame(("bert", run_row("0", 0.82, 1.0)), ("geep", run_row("0.5", 0.815, 2.0)))
+    assert "spread" not in fastest_table(once, "d")
+
+
 @pytest.mark.parametrize(
     "differs", [{"accuracy": 0.8}, {"speedup_full": 2.5}, {"exit_histogram": [0, 0, 1, 9]}]
 )
