@@ -1,6 +1,9 @@
 """Inference precision and CUDA graphs (geep/core/runtime.py): graphed inference answers as eager
 inference does, at bucketed shapes whose padding the work counters see, on trained checkpoints
-of every method that graphs; bfloat16 runs for real on the CPU; what cannot run is refused."""
+of every method that graphs; bfloat16 runs for real on the CPU; what cannot run is refused.
+
+Graphed and eager runs use the same kernels and their labels are compared where the logits'
+margin is clear, so only the bfloat16 tests are run again under other CPU kernels."""
 
 from __future__ import annotations
 
@@ -29,8 +32,6 @@ from tests.helpers import (
     top_two_gap,
     trained_on_toy,
 )
-
-pytestmark = pytest.mark.kernels  # per-sample decisions on floats: also run under other CPU kernels
 
 CASES = {
     "bert": (),
@@ -122,6 +123,7 @@ def test_a_graph_runner_pads_replays_and_cuts() -> None:
     assert calls == {work.Call("layer", 4, 16, 10, 0): 2, work.Call("layer", 2, 16, 10, 0): 1}
 
 
+@pytest.mark.kernels  # bfloat16 against float32: also under other CPU kernels
 def test_bfloat16_runs_for_real_on_the_cpu(tiny_model: Path) -> None:
     method = trained_on_toy(new_method("bert", tiny_model))
     data = mixed_split(new_method("fastbert", tiny_model))
@@ -164,6 +166,7 @@ def test_tf32_is_on_for_a_run_only() -> None:
     assert Runtime().label == "float32 eager"
 
 
+@pytest.mark.kernels  # bfloat16 against float32: also under other CPU kernels
 def test_a_float32_copy_measures_what_bfloat16_changed(tiny_model: Path) -> None:
     method = trained_on_toy(new_method("fastbert", tiny_model, **FASTBERT_TOY))
     data = mixed_split(method)
