@@ -827,7 +827,7 @@ def cell_frame(document: dict[str, Any]) -> pd.DataFrame:
     frame["cell"] = [cell_key(r) for r in rows]
     batches = np.ceil(frame["n"] / frame["batch_size"])
     frame["ms"] = frame["round_seconds_median"] / batches * 1e3
-    frame["spread"] = [(max(r) - min(r)) / statistics.median(r) for r in frame["round_seconds"]]
+    frame["spread"] = frame["round_spread"]
     full = frame[frame["method"] == reference_name()].set_index(["runtime", "batch_size"])["ms"]
     keys = list(zip(frame["runtime"], frame["batch_size"], strict=True))
     frame["speedup"] = [full.get(k, np.nan) / ms for k, ms in zip(keys, frame["ms"], strict=True)]
@@ -848,8 +848,7 @@ def trained_lines(document: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     made = details["bundle"]
-    batches = {r["runtime"]: np.ceil(r["n"] / r["batch_size"]) for r in rows}
-    ms = [r["round_seconds_median"] / batches[r["runtime"]] * 1e3 for r in rows]
+    ms = [r["round_seconds_median"] / np.ceil(r["n"] / r["batch_size"]) * 1e3 for r in rows]
     full = {
         r["runtime"]: t for r, t in zip(rows, ms, strict=True) if r["method"] == reference_name()
     }
@@ -923,14 +922,7 @@ def matrix_tables(document: dict[str, Any]) -> str:
     skipped = (checks.get("methods", {}).get("details") or {}).get("skipped", [])
     if skipped:
         lines += ["Not measured:", "", *(f"- {s}" for s in skipped), ""]
-    calibration = checks.get("calibration", {}).get("details") or {}
-    for name, model in calibration.get("models", {}).items():
-        lines.append(
-            f"- {name} model: {model['operator_seconds'] * 1e6:.1f} us per operator, "
-            f"{model['flops_per_second'] / 1e12:.1f} TFLOP/s, "
-            f"{model['bytes_per_second'] / 1e12:.2f} TB/s, median error "
-            f"{calibration['median_error'][name]:.0%} ({model['source']})"
-        )
+    lines += _model_lines(checks, with_error=True)
     return "\n".join(lines) + "\n"
 
 
@@ -1036,14 +1028,23 @@ def check_tables(document: dict[str, Any]) -> str:
             ),
             "",
         ]
+    lines += _model_lines(checks, with_error=False)
+    return "\n".join(lines) + "\n"
+
+
+def _model_lines(checks: dict[str, Any], with_error: bool) -> list[str]:
+    """A line per latency model of the calibration check: its fitted figures, its median error
+    on the measured cells when ``with_error``, and its source."""
     calibration = checks.get("calibration", {}).get("details") or {}
+    lines = []
     for name, model in calibration.get("models", {}).items():
+        error = f", median error {calibration['median_error'][name]:.0%}" if with_error else ""
         lines.append(
             f"- {name} model: {model['operator_seconds'] * 1e6:.1f} us per operator, "
             f"{model['flops_per_second'] / 1e12:.1f} TFLOP/s, "
-            f"{model['bytes_per_second'] / 1e12:.2f} TB/s ({model['source']})"
+            f"{model['bytes_per_second'] / 1e12:.2f} TB/s{error} ({model['source']})"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":
