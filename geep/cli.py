@@ -19,6 +19,7 @@ from geep.common.storage import describe_os_error
 if TYPE_CHECKING:
     from geep.common.config import TrainConfig
     from geep.pipeline.evaluate import Evaluation
+    from geep.reproduce.plan import Plan
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,10 +82,12 @@ EXAMPLES = {
     "plan": """examples:
   geep plan --profile paper                # before a run: FLOPs and device-hours, estimated
   geep plan --profile quick --device a100
+  geep plan --profile learning-curve --device cpu   # each piece, then the curve's total
   geep plan --profile compare --json""",
     "report": """examples:
   GEEP_PROFILE=smoke pytest benchmarks/ --benchmark-json out.json && geep report results/smoke
-  geep report results/quick   # writes results.csv, tables.md and PNG plots there""",
+  geep report results/quick   # writes results.csv, tables.md and PNG plots there
+  geep report results/learning-curve   # each piece's report, then the curve's tables and plots""",
 }
 
 
@@ -108,11 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub, "plan", "estimated FLOPs and device-hours of a profile, before it runs", cmd_plan
     )
-    p.add_argument("--profile", required=True, help="smoke, quick, compare, offline or paper")
-    p.add_argument("--device", default="h100", help="h100 or a100: its sustained compute (h100)")
+    p.add_argument(
+        "--profile", required=True, help="a profile (smoke, quick, compare, ...) or learning-curve"
+    )
+    p.add_argument(
+        "--device",
+        default="h100",
+        help="h100 or a100: its datasheet's sustained compute; cpu: this machine's, measured in "
+        "seconds (h100)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = _command(sub, "report", "tables and plots from a profile's benchmark runs", cmd_report)
-    p.add_argument("results", type=Path, help="a profile's results folder, e.g. results/quick")
+    p.add_argument(
+        "results",
+        type=Path,
+        help="a profile's results folder (results/quick), or a curve's (results/learning-curve)",
+    )
     return parser
 
 
@@ -476,16 +490,29 @@ def _hours(value: float) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from geep.reproduce.plan import plan
-    from geep.reproduce.profiles import get_profile
+    from geep.reproduce.plan import device_rate, plan
+    from geep.reproduce.profiles import curve_pieces
 
-    cost = plan(get_profile(args.profile), args.device)
+    pieces = curve_pieces(args.profile)
+    rate = device_rate(args.device, pieces[0])  # a curve's pieces share their shapes
+    costs = [plan(piece, args.device, rate) for piece in pieces]
     if args.json:
-        print(json.dumps(cost.to_dict(), indent=2))
+        documents = [cost.to_dict() for cost in costs]
+        print(json.dumps(documents[0] if len(costs) == 1 else documents, indent=2))
         return 0
+    for cost in costs:
+        _print_plan(cost, args.device)
+    if len(costs) > 1:
+        hours = sum(cost.hours(cost.train_flops + cost.eval_flops) for cost in costs)
+        print(f"{args.profile}: {_hours(hours)} estimated device-hours on {args.device} in all")
+    return 0
+
+
+def _print_plan(cost: Plan, device: str) -> None:
+    """One profile's plan as a table, its assumptions and its total."""
     seeds = f"{cost.seeds} seed{'s' if cost.seeds > 1 else ''}"
     print(
-        f"profile {cost.profile} on {args.device}, {seeds} (estimated; samples and settings "
+        f"profile {cost.profile} on {device}, {seeds} (estimated; samples and settings "
         "per seed, FLOPs and hours over all seeds)"
     )
     rows = []
@@ -517,14 +544,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if cost.unknown:
         print(f"- left out of the total, split sizes unknown: {', '.join(cost.unknown)}")
     hours = cost.hours(cost.train_flops + cost.eval_flops)
-    print(f"total: {_hours(hours)} estimated device-hours on {args.device}")
-    return 0
+    print(f"total: {_hours(hours)} estimated device-hours on {device}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from geep.report.curve import pieces, write_curve_report
     from geep.report.results import write_report
 
-    for path in write_report(args.results):
+    write = write_curve_report if pieces(args.results) else write_report
+    for path in write(args.results):
         print(path)
     return 0
 

@@ -44,6 +44,7 @@ class CheckpointInfo:
     options: dict[str, Any] = field(default_factory=dict)  # Method.options_class.to_dict()
     dev_accuracy: float | None = None
     dev_samples: int | None = None  # how many dev samples dev_accuracy was measured on
+    train_samples: int | None = None  # how many training samples it was trained on
     geep_version: str = geep.__version__
     files: list[str] = field(default_factory=list)  # what the save wrote (checkpoint_ownership)
     sha256: dict[str, str] = field(default_factory=dict)  # file -> its SHA-256, config.json aside
@@ -93,6 +94,7 @@ CHECKPOINT_SCHEMA = document(
         "options": document({}),
         "dev_accuracy": maybe(number(0, 1)),
         "dev_samples": maybe(whole(0)),
+        "train_samples": maybe(whole(1)),
         "geep_version": maybe(text()),
         "files": maybe(listing(text())),
         "sha256": maybe(document({})),

@@ -129,22 +129,35 @@ def matched_speed(calibration: Calibration, target: float) -> tuple[float, float
     return float(calibration.candidates[i]), flops(i)
 
 
-def dev_sweep(method: Method, dev: Encoded, count: int) -> dict[str, Any]:
-    """``count`` speeds chosen on the dev split (:func:`even_flops_speeds`) and how: the record
-    that run files and `geep evaluate --json` keep. Empty for methods without a threshold rule
+def dev_sweep(
+    method: Method, dev: Encoded, count: int, speedups: tuple[float, ...] = ()
+) -> dict[str, Any]:
+    """Speeds chosen on the dev split and how: the record that run files and `geep evaluate
+    --json` keep. ``count`` speeds in even steps (:func:`even_flops_speeds`), or, with
+    ``speedups``, one per FLOPs speedup: the slowest speed whose dev speedup reaches it
+    (:func:`matched_speed`; null where none does). Empty for methods without a threshold rule
     (or when ``count`` is 0)."""
     calibration = method.calibrate(dev) if count else None
     if calibration is None:
         return {}
-    chosen = even_flops_speeds(calibration, count)
     full = float(method.full_depth_flops(dev.lengths.numpy(), "full").mean())
-    return {
+    if speedups:
+        chosen = [matched_speed(calibration, full / target) for target in speedups]
+        rule = "per target FLOPs speedup, the slowest speed whose mean FLOPs per dev sample "
+        rule += "(full convention) reach it"
+    else:
+        chosen = even_flops_speeds(calibration, count)
+        rule = "even steps of mean FLOPs per dev sample (full convention) from full depth to "
+        rule += "the fastest setting"
+    record = {
         "split": "dev",
         "samples": len(dev),
-        "settings": count,
-        "rule": "even steps of mean FLOPs per dev sample (full convention) from full depth to "
-        "the fastest setting; speeds at midpoints between neighbouring values of the exit "
+        "settings": len(speedups) or count,
+        "rule": rule + "; speeds at midpoints between neighbouring values of the exit "
         "statistic (geep.core.sweeps)",
-        "speeds": [speed for speed, _ in chosen],
-        "dev_speedup_full": [full / flops for _, flops in chosen],
+        "speeds": [None if pick is None else pick[0] for pick in chosen],
+        "dev_speedup_full": [None if pick is None else full / pick[1] for pick in chosen],
     }
+    if speedups:
+        record["target_speedups"] = list(speedups)
+    return record

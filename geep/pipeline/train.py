@@ -85,6 +85,7 @@ def train_method(
             first_stage = None if start_from is None else load_checkpoint(start_from)
             fit_method(method, encoded, first_stage)
         if process.is_main_process:  # the processes hold the same weights: one evaluates and saves
+            method.info.train_samples = len(encoded)
             _record_dev_accuracy(method, data["dev"], max_dev, config.seq_len)
             method.save(out)
             state.remove()

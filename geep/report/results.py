@@ -61,6 +61,7 @@ COLUMNS = [
     "speedup",
     "speedup_full",
     "dev_speedup_full",
+    "dev_target",
     "flops_fastbert",
     "flops_full",
     "avg_exit_layer",
@@ -81,6 +82,7 @@ COLUMNS = [
     "cpu_util_percent",
     "batch_size",
     "n",
+    "train_samples",
     "profile",
     "config_hash",
     "device",
@@ -127,6 +129,7 @@ def load_runs(results: str | Path) -> pd.DataFrame:
                     "device": meta["device"],
                     "runtime": _runtime_label(meta.get("runtime")),
                     "git_commit": meta.get("git_commit"),
+                    **({"train_samples": meta["train_samples"]} if "train_samples" in meta else {}),
                 }
             )
     frame = pd.DataFrame.from_records(records)

@@ -17,13 +17,17 @@ Conventions (every figure is an estimate):
   full depth (early exit only lowers it); the dev split runs once after training (its accuracy)
   and once more for a method that chooses settings on dev.
 - Device-hours: FLOPs over the device's sustained float32 compute, the precision the suite
-  trains and evaluates in (:data:`geep.measure.latency.FLOAT32_PEAK` x ``SUSTAINED_COMPUTE``).
+  trains and evaluates in: a GPU's datasheet figure (:data:`geep.measure.latency.FLOAT32_PEAK`
+  x ``SUSTAINED_COMPUTE``), or, for ``cpu``, this machine's, measured in a few seconds of
+  training steps of a randomly initialised encoder (:func:`measured_cpu_rate`).
 
 A dataset whose split sizes are unknown gets no figures and is left out of the totals.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 
@@ -61,14 +65,11 @@ class Plan:
     """Every row of a profile on one device, and the totals over the rows with known sizes."""
 
     profile: str
-    device: str  # a key of geep.measure.latency.GPUS
+    device: str  # "cpu" or a key of geep.measure.latency.GPUS
     seeds: int
     rows: tuple[Row, ...]
-
-    @property
-    def flops_per_second(self) -> float:
-        """The device's sustained float32 compute."""
-        return SUSTAINED_COMPUTE * FLOAT32_PEAK[self.device]
+    flops_per_second: float  # the device's sustained float32 compute
+    rate_source: str  # where that figure comes from
 
     @property
     def unknown(self) -> list[str]:
@@ -90,7 +91,6 @@ class Plan:
     def assumptions(self) -> list[str]:
         """The conventions behind the figures, one line each (the module docstring)."""
         lengths = ", ".join(str(n) for n in sorted({r.seq_len for r in self.rows}))
-        name = GPUS[self.device].name.removesuffix(" (modelled)")
         return [
             f"FLOPs: the encoder layers (full convention) at seq_len {lengths}, every sample "
             "padded to it (an upper bound); embeddings and heads not counted",
@@ -100,9 +100,8 @@ class Plan:
             "evaluation: per setting, rounds x the test split + 2 batches at full depth (early "
             "exit only lowers it); plus the dev split once after training and once for a dev "
             "sweep",
-            f"device-hours at {self.flops_per_second / 1e12:.1f} TFLOP/s sustained on {name}: "
-            f"{SUSTAINED_COMPUTE:.0%} of its {FLOAT32_PEAK[self.device] / 1e12:g} TFLOP/s "
-            "float32 peak (datasheet; geep.measure.latency), the precision the suite runs in",
+            f"device-hours at {self.flops_per_second / 1e12:.3g} TFLOP/s sustained "
+            f"{self.rate_source}",
         ]
 
     def to_dict(self) -> dict:
@@ -119,6 +118,7 @@ class Plan:
             "profile": self.profile,
             "device": self.device,
             "sustained_flops_per_second": self.flops_per_second,
+            "rate_source": self.rate_source,
             "seeds": self.seeds,
             "estimated": True,
             "rows": rows,
@@ -174,17 +174,71 @@ def passes(profile: Profile, dataset: str, entry: str) -> float:
     return total
 
 
-def plan(profile: Profile, device: str = "h100") -> Plan:
-    """The cost of every (dataset, method) of ``profile`` on ``device`` (a key of GPUS)."""
+def device_rate(device: str, profile: Profile) -> tuple[float, str]:
+    """The sustained float32 FLOPs per second of ``device`` ("cpu": this machine's, measured at
+    ``profile``'s shapes; else a key of GPUS) and where the figure comes from."""
+    if device == "cpu":
+        rate, shape = measured_cpu_rate(profile)
+        return rate, f"on this CPU: measured in training steps of a random encoder ({shape})"
     if device not in GPUS:
-        raise GeepError(f"unknown device '{device}': choose one of {', '.join(GPUS)}")
+        raise GeepError(f"unknown device '{device}': choose cpu or one of {', '.join(GPUS)}")
+    name = GPUS[device].name.removesuffix(" (modelled)")
+    peak = FLOAT32_PEAK[device]
+    return SUSTAINED_COMPUTE * peak, (
+        f"on {name}: {SUSTAINED_COMPUTE:.0%} of its {peak / 1e12:g} TFLOP/s float32 peak "
+        "(datasheet; geep.measure.latency), the precision the suite runs in"
+    )
+
+
+def measured_cpu_rate(profile: Profile, steps: int = 4) -> tuple[float, str]:
+    """This CPU's sustained compute in the plan's convention (:func:`forward_flops` x 3 per
+    training sample): training steps (forward, backward, AdamW) of a randomly initialised encoder
+    of the profile's first dataset's dims, at its training batch size and seq_len, every sample
+    at full length; the median of ``steps`` timed steps after one untimed. Returns the FLOPs per
+    second and the shape it was measured at."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    dataset = profile.datasets[0]
+    dims = dims_for(profile.model_for(dataset))
+    entry = profile.entries()[0]
+    config = profile.train_config(entry, dataset)
+    model = BertModel(
+        BertConfig(
+            vocab_size=1000,
+            hidden_size=dims.hidden,
+            num_hidden_layers=dims.num_layers,
+            num_attention_heads=dims.num_heads,
+            intermediate_size=dims.intermediate,
+            max_position_embeddings=max(512, config.seq_len),
+        )
+    )
+    optimiser = torch.optim.AdamW(model.parameters())
+    ids = torch.randint(1000, (config.batch_size, config.seq_len))
+    seconds = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        model(ids).last_hidden_state.mean().backward()
+        optimiser.step()
+        optimiser.zero_grad()
+        seconds.append(time.perf_counter() - start)
+    flops = config.batch_size * (1 + BACKWARD) * forward_flops(profile, dataset, entry)
+    shape = f"{dims.num_layers} layers of {dims.hidden}, "
+    shape += f"batch {config.batch_size} x {config.seq_len} tokens"
+    return flops / statistics.median(seconds[1:]), shape
+
+
+def plan(profile: Profile, device: str = "h100", rate: tuple[float, str] | None = None) -> Plan:
+    """The cost of every (dataset, method) of ``profile`` on ``device`` ("cpu" or a key of
+    GPUS), at ``rate`` (:func:`device_rate`'s figure and source) when given."""
+    rate, source = rate or device_rate(device, profile)
     measured = Counter(u[:2] for u in units(profile))  # settings x seeds x policies
     rows = tuple(
         cost(profile, dataset, method, measured[dataset, method])
         for dataset in profile.datasets
         for method in profile.entries()
     )
-    return Plan(profile.name, device, len(profile.seeds), rows)
+    return Plan(profile.name, device, len(profile.seeds), rows, rate, source)
 
 
 def cost(profile: Profile, dataset: str, method: str, measured: int) -> Row:

@@ -19,6 +19,12 @@ Selected by name (``GEEP_PROFILE`` or ``pytest benchmarks/ --profile``):
   minutes more).
 - ``quick-bfloat16``: ``quick`` on rotten-tomatoes in bfloat16, each unit also run by a float32
   eager copy of its checkpoint: what bfloat16 changes in exits, labels and accuracy.
+- ``learning-1k`` .. ``learning-10k``: the pieces of the learning curve ``learning-curve``:
+  ``compare``'s methods, recipe and ablations (PABEE and HashEE aside) trained on 1,000, 2,000,
+  5,000 and 10,000 samples (rotten-tomatoes' whole 10,202 in the last), three seeds, the whole
+  dev and test splits, the threshold methods at full depth and at the settings chosen on dev
+  for 1.5x, 2x and 3x FLOPs; ``geep plan --profile learning-curve --device cpu`` gives its cost
+  (many hours on 2 cores), ``tox -e learning-curve`` runs it piece by piece, resumably.
 - ``offline``: all six offline datasets at full size (hours on a CPU, minutes on a GPU).
 - ``paper``: the twelve paper datasets with bert-base-uncased / bert-base-chinese and the papers'
   recipe (lr 2e-5, batch 32, length 128, 3 epochs, plainly shuffled batches; HashEE lr 5e-5, 4
@@ -68,10 +74,13 @@ class Profile:
         default_factory=lambda: {"en": DEFAULT_MODEL, "zh": DEFAULT_MODEL}
     )
     seq_len: dict[str, int] = field(default_factory=dict)  # per dataset, else train.seq_len
+    max_train: dict[str, int | None] = field(default_factory=dict)  # else train.max_train
     method_train: dict[str, dict[str, float | int]] = field(default_factory=dict)
     methods: tuple[str, ...] = ()  # empty: every registered method (geep.core.interface)
     speeds: dict[str, tuple[float, ...]] = field(default_factory=dict)
     dev_settings: int = DEV_SETTINGS  # settings chosen on dev per threshold method
+    # FLOPs speedups to choose one dev setting each for, instead of dev_settings even steps
+    dev_speedups: tuple[float, ...] = ()
     # how the dynamic-exit methods (FastBERT, DeeBERT, PABEE) batch their exits: each setting
     # is measured under every policy listed (geep.core.dynamic_exit); the other methods run once
     batchings: tuple[Batching, ...] = ("shrink",)
@@ -123,6 +132,8 @@ class Profile:
         changes = {**self.method_train.get(self.method_of(entry)[0], {})}
         if dataset in self.seq_len:
             changes["seq_len"] = self.seq_len[dataset]
+        if dataset in self.max_train:
+            changes["max_train"] = self.max_train[dataset]
         if seed is not None:
             changes["seed"] = seed
         return replace(self.train, **changes)
@@ -136,6 +147,9 @@ class Profile:
         settings = {k: v for k, v in asdict(self).items() if k not in unshared}
         if self.runtime == DEFAULT_RUNTIME:  # float32 eager hashes as a profile without them
             del settings["precision"], settings["cuda_graphs"]
+        for name in ("max_train", "dev_speedups"):  # unset, they hash as a profile without them
+            if not settings[name]:
+                del settings[name]
         settings["methods"] = self.method_names()
         raw = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(raw.encode()).hexdigest()[:12]
@@ -243,6 +257,52 @@ PROFILES["quick-bfloat16"] = replace(
     datasets=("rotten-tomatoes",),
     precision="bfloat16",
 )
+
+LEARNING_CURVE = "learning-curve"
+"""A curve: profiles alike but for their training-set sizes (its pieces), each run into a
+subfolder of the curve's results folder (``results/learning-curve/<piece>/``) and reported
+together (:mod:`geep.report.curve`)."""
+CURVE_SIZES = {  # each piece's training samples per dataset (None: the whole split, 10,202)
+    "learning-1k": {"rotten-tomatoes": 1000, "tweet-sentiment": 1000},
+    "learning-2k": {"rotten-tomatoes": 2000, "tweet-sentiment": 2000},
+    "learning-5k": {"rotten-tomatoes": 5000, "tweet-sentiment": 5000},
+    "learning-10k": {"rotten-tomatoes": None, "tweet-sentiment": 10000},
+}
+
+
+def _learning_piece(name: str, sizes: dict[str, int | None]) -> Profile:
+    """A piece of the learning curve: ``compare``'s recipe, datasets, seeds and ablations on
+    training sets of ``sizes``, the whole dev and test splits, the threshold methods at full
+    depth and at the settings chosen on dev for 1.5x, 2x and 3x FLOPs."""
+    shown = " and ".join(f"{n:,}" if n else "all" for n in sizes.values())
+    compare = PROFILES["compare"]
+    return Profile(
+        name=name,
+        description=f"a learning curve's piece: {shown} training samples of "
+        f"{' and '.join(sizes)}, whole test splits, three seeds",
+        datasets=tuple(sizes),
+        train=compare.train,
+        max_train=sizes,
+        methods=("bert", "geep", "deebert", "fastbert"),
+        speeds={"geep": (0.0,), "fastbert": (0.0,), "deebert": (0.0,)},
+        dev_speedups=(1.5, 2.0, 3.0),
+        seeds=compare.seeds,
+        rounds=1,
+        efficiency_settings=(),
+        training_speed=False,
+        ablations=compare.ablations,
+    )
+
+
+PROFILES |= {name: _learning_piece(name, sizes) for name, sizes in CURVE_SIZES.items()}
+CURVES = {LEARNING_CURVE: tuple(CURVE_SIZES)}
+
+
+def curve_pieces(name: str) -> list[Profile]:
+    """A curve's pieces in order of size, or the profile called ``name`` alone."""
+    if name in CURVES:
+        return [PROFILES[piece] for piece in CURVES[name]]
+    return [get_profile(name)]
 
 
 def get_profile(name: str | None = None) -> Profile:

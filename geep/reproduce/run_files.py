@@ -64,6 +64,7 @@ ROW_SCHEMA = document(
         "speed_source": choice("grid", "dev"),
         "batching": maybe(choice(*BATCHINGS)),  # null: the method runs no dynamic exits
         "dev_speedup_full": maybe(number(0)),
+        "dev_target": maybe(number(0)),  # the FLOPs speedup a dev setting was chosen for
         **{k: number(0, 1) for k in ("accuracy", "accuracy_low", "accuracy_high")},
         "macro_f1": maybe(number(0, 1)),
         **{k: number(0) for k in ("avg_exit_layer", "flops_fastbert", "flops_full")},
@@ -98,6 +99,7 @@ RUN_FILE_SCHEMA = document(
                 "device": text(),
                 "git_commit": maybe(text()),
                 "options": maybe(OPTIONS),
+                "train_samples": maybe(whole(1)),  # absent from older runs
             }
         ),
     }

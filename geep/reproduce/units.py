@@ -63,11 +63,13 @@ def speeds_for(profile: Profile, entry: str, dataset: str) -> list[float]:
 
 def settings_for(profile: Profile, entry: str, dataset: str) -> list[str]:
     """The settings a profile measures: the fixed sweep's speeds (``"0.5"``), then for threshold
-    methods ``profile.dev_settings`` chosen on the dev split (``"dev1"``, ...; geep.core.sweeps)."""
+    methods those chosen on the dev split (``"dev1"``, ...; geep.core.sweeps): one per
+    ``profile.dev_speedups`` target, else ``profile.dev_settings`` in even steps."""
     grid = [f"{speed:g}" for speed in speeds_for(profile, entry, dataset)]
     if not get_method(profile.method_of(entry)[0]).calibrates:
         return grid
-    return grid + [f"dev{k}" for k in range(1, profile.dev_settings + 1)]
+    chosen = len(profile.dev_speedups) or profile.dev_settings
+    return grid + [f"dev{k}" for k in range(1, chosen + 1)]
 
 
 def batchings_for(profile: Profile, entry: str) -> list[str | None]:
@@ -241,6 +243,7 @@ def provenance(profile: Profile, method: Method, data: Encoded) -> dict[str, Any
         "git_commit": git_commit(),
         "model": info.model,
         "train": info.train,
+        "train_samples": info.train_samples,
         "seed": info.train["seed"],
         "options": info.options,
         "dev_accuracy": info.dev_accuracy,
@@ -372,7 +375,8 @@ class Trained:
 
     def resolve(self, setting: str) -> dict[str, Any]:
         """A setting id's row fields: ``"0.5"`` is a fixed speed (``speed_source`` "grid"),
-        ``"devK"`` the K-th speed chosen on dev ("dev", with its ``dev_speedup_full``).
+        ``"devK"`` the K-th speed chosen on dev ("dev", with its ``dev_speedup_full``, and the
+        ``dev_target`` speedup it was chosen for when the sweep had targets).
         GeepError when the dev sweep found fewer than K distinct speeds."""
         if not setting.startswith("dev"):
             return {"setting": setting, "speed": float(setting), "speed_source": "grid"}
@@ -380,12 +384,17 @@ class Trained:
         speeds = self.sweep.get("speeds", [])
         if k > len(speeds):
             raise GeepError(f"the dev sweep found only {len(speeds)} distinct settings")
-        return {
+        fields = {
             "setting": setting,
             "speed": speeds[k - 1],
             "speed_source": "dev",
             "dev_speedup_full": self.sweep["dev_speedup_full"][k - 1],
         }
+        if "target_speedups" in self.sweep:  # chosen for a target speedup: which one
+            fields["dev_target"] = self.sweep["target_speedups"][k - 1]
+            if fields["speed"] is None:
+                raise GeepError(f"no setting reaches {fields['dev_target']:g}x FLOPs on dev")
+        return fields
 
 
 def load_unit(profile: Profile, entry: str, dataset: str, seed: int) -> Trained:
@@ -403,7 +412,7 @@ def load_unit(profile: Profile, entry: str, dataset: str, seed: int) -> Trained:
     if trained.calibrates and profile.dev_settings:
         dev = load_split(trained, dataset, "dev", profile.max_eval)
         choice = trained.choose_on_dev(dev.data, profile.batch_size)  # GEEP: its exit rule
-        sweep = dev_sweep(trained, dev.data, profile.dev_settings)
+        sweep = dev_sweep(trained, dev.data, profile.dev_settings, profile.dev_speedups)
         if choice:
             sweep["choice"] = choice
     test = load_split(trained, dataset, "test", profile.max_eval).data

@@ -247,6 +247,7 @@ def test_evaluate_sweeps_settings_chosen_on_dev(tmp_path, capsys) -> None:
     assert max(speedups) >= 2.5 * min(speedups)
     # chosen on the first 600 samples of the training data's dev split, as a profile chooses
     method = load_checkpoint(out)
+    assert method.info.train_samples == 300  # the checkpoint says how many it trained on
     dev = load_split(method, "rotten-tomatoes", "dev", 600).data
     assert doc["provenance"]["dev_sweep"] == dev_sweep(method, dev, DEV_SETTINGS)
 

@@ -40,6 +40,39 @@ def test_even_flops_steps_take_the_slowest_speed_reaching_each_target() -> None:
     assert even_flops_speeds(calibration, 4) == [(0.15, 80.0), (0.25, 50.0), (0.65, 20.0)]
 
 
+class _Costed:
+    """A threshold method whose dev FLOPs per sample at each candidate speed are given."""
+
+    def __init__(self, cost: dict[float, float]) -> None:
+        self.cost = cost
+
+    def calibrate(self, dev) -> Calibration:
+        return Calibration(np.array(sorted(self.cost)[1:]), lambda speed: self.cost[speed])
+
+    def full_depth_flops(self, lengths: np.ndarray, convention: str) -> np.ndarray:
+        return np.full(len(lengths), self.cost[0.0])
+
+
+class _Dev:
+    """A dev split of ``n`` samples (their lengths unused)."""
+
+    def __init__(self, n: int) -> None:
+        self.lengths = torch.ones(n)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def test_a_sweep_for_target_speedups_takes_the_slowest_speed_reaching_each() -> None:
+    method = _Costed({0.0: 100.0, 0.15: 80.0, 0.25: 50.0, 0.65: 20.0})
+    sweep = dev_sweep(method, _Dev(5), 3, speedups=(1.5, 2.0, 3.0, 6.0))
+    # 1.5x: FLOPs <= 66.7 -> 0.25 (50, 2x); 2x: 0.25 again; 3x: <= 33.3 -> 0.65 (5x); 6x: none
+    assert sweep["speeds"] == [0.25, 0.25, 0.65, None]
+    assert sweep["dev_speedup_full"] == [2.0, 2.0, 5.0, None]
+    assert sweep["target_speedups"] == [1.5, 2.0, 3.0, 6.0] and sweep["settings"] == 4
+    assert dev_sweep(method, _Dev(5), 3)["speeds"] == [0.25, 0.65]  # even steps without targets
+
+
 THRESHOLD_METHODS = [name for name in method_names() if get_method(name).calibrates]
 
 

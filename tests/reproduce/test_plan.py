@@ -13,8 +13,9 @@ from geep.cli import main
 from geep.common.errors import GeepError
 from geep.core.registry import get_method, method_names
 from geep.data.registry import OFFLINE_TIER, get_spec
-from geep.reproduce.plan import plan, split_sizes
-from geep.reproduce.profiles import PAPER, PROFILES
+from geep.reproduce import plan as planning
+from geep.reproduce.plan import measured_cpu_rate, plan, split_sizes
+from geep.reproduce.profiles import LEARNING_CURVE, PAPER, PROFILES, curve_pieces
 from tests.helpers import EXPECTED_DATASETS, assert_one_error_line
 
 SMOKE = PROFILES["smoke"]
@@ -147,7 +148,7 @@ def test_plan_json(capsys) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--profile", "paper", "--device", "tpu"], "unknown device 'tpu': choose one of h100"),
+        (["--profile", "paper", "--device", "tpu"], "unknown device 'tpu': choose cpu or one of"),
         (["--profile", "nope"], "unknown profile 'nope': choose one of smoke"),
     ],
 )
@@ -168,3 +169,28 @@ def test_the_paper_table_in_the_docs_is_current(offline: None, capsys) -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "plan.md").read_text()
     copy = docs.split("## The paper profile", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     assert copy == capsys.readouterr().out
+
+
+def test_the_cpu_rate_is_the_plans_training_flops_over_a_measured_step(monkeypatch) -> None:
+    """Training FLOPs of a step (batch x 3 forwards at seq_len, the plan's convention) over the
+    median of the timed steps: with a clock that makes every step 0.5 s, exactly that over 0.5."""
+    ticks = iter(range(100))
+    monkeypatch.setattr(planning.time, "perf_counter", lambda: 0.5 * next(ticks))
+    rate, shape = measured_cpu_rate(SMOKE, steps=2)
+    step = SMOKE.train.batch_size * 3 * minilm_forward(SMOKE.train.seq_len)
+    assert rate == pytest.approx(step / 0.5, rel=1e-12)
+    assert shape == "6 layers of 384, batch 16 x 32 tokens"
+
+
+def test_a_curve_plans_each_piece_then_its_total(capsys) -> None:
+    assert main(["plan", "--profile", LEARNING_CURVE]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    pieces = curve_pieces(LEARNING_CURVE)
+    heads = [line.split()[1] for line in lines if line.startswith("profile ")]
+    assert heads == [p.name for p in pieces]
+    costs = [plan(p) for p in pieces]
+    hours = sum(c.hours(c.train_flops + c.eval_flops) for c in costs)
+    assert lines[-1] == f"{LEARNING_CURVE}: {hours:.2f} estimated device-hours on h100 in all"
+    assert main(["plan", "--profile", LEARNING_CURVE, "--json"]) == 0
+    documents = json.loads(capsys.readouterr().out)
+    assert [d["profile"] for d in documents] == [p.name for p in pieces]

@@ -33,7 +33,8 @@ from geep.report.results import (
     write_report,
 )
 from geep.reproduce import units as reproduce
-from geep.reproduce.profiles import PROFILES, Ablation, get_profile
+from geep.reproduce.plan import split_sizes
+from geep.reproduce.profiles import LEARNING_CURVE, PROFILES, Ablation, curve_pieces, get_profile
 from geep.reproduce.units import Unit, record, recorded, run_file, settings_for, speeds_for, units
 from tests.helpers import new_method, run_row, toy_test_split, trained_on_toy
 
@@ -53,6 +54,7 @@ CHANGED = replace(
     PROFILES["smoke"],
     name="changed",
     seq_len={"rotten-tomatoes": 40},
+    max_train={"rotten-tomatoes": 150},
     method_train={"geep": {"lr": 1e-3, "epochs": 2}},
     speeds={"fastbert": (0.0, 0.7)},
 )
@@ -74,6 +76,7 @@ def test_each_recipe_is_the_profiles_with_its_method_dataset_and_seed_changes(
         **asdict(profile.train),
         **profile.method_train.get(method, {}),
         **({"seq_len": profile.seq_len[dataset]} if dataset in profile.seq_len else {}),
+        **({"max_train": profile.max_train[dataset]} if dataset in profile.max_train else {}),
     }
     assert asdict(profile.train_config(method, dataset)) == expected
     assert asdict(profile.train_config(method, dataset, seed=7)) == {**expected, "seed": 7}
@@ -84,12 +87,14 @@ def test_each_recipe_is_the_profiles_with_its_method_dataset_and_seed_changes(
 )
 def test_settings_are_the_fixed_sweep_then_the_dev_chosen_ones(profile, method, dataset) -> None:
     """The fixed sweep is the profile's, else the method's grid for the dataset's encoder and
-    classes; threshold methods add dev1..devK (counts such as patience do not)."""
+    classes; threshold methods add dev1..devK, one per target speedup where the profile has
+    them (counts such as patience do not)."""
     cls = get_method(method)
     layers = dims_for(profile.model_for(dataset)).num_layers
     grid = profile.speeds.get(method) or cls.speed_grid(layers, get_spec(dataset).num_classes)
     assert speeds_for(profile, method, dataset) == list(grid)
-    dev = [f"dev{k}" for k in range(1, profile.dev_settings + 1)] if cls.calibrates else []
+    chosen = len(profile.dev_speedups) or profile.dev_settings
+    dev = [f"dev{k}" for k in range(1, chosen + 1)] if cls.calibrates else []
     assert settings_for(profile, method, dataset) == [f"{s:g}" for s in grid] + dev
 
 
@@ -196,6 +201,40 @@ def test_config_hash_is_the_same_in_every_process_and_follows_the_settings() -> 
     quick = PROFILES["quick"]
     assert replace(quick, max_eval=301).config_hash() != quick.config_hash()
     assert len({p.config_hash() for p in PROFILES.values()}) == len(PROFILES)
+
+
+def test_the_learning_curves_pieces_differ_in_their_training_sets_alone() -> None:
+    """Each piece trains on its sizes (rotten-tomatoes' whole split at the top) and measures the
+    whole test splits; everything else is the same in every piece, and each hashes apart."""
+    pieces = curve_pieces(LEARNING_CURVE)
+    sizes = [[split_sizes(p, d, "geep")[0] for d in p.datasets] for p in pieces]
+    assert sizes == [[1000, 1000], [2000, 2000], [5000, 5000], [10202, 10000]]
+    assert all(split_sizes(p, "tweet-sentiment", "bert")[2] == 3718 for p in pieces)
+    assert len({p.config_hash() for p in pieces}) == 4
+    alike = {replace(p, name="", description="", max_train={}).config_hash() for p in pieces}
+    assert len(alike) == 1
+    assert settings_for(pieces[0], "fastbert", "rotten-tomatoes") == ["0", "dev1", "dev2", "dev3"]
+    assert curve_pieces("quick") == [PROFILES["quick"]]
+
+
+COMMITTED = sorted((Path(__file__).resolve().parents[2] / "results").rglob("runs"))
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=lambda p: p.parent.name)
+def test_committed_run_files_hash_as_their_profile_does(folder: Path) -> None:
+    """A profile's fields added since its runs leave its hash alone when unset, so those run
+    files still resume and report under it."""
+    for path in folder.glob("*/*.json"):
+        meta = json.loads(path.read_text())["provenance"]
+        assert meta["config_hash"] == PROFILES[meta["profile"]].config_hash(), path
+
+
+def test_a_dev_setting_no_target_reaches_is_skipped_with_its_target() -> None:
+    sweep = {"speeds": [0.3, None], "dev_speedup_full": [2.1, None], "target_speedups": [2, 6]}
+    trained = reproduce.Trained(None, None, sweep, "geep")
+    assert trained.resolve("dev1")["speed"] == 0.3
+    with pytest.raises(GeepError, match="no setting reaches 6x FLOPs on dev"):
+        trained.resolve("dev2")
 
 
 def test_run_files_replace_a_setting_and_never_mix_configurations(tiny_model, tmp_path) -> None:
