@@ -296,8 +296,8 @@ def _listing(values: Sequence[object], limit: int = 12) -> str:
 
 
 def _label_index(value: str, where: str) -> int:
-    """A numeric label as a class index: an integer, or a float with nothing after the point (a
-    similarity score of 1.0 is class 1, as C-MTEB/LCQMC gives its labels); nothing negative."""
+    """A numeric label as a class index: an integer, or a whole float (1.0 is class 1: a label
+    column may be a float similarity ``score``, as C-MTEB/LCQMC names it); nothing negative."""
     if _INDEX.fullmatch(value):
         return int(value)
     number = float(value)

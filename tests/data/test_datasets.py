@@ -556,8 +556,9 @@ def test_split_sizes_must_be_a_published_split(
         "book-review's published split has 40 / 10 / 10 or 40 / 8 / 8",
         "--dataset PATH",
     )
-    (folder / "dev.tsv").unlink()
-    refused("book-review", "have 40 / - / 9 examples")
+    write_splits(folder, {"train": 40, "test": 10}, [0, 1])
+    (folder / "dev.tsv").unlink()  # the published dev is not carved from train
+    refused("book-review", "have 40 / - / 10 examples")
     # ag-news was published without a dev split: a hub copy with one is another split.
     publish(monkeypatch, "ag-news", (8, None, 4))
     rows = {"text": [f"news {i}" for i in range(8)], "label": [i % 4 for i in range(8)]}
