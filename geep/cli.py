@@ -303,12 +303,14 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             s.language,
             s.task,
             s.num_classes,
-            "offline" if s.offline else "hub/local",
+            "offline" if s.offline else "local files only" if s.local_only else "hub/local",
             "paper" if s.paper else "",
         ]
         for s in REGISTRY.values()
     ]
     print(_table(rows, ["name", "lang", "task", "classes", "source", ""]))
+    local = [[s.name, s.sources.local] for s in REGISTRY.values() if s.local_only]
+    print(f"\nlocal files only, in UER format:\n{_table(local, ['name', 'files'])}")
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import bz2
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,10 @@ from geep.data.archives import PinnedArchive, read_member, read_members
 from geep.data.formats import RawSplit, csv_records, lines, utf8_or_latin1
 
 DATA_DIR_ENV = "GEEP_DATA_DIR"
+HUB_ID_ENV = "GEEP_HUB_{}"
+"""``GEEP_HUB_<NAME>`` (the name upper-cased, ``-`` as ``_``) replaces a dataset's hub id."""
+
+Sizes = tuple[int, int | None, int]  # (train, dev, test) examples; dev None where there is none
 
 Reader = Callable[[Path, "DatasetSpec"], RawSplit]  # (fetched archive, spec) -> one pool
 
@@ -25,15 +30,12 @@ class HubSource:
     """A Hugging Face hub dataset and how its columns map onto ``text``/``text_pair``/``label``.
 
     ``text`` lists the columns joined (with a space, empty ones skipped) into one text.
-    ``data_files`` (split, URL) pairs are for repos that ship only a loading script, which
-    ``datasets`` no longer runs: their prepared Arrow files are read directly.
     """
 
     id: str
     text: tuple[str, ...] = ("text",)
     pair: str | None = None
     label: str = "label"
-    data_files: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,17 +66,34 @@ class DatasetSpec:
     paper: bool
     offline: bool
     description: str
-    # (train, dev, test) examples: the published splits of a paper dataset (before
-    # deduplication; dev None where the source has none and one is carved from train, see
-    # geep.data.sources), the prepared splits of an offline one; None where unknown
-    sizes: tuple[int, int | None, int] | None = None
+    # the published split a paper dataset follows, as its files have it (before cleaning and
+    # deduplication; dev None where it has none and one is carved from train, see
+    # geep.data.sources); the prepared splits of an offline one; None where unknown
+    sizes: Sizes | None = None
+    # other published splits of the same data, which a source may hold instead of ``sizes``
+    also_published: tuple[Sizes, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists), as printed by ``geep datasets --json``; the
-        reader is code, not data, and is left out."""
+    @property
+    def local_only(self) -> bool:
+        """Whether the data can come only from local files: no hub source, no pinned archive."""
+        return self.sources.hub is None and self.sources.archive is None
+
+    def fields(self) -> dict[str, Any]:
+        """The spec's fields as a JSON-ready dict (tuples become lists); the reader is code, not
+        data, and is left out."""
         data = asdict(replace(self, sources=replace(self.sources, reader=None)))
         del data["sources"]["reader"]
         return _jsonable(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """:meth:`fields` and ``local_only``, as printed by ``geep datasets --json``."""
+        return self.fields() | {"local_only": self.local_only}
+
+    def cache_key(self) -> dict[str, Any]:
+        """The fields that name the prepared data in its cache: all but those left at their
+        defaults, so that a field added with a default keeps every existing entry's key."""
+        defaults = {f.name: _jsonable(f.default) for f in dataclass_fields(self)}
+        return {k: v for k, v in self.fields().items() if v != defaults[k]}
 
 
 def _jsonable(value: Any) -> Any:
@@ -85,10 +104,12 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _local(name: str) -> str:
-    return (
-        f"${DATA_DIR_ENV}/{name}/ with train/dev/test .tsv files in UER format, or --dataset PATH"
-    )
+_UER_FILES = "train/dev/test .tsv files in UER format"
+
+
+def _local(name: str, files: str = _UER_FILES) -> str:
+    """The note on the local-file route: where ``files`` go."""
+    return f"${DATA_DIR_ENV}/{name}/ with {files}, or --dataset PATH"
 
 
 _SENTIMENT = ("negative", "positive")
@@ -102,12 +123,24 @@ def _paper(
     label_names: tuple[str, ...] | None,
     hub: HubSource | None,
     description: str,
-    sizes: tuple[int, int | None, int] | None,
+    sizes: Sizes | None,
     task: Literal["single", "pair"] = "single",
+    files: str = _UER_FILES,
+    also_published: tuple[Sizes, ...] = (),
 ) -> DatasetSpec:
-    sources = Sources(local=_local(name), hub=hub)
+    """A paper dataset; ``files`` names the files its local route wants."""
     return DatasetSpec(
-        name, language, task, num_classes, label_names, sources, True, False, description, sizes
+        name,
+        language,
+        task,
+        num_classes,
+        label_names,
+        Sources(local=_local(name, files), hub=hub),
+        True,
+        False,
+        description,
+        sizes,
+        also_published,
     )
 
 
@@ -152,8 +185,11 @@ _PAPER = (
         2,
         _SENTIMENT,
         None,
-        "Chinese book review sentiment (UER files)",
+        "Chinese book review sentiment: FastBERT's split (20,000/10,000/10,000), "
+        "UER's (20,000/8,000/8,000) accepted too",
         (20_000, 10_000, 10_000),
+        files="FastBERT's or UER's book review train/dev/test .tsv files",
+        also_published=((20_000, 8_000, 8_000),),
     ),
     _paper(
         "shopping-review",
@@ -161,8 +197,9 @@ _PAPER = (
         2,
         _SENTIMENT,
         None,
-        "Chinese shopping review sentiment (UER files)",
+        "Chinese shopping review sentiment (UER files; a lone file is split 80/10/10)",
         None,  # unknown
+        files="UER/FastBERT's shopping review .tsv files",
     ),
     _paper(
         "lcqmc",
@@ -179,24 +216,30 @@ _PAPER = (
         "zh",
         2,
         _SENTIMENT,
-        None,
-        "Weibo post sentiment, weibo_senti_100k (UER files)",
-        None,  # unknown: weibo_senti_100k has no standard split
+        HubSource("dirtycomputer/weibo_senti_100k", text=("review",)),
+        "Weibo post sentiment, weibo_senti_100k (~120k posts, unsplit: split 80/10/10 here)",
+        None,  # unknown: weibo_senti_100k has no published split
     ),
     _paper(
         "thucnews",
         "zh",
         10,
-        None,
-        HubSource(
-            "seamew/THUCNews",
-            data_files=tuple(
-                (split, f"hf://datasets/seamew/THUCNews/thuc_news-{split}.arrow")
-                for split in ("train", "validation", "test")
-            ),
+        (
+            "sports",
+            "entertainment",
+            "home",
+            "realty",
+            "education",
+            "fashion",
+            "politics",
+            "game",
+            "technology",
+            "finance",
         ),
-        "Chinese news topics, 10 classes (50,000/5,000/10,000)",
+        None,  # no hub copy is the paper's: headlines only, or other sizes and classes
+        "Chinese news articles, 10 topics: UER/FastBERT's cnews split (50,000/5,000/10,000)",
         (50_000, 5_000, 10_000),
+        files="UER/FastBERT's cnews train/dev/test .tsv files (articles)",
     ),
     _paper(
         "ag-news",
@@ -213,8 +256,10 @@ _PAPER = (
         5,
         _STARS,
         None,
-        "Amazon review stars, 5 classes (local files)",
+        "Amazon review stars, 5 classes: Zhang et al.'s split (3,000,000/-/650,000), "
+        "dev carved from train",
         (3_000_000, None, 650_000),
+        files="Zhang et al.'s amazon_review_full train/test as .tsv files",
     ),
     _paper(
         "dbpedia",

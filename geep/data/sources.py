@@ -7,14 +7,16 @@ Every source yields raw splits (texts, optional text pairs, labels as strings). 
 2. exact duplicates go, within each source split: the same text (and pair) with the same label is
    kept once; the same text (and pair) under different labels is dropped entirely, since no label
    for it can be trusted;
-3. labels are encoded (:func:`_encode_labels`);
+3. labels are encoded (:func:`_encode_labels`); a registered dataset's source must hold exactly
+   its classes, and a paper dataset's source one of its published splits (:func:`check_sizes`);
 4. missing splits are carved out of train by :func:`stratified_split` (never select on
    test): 80/10/10 train/dev/test from a lone pool, or 10 % of train for a missing dev (or test).
 
 A registered dataset is looked for first in ``$GEEP_DATA_DIR/<name>/`` (UER TSV files, read fresh
 every call), then in the prepared-dataset cache, then fetched from its pinned archive or the hub and
-saved to ``cache_root()/datasets/<name>-<hash>/``, the hash covering the spec and PREP_VERSION.
-Local files given by path are never cached: they are read fresh every call.
+saved to ``cache_root()/datasets/<name>-<hash>/``, the hash covering the spec and PREP_VERSION;
+``$GEEP_HUB_<NAME>`` replaces its hub id. Local files given by path are never cached, nor checked
+against a spec: they are read fresh every call.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
@@ -49,6 +52,7 @@ from geep.data.formats import (
 )
 from geep.data.registry import (
     DATA_DIR_ENV,
+    HUB_ID_ENV,
     OFFLINE_TIER,
     REGISTRY,
     DatasetSpec,
@@ -92,14 +96,14 @@ def load_dataset(name_or_path: str, carve: bool = True) -> DatasetDict:
 
 
 def _load_registered(spec: DatasetSpec) -> DatasetDict:
+    spec = _hub_override(spec)
     local = _data_dir(spec)
     if local is not None:
         return prepare(_read_local(local), spec)
-    if spec.sources.archive is None and spec.sources.hub is None:
+    if spec.local_only:
         raise GeepError(
-            f"dataset {spec.name!r} has no public download: put train/dev/test .tsv files "
-            f"(UER format, header label<TAB>text_a) in ${DATA_DIR_ENV}/{spec.name}/, "
-            "or pass --dataset PATH"
+            f"dataset {spec.name!r} has no public download: it reads {spec.sources.local} "
+            "(UER format: a header label<TAB>text_a, text_b for pairs)"
         )
     cached = cache_dir(spec)
     if not cached.exists():
@@ -118,9 +122,26 @@ def _load_registered(spec: DatasetSpec) -> DatasetDict:
 
 
 def cache_dir(spec: DatasetSpec) -> Path:
-    """Where the prepared dataset is cached; the name's hash covers the spec and PREP_VERSION."""
-    blob = json.dumps([PREP_VERSION, spec.to_dict()], sort_keys=True).encode()
+    """Where the prepared dataset is cached; the name's hash covers the spec (its
+    ``cache_key()``) and PREP_VERSION."""
+    blob = json.dumps([PREP_VERSION, spec.cache_key()], sort_keys=True).encode()
     return cache_root() / "datasets" / f"{spec.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def _hub_override(spec: DatasetSpec) -> DatasetSpec:
+    """The spec with its hub id replaced by ``$GEEP_HUB_<NAME>`` where that is set; the columns
+    stay the spec's, so only a dataset with a hub source takes one."""
+    var = HUB_ID_ENV.format(spec.name.upper().replace("-", "_"))
+    override = os.environ.get(var, "").strip()
+    if not override:
+        return spec
+    hub = spec.sources.hub
+    if hub is None:
+        raise GeepError(
+            f"${var} is set but {spec.name!r} has no hub source whose id it could replace; "
+            f"unset it and use local files: {spec.sources.local}"
+        )
+    return replace(spec, sources=replace(spec.sources, hub=replace(hub, id=override)))
 
 
 def _data_dir(spec: DatasetSpec) -> Path | None:
@@ -158,6 +179,8 @@ def prepare(raw: RawData, spec: DatasetSpec | None, carve: bool = True) -> Datas
             f"{raw.where}: {spec.name} is a {spec.task}-text task; give its files columns {want}"
         )
     names, ids = _encode_labels(raw, splits, spec)
+    if spec is not None:
+        check_sizes(raw, spec)
     pool = len(splits["train"].text)
     missing = {name: HOLDOUT for name in ("dev", "test") if name not in splits and carve}
     if missing:
@@ -221,51 +244,96 @@ def _encode_labels(
 ) -> tuple[tuple[str, ...], dict[str, list[int]]]:
     """Label names, and each split's labels as class indices.
 
-    Labels that all look numeric must be integers 0..C-1: C is the spec's class count, or for
-    unregistered files the number of distinct labels (so 1-based labels are an error). Their names
+    Labels that all look numeric are class indices (:func:`_label_index`). For unregistered files
+    they must be 0..C-1 for their C distinct values (so 1-based labels are an error). Their names
     are the spec's, else the source's, else the digits. Otherwise labels are names: the spec's
-    names when it has them (each label must be one), else the sorted distinct strings.
+    names when it has them, else the sorted distinct strings. A registered dataset's source must
+    hold exactly its classes, over all its splits: every index 0..C-1 or every name, nothing else,
+    and as many names as the spec where the source names its integer labels itself.
     """
     values = {v for split in splits.values() for v in split.label}
     if all(_NUMBER.fullmatch(v) for v in values):
         mapping = {v: _label_index(v, raw.where) for v in values}
         found = sorted(set(mapping.values()))
-        count = spec.num_classes if spec else len(found)
-        if found[-1] >= count or (spec is None and found != list(range(count))):
-            shown = ", ".join(map(str, found[:12])) + (", ..." if len(found) > 12 else "")
+        if spec is None and found != list(range(len(found))):
             raise GeepError(
-                f"{raw.where}: integer labels must be 0..{count - 1}, found {shown}; "
-                "renumber them from 0 (or use class names as labels)"
+                f"{raw.where}: integer labels must be 0..{len(found) - 1}, found "
+                f"{_listing(found)}; renumber them from 0 (or use class names as labels)"
             )
+        count = spec.num_classes if spec else len(found)
+        if spec is not None and found != list(range(count)):
+            raise _classes_differ(raw.where, spec, found)
+        if spec is not None and raw.label_names and len(raw.label_names) != count:
+            raise _classes_differ(raw.where, spec, raw.label_names)
         names = (spec.label_names if spec else None) or raw.label_names
         names = names or tuple(str(i) for i in range(count))
     elif spec is not None and spec.label_names:
         names = spec.label_names
-        unknown = sorted(values - set(names))
-        if unknown:
-            raise GeepError(
-                f"{raw.where}: labels {unknown[:5]} are not {spec.name} classes; "
-                f"use one of {list(names)} or the indices 0..{len(names) - 1}"
-            )
+        if values != set(names):
+            raise _classes_differ(raw.where, spec, sorted(values))
         mapping = {name: i for i, name in enumerate(names)}
     else:
         names = tuple(sorted(values))
         mapping = {name: i for i, name in enumerate(names)}
-    if spec is not None and len(names) != spec.num_classes:
-        raise GeepError(
-            f"{raw.where}: {spec.name} has {spec.num_classes} classes but the data has "
-            f"{len(names)} ({', '.join(names[:12])}); check that this is the right data"
-        )
+        if spec is not None and len(names) != spec.num_classes:
+            raise _classes_differ(raw.where, spec, names)
     return names, {name: [mapping[v] for v in split.label] for name, split in splits.items()}
 
 
+def _classes_differ(where: str, spec: DatasetSpec, found: Sequence[object]) -> GeepError:
+    """One line naming both class sets: the source's and the spec's."""
+    ours = spec.label_names or tuple(str(i) for i in range(spec.num_classes))
+    return GeepError(
+        f"{where}: its classes [{_listing(found)}] are not {spec.name}'s {spec.num_classes} "
+        f"classes [{_listing(ours)}] or their indices 0..{spec.num_classes - 1}; check that this "
+        "is the right copy (files of your own go by --dataset PATH)"
+    )
+
+
+def _listing(values: Sequence[object], limit: int = 12) -> str:
+    shown = ", ".join(map(str, values[:limit]))
+    return shown + (", ..." if len(values) > limit else "")
+
+
 def _label_index(value: str, where: str) -> int:
-    if not _INDEX.fullmatch(value):
+    """A numeric label as a class index: an integer, or a whole float (1.0 is class 1: a label
+    column may be a float similarity ``score``, as C-MTEB/LCQMC names it); nothing negative."""
+    if _INDEX.fullmatch(value):
+        return int(value)
+    number = float(value)
+    if not number.is_integer() or value.startswith("-"):
         raise GeepError(
-            f"{where}: label {value!r} is not a non-negative integer; integer labels must be "
-            "0..C-1 (or use class names as labels)"
+            f"{where}: label {value!r} is not a non-negative integer; integer labels (or whole "
+            "floats such as 1.0) must be 0..C-1 (or use class names as labels)"
         )
-    return int(value)
+    return int(number)
+
+
+def check_sizes(raw: RawData, spec: DatasetSpec) -> None:
+    """A paper dataset's source must hold one of its published splits, exactly.
+
+    Each split's examples as the files have them (before cleaning and deduplication) must be
+    ``spec.sizes`` or one of ``spec.also_published``, and a split that the published one lacks
+    (ag-news' dev) must be missing too: a copy of a published split has its counts to the row.
+    Unknown sizes are not checked, nor the offline tier's (theirs are what preparation gives).
+    """
+    if not spec.paper or spec.sizes is None:
+        return
+    found = tuple(
+        len(raw.splits[name].text) if name in raw.splits else None
+        for name in ("train", "dev", "test")
+    )
+    published = (spec.sizes, *spec.also_published)
+    if found not in published:
+        raise GeepError(
+            f"{raw.where}: its train/dev/test splits have {_sizes(found)} examples but "
+            f"{spec.name}'s published split has {' or '.join(map(_sizes, published))}; "
+            "use a copy of the published split (files of your own go by --dataset PATH)"
+        )
+
+
+def _sizes(sizes: Sequence[int | None]) -> str:
+    return " / ".join("-" if n is None else f"{n:,}" for n in sizes)
 
 
 def stratified_split(
@@ -387,8 +455,6 @@ def _read_hub(spec: DatasetSpec) -> RawData:
 
 def _hub_load(hub: HubSource) -> DatasetDict:
     """``datasets.load_dataset`` for a hub source (the one call that touches the network)."""
-    if hub.data_files:
-        return hf_load_dataset("arrow", data_files=dict(hub.data_files))
     return hf_load_dataset(hub.id)
 
 

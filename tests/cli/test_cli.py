@@ -41,6 +41,45 @@ def test_datasets_json_lists_all_eighteen_as_documented(capsys) -> None:
         ), d["name"]
 
 
+LOCAL_ONLY = ["book-review", "shopping-review", "thucnews", "amazon-full"]
+
+
+def test_datasets_marks_the_ones_that_need_local_files(capsys) -> None:
+    """A dataset with no hub source and no archive says `local files only` and which files."""
+    assert main(["datasets", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    for d in listed:
+        sources = d["sources"]
+        assert d["local_only"] == (sources["hub"] is None and sources["archive"] is None)
+    assert [d["name"] for d in listed if d["local_only"]] == LOCAL_ONLY
+    assert main(["datasets"]) == 0
+    table, files = capsys.readouterr().out.split("\nlocal files only, in UER format:\n")
+    rows = {row.split()[0]: row for row in table.splitlines()[1:]}
+    assert [name for name, row in rows.items() if "local files only" in row] == LOCAL_ONLY
+    assert "hub/local" in rows["weibo"] and "offline" in rows["bbc-news"]
+    wanted = {row.split()[0]: row for row in files.splitlines()[1:]}
+    assert list(wanted) == LOCAL_ONLY and "UER/FastBERT's cnews" in wanted["thucnews"]
+
+
+COPIES = {  # a thucnews copy in $GEEP_DATA_DIR -> what its one error line must say
+    "classes": (["society", "stock", "sports"], "its classes [society, sports, stock] are not"),
+    "sizes": (list(range(10)), "have 20 / 10 / 10 examples but thucnews's published split"),
+}
+
+
+@pytest.mark.parametrize("case", COPIES)
+def test_a_refused_copy_is_one_error_line(case, tmp_path) -> None:
+    labels, message = COPIES[case]
+    for split, n in (("train", 20), ("dev", 10), ("test", 10)):
+        rows = "".join(f"{labels[i % len(labels)]}\tarticle {i}\n" for i in range(n))
+        (tmp_path / "thucnews").mkdir(exist_ok=True)
+        (tmp_path / "thucnews" / f"{split}.tsv").write_text("label\ttext_a\n" + rows)
+    argv = ["train", "--method", "bert", "--out", str(tmp_path / "x"), "--dataset", "thucnews"]
+    result = run_cli(*argv, env={"GEEP_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2, result.stderr
+    assert_one_error_line(result.stderr, message)
+
+
 def test_train_then_evaluate_json_and_predictions(checkpoint, tmp_path, capsys) -> None:
     info = json.loads((checkpoint / "config.json").read_text())
     assert info["method"] == "bert" and info["dev_accuracy"] > 0.9

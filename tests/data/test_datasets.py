@@ -9,13 +9,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import tarfile
 import time
 import zipfile
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
+import datasets
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from hypothesis import given, settings
@@ -31,7 +34,9 @@ from geep.data.archives import (
     read_member,
     read_members,
 )
-from geep.data.sources import stratified_split
+from geep.data.formats import RawData, RawSplit
+from geep.data.registry import Sizes
+from geep.data.sources import check_sizes, stratified_split
 from tests.helpers import documented_datasets
 
 
@@ -57,6 +62,13 @@ def tsv(rows: list[tuple], header: str = "label\ttext_a") -> str:
 def label_counts(ds: Dataset) -> list[int]:
     counts = Counter(ds["label"])
     return [counts[i] for i in range(len(ds.features["label"].names))]
+
+
+def publish(monkeypatch: pytest.MonkeyPatch, name: str, sizes: Sizes, *also: Sizes) -> None:
+    """Make a fixture-sized split ``name``'s published one, so a small copy in the source's own
+    format passes the size check that a full copy passes with the real sizes."""
+    spec = replace(get_spec(name), sizes=sizes, also_published=also)
+    monkeypatch.setitem(REGISTRY, name, spec)
 
 
 # --- registry --------------------------------------------------------------------------------
@@ -194,6 +206,7 @@ def test_registered_dataset_reads_geep_data_dir(
             tsv([(i % 2, f"{split} {i}") for i in range(n)]),
         )
     monkeypatch.setenv("GEEP_DATA_DIR", str(tmp_path))
+    publish(monkeypatch, "book-review", (40, 10, 10))
     ds = load_dataset("book-review")
     assert {s: len(ds[s]) for s in ds} == {"train": 40, "dev": 10, "test": 10}
     assert ds["train"].features["label"].names == ["negative", "positive"]
@@ -315,13 +328,13 @@ def test_registered_labels_must_fit_the_spec(
 ) -> None:
     monkeypatch.setenv("GEEP_DATA_DIR", str(tmp_path))
     write(tmp_path / "weibo" / "train.tsv", tsv([(i % 3, f"t {i}") for i in range(30)]))
-    with pytest.raises(GeepError, match=r"integer labels must be 0..1, found 0, 1, 2"):
+    with pytest.raises(GeepError, match=r"its classes \[0, 1, 2\] are not weibo's 2 classes"):
         load_dataset("weibo")
     write(tmp_path / "lcqmc" / "train.tsv", tsv([(i % 2, f"t {i}") for i in range(30)]))
     with pytest.raises(GeepError, match=r"lcqmc is a pair-text task.*text_b"):
         load_dataset("lcqmc")
     write(tmp_path / "chnsenticorp" / "train.tsv", tsv([("good", "x"), ("bad", "y")]))
-    with pytest.raises(GeepError, match=r"labels \['bad', 'good'\] are not chnsenticorp classes"):
+    with pytest.raises(GeepError, match=r"classes \[bad, good\] are not chnsenticorp's 2 classes"):
         load_dataset("chnsenticorp")
 
 
@@ -361,6 +374,7 @@ def test_hub_columns_are_mapped_and_dev_is_carved(monkeypatch: pytest.MonkeyPatc
     calls = []
     monkeypatch.setattr(sources, "hub_unavailable_reason", lambda: None)
     monkeypatch.setattr(sources, "_hub_load", lambda hub: calls.append(hub.id) or fake_dbpedia())
+    publish(monkeypatch, "dbpedia", (141, None, 29))
     ds = load_dataset("dbpedia")
     assert calls == ["fancyzhx/dbpedia_14"]
     assert ds["train"].features["label"].names == DBPEDIA_NAMES
@@ -391,6 +405,7 @@ def test_hub_pair_columns_and_validation_split(monkeypatch: pytest.MonkeyPatch) 
     fake = DatasetDict({"train": split(20), "validation": split(4), "test": split(6)})
     monkeypatch.setattr(sources, "hub_unavailable_reason", lambda: None)
     monkeypatch.setattr(sources, "_hub_load", lambda hub: fake)
+    publish(monkeypatch, "lcqmc", (20, 4, 6))
     ds = load_dataset("lcqmc")
     assert {s: len(ds[s]) for s in ds} == {"train": 20, "dev": 4, "test": 6}
     assert ds["dev"][1] == {"text": "q1", "text_pair": "r1", "label": 1}
@@ -438,6 +453,257 @@ def test_hub_errors_become_geep_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(GeepError, match=r"could not load 'yelp-full' .*Couldn't reach") as err:
         load_dataset("yelp-full")
     assert "\n" not in str(err.value)
+
+
+# --- the paper's datasets as the paper had them --------------------------------------------
+
+THUCNEWS = (
+    "sports",
+    "entertainment",
+    "home",
+    "realty",
+    "education",
+    "fashion",
+    "politics",
+    "game",
+    "technology",
+    "finance",
+)
+
+
+def write_splits(folder: Path, sizes: dict[str, int], classes: list, header: str = "") -> None:
+    """UER TSV files: ``sizes[split]`` rows per split, labels cycling through ``classes``."""
+    for split, n in sizes.items():
+        rows = [(classes[i % len(classes)], f"{split} article {i}") for i in range(n)]
+        write(folder / f"{split}.tsv", tsv(rows, header) if header else tsv(rows))
+
+
+def refused(name: str, *parts: str) -> str:
+    """Load ``name``; return its error, checked to be one line holding every part."""
+    with pytest.raises(GeepError) as err:
+        load_dataset(name)
+    message = str(err.value)
+    assert "\n" not in message and all(p in message for p in parts), message
+    return message
+
+
+def test_thucnews_reads_uer_cnews_files_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No hub copy is the paper's THUCNews: the spec takes UER/FastBERT's cnews files, with the
+    ten classes in cnews order (integer labels 0..9 name them)."""
+    spec = get_spec("thucnews")
+    assert spec.local_only and spec.sources.hub is None and spec.label_names == THUCNEWS
+    assert spec.sizes == (50_000, 5_000, 10_000) and "cnews" in spec.sources.local
+    refused("thucnews", "'thucnews' has no public download", "cnews", "GEEP_DATA_DIR")
+    monkeypatch.setenv("GEEP_DATA_DIR", str(tmp_path))
+    write_splits(tmp_path / "thucnews", {"train": 20, "dev": 10, "test": 10}, list(range(10)))
+    publish(monkeypatch, "thucnews", (20, 10, 10))
+    ds = load_dataset("thucnews")
+    assert ds["train"].features["label"].names == list(THUCNEWS)
+    assert ds["test"][3] == {"text": "test article 3", "label": 3}  # 3 is realty
+    assert [label_counts(ds[s]) for s in ds] == [[2] * 10, [1] * 10, [1] * 10]
+
+
+def test_a_source_with_other_classes_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The labels over all splits must be exactly the spec's classes: its names or its indices,
+    all of them and nothing else; the error names both class sets."""
+    monkeypatch.setenv("GEEP_DATA_DIR", str(tmp_path))
+    publish(monkeypatch, "thucnews", (20, 10, 10))
+    text_copy = ["society", "stock", *THUCNEWS[:2], *THUCNEWS[4:]]  # seamew/THUCNewsText's kind
+    write_splits(tmp_path / "thucnews", {"train": 20, "dev": 10, "test": 10}, text_copy)
+    refused(
+        "thucnews",
+        "its classes [education, ",
+        "society, sports, stock, technology]",
+        "thucnews's 10",
+    )
+    write_splits(tmp_path / "thucnews", {"train": 20, "dev": 10, "test": 10}, list(range(9)))
+    refused("thucnews", "its classes [0, 1, 2, 3, 4, 5, 6, 7, 8] are not thucnews's 10", "home")
+    publish(monkeypatch, "chnsenticorp", (4, 2, 2))
+    write_splits(tmp_path / "chnsenticorp", {"train": 4, "dev": 2, "test": 2}, ["positive"])
+    refused("chnsenticorp", "its classes [positive] are not chnsenticorp's 2 classes [negative")
+    # A hub copy whose ClassLabel names five classes for ag-news' four.
+    features = Features({"text": Value("string"), "label": ClassLabel(names=list("ABCDE"))})
+    rows = {"text": [f"news {i}" for i in range(8)], "label": [i % 4 for i in range(8)]}
+    fake = DatasetDict({"train": Dataset.from_dict(rows, features=features)})
+    monkeypatch.setattr(sources, "hub_unavailable_reason", lambda: None)
+    monkeypatch.setattr(sources, "_hub_load", lambda hub: fake)
+    refused("ag-news", "fancyzhx/ag_news: its classes [A, B, C, D, E]", "[World, Sports")
+
+
+def test_split_sizes_must_be_a_published_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy must have a published split's examples per split, counted before deduplication;
+    a split the published one lacks must be missing. Book review takes FastBERT's and UER's."""
+    monkeypatch.setenv("GEEP_DATA_DIR", str(tmp_path))
+    publish(monkeypatch, "book-review", (40, 10, 10), (40, 8, 8))
+    folder = tmp_path / "book-review"
+    for sizes in ({"train": 40, "dev": 10, "test": 10}, {"train": 40, "dev": 8, "test": 8}):
+        write_splits(folder, sizes, [0, 1])
+        ds = load_dataset("book-review")
+        assert {s: len(ds[s]) for s in ds} == sizes
+    rows = [(i % 2, f"train article {i}") for i in range(39)] + [(0, "train article 0")]
+    write(folder / "train.tsv", tsv(rows))
+    assert len(load_dataset("book-review")["train"]) == 39  # 40 rows: the duplicate goes after
+    write_splits(folder, {"train": 40, "dev": 9, "test": 9}, [0, 1])
+    refused(
+        "book-review",
+        "its train/dev/test splits have 40 / 9 / 9 examples",
+        "book-review's published split has 40 / 10 / 10 or 40 / 8 / 8",
+        "--dataset PATH",
+    )
+    write_splits(folder, {"train": 40, "test": 10}, [0, 1])
+    (folder / "dev.tsv").unlink()  # the published dev is not carved from train
+    refused("book-review", "have 40 / - / 10 examples")
+    # ag-news was published without a dev split: a hub copy with one is another split.
+    publish(monkeypatch, "ag-news", (8, None, 4))
+    rows = {"text": [f"news {i}" for i in range(8)], "label": [i % 4 for i in range(8)]}
+    split = Dataset.from_dict(rows)
+    fake = DatasetDict({"train": split, "validation": split.select(range(4)), "test": split})
+    monkeypatch.setattr(sources, "hub_unavailable_reason", lambda: None)
+    monkeypatch.setattr(sources, "_hub_load", lambda hub: fake)
+    refused("ag-news", "have 8 / 4 / 8 examples but ag-news's published split has 8 / - / 4")
+
+
+def pool(n: int) -> RawSplit:
+    return RawSplit([f"t{i}" for i in range(n)], [str(i % 2) for i in range(n)])
+
+
+def test_book_review_takes_fastberts_and_uers_published_splits() -> None:
+    """The spec follows FastBERT's 20,000/10,000/10,000 and accepts UER's 20,000/8,000/8,000;
+    unknown sizes and the offline tier are not checked."""
+    spec = get_spec("book-review")
+    assert spec.sizes == (20_000, 10_000, 10_000)
+    assert spec.also_published == ((20_000, 8_000, 8_000),)
+    for sizes in spec.sizes, *spec.also_published:
+        splits = dict(zip(("train", "dev", "test"), map(pool, sizes), strict=True))
+        check_sizes(RawData(splits, "copy"), spec)
+    splits = {"train": pool(20_000), "dev": pool(9_000), "test": pool(9_000)}
+    with pytest.raises(GeepError, match=r"10,000 / 10,000 or 20,000 / 8,000 / 8,000; use"):
+        check_sizes(RawData(splits, "copy"), spec)
+    for name in ("weibo", "shopping-review", *OFFLINE_TIER):
+        check_sizes(RawData({"train": pool(5)}, "copy"), get_spec(name))
+
+
+def hub_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str, files: dict) -> list:
+    """Serve the hub through local files in the hub copy's own format (``kind``: csv, parquet):
+    ``datasets.load_dataset`` reads them wherever the suite asks for a hub id, recorded."""
+    asked: list[str] = []
+    real = datasets.load_dataset
+
+    def load(hub_id: str) -> DatasetDict:
+        asked.append(hub_id)
+        return real(kind, data_files=files, cache_dir=str(tmp_path / "hf"))
+
+    monkeypatch.setattr(sources, "hub_unavailable_reason", lambda: None)
+    monkeypatch.setattr(sources, "hf_load_dataset", load)
+    return asked
+
+
+def lcqmc_parquet(tmp_path: Path, scores: list[float]) -> dict[str, str]:
+    """C-MTEB/LCQMC's shape: parquet splits with sentence1, sentence2 and a float score."""
+    files = {}
+    for split, n in (("train", 8), ("validation", 4), ("test", 4)):
+        rows = {
+            "sentence1": [f"{split} question {i}" for i in range(n)],
+            "sentence2": [f"{split} other {i}" for i in range(n)],
+            "score": [scores[i % len(scores)] for i in range(n)],
+        }
+        path = tmp_path / "lcqmc" / f"{split}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Dataset.from_dict(
+            rows,
+            features=Features(dict.fromkeys(rows, Value("string")) | {"score": Value("float64")}),
+        ).to_parquet(str(path))
+        files[split] = str(path)
+    return files
+
+
+def test_lcqmc_float_scores_are_classes_when_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """C-MTEB/LCQMC names its label ``score``, a float: 0.0 and 1.0 are classes 0 and 1; 0.7, or
+    2.0 (no class of a two-class set), is refused in one line."""
+    publish(monkeypatch, "lcqmc", (8, 4, 4))
+    asked = hub_files(monkeypatch, tmp_path, "parquet", lcqmc_parquet(tmp_path, [0.0, 1.0]))
+    ds = load_dataset("lcqmc")
+    assert asked == ["C-MTEB/LCQMC"]
+    assert ds["dev"][1] == {
+        "text": "validation question 1",
+        "text_pair": "validation other 1",
+        "label": 1,
+    }
+    assert ds["train"].features["label"].names == ["different", "similar"]
+    assert label_counts(ds["train"]) == [4, 4]
+    shutil.rmtree(tmp_path / "cache")  # the prepared copy, so that the hub is read again
+    for n, (scores, message) in enumerate(
+        (
+            ([0.0, 0.7], "label '0.7' is not a non-negative integer; integer labels (or whole"),
+            ([0.0, 1.0, 2.0], "C-MTEB/LCQMC: its classes [0, 1, 2] are not lcqmc's 2 classes"),
+        )
+    ):
+        hub_files(monkeypatch, tmp_path, "parquet", lcqmc_parquet(tmp_path / f"bad{n}", scores))
+        refused("lcqmc", message)
+
+
+def test_float_labels_in_local_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole floats are class indices in local files too, registered or not."""
+    monkeypatch.setenv("GEEP_DATA_DIR", str(tmp_path))
+    publish(monkeypatch, "lcqmc", (6, 2, 2))
+    for split, n in (("train", 6), ("dev", 2), ("test", 2)):
+        rows = [(f"{i % 2}.0", f"{split} q {i}", f"{split} r {i}") for i in range(n)]
+        write(tmp_path / "lcqmc" / f"{split}.tsv", tsv(rows, "label\ttext_a\ttext_b"))
+    ds = load_dataset("lcqmc")
+    assert ds["test"][1] == {"text": "test q 1", "text_pair": "test r 1", "label": 1}
+    assert label_counts(ds["train"]) == [3, 3]
+    lines = [json.dumps({"label": float(i % 2), "text": f"t {i}"}) for i in range(20)]
+    ds = load_dataset(str(write(tmp_path / "f.jsonl", "\n".join(lines))))
+    assert ds["train"].features["label"].names == ["0", "1"]
+    assert {r["text"]: r["label"] for s in ds for r in ds[s]}["t 7"] == 1
+
+
+def test_weibo_hub_copy_is_one_pool_split_by_the_fixed_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """weibo_senti_100k is one unsplit CSV (``label,review``): it is carved 80/10/10 by the
+    content-ranked stratified split, the same every run; $GEEP_HUB_WEIBO replaces its id."""
+    lines = ["label,review"] + [f'{i % 2},"微博 {i}, 好"' for i in range(60)]
+    csv_file = write(tmp_path / "weibo_senti_100k.csv", "\n".join(lines) + "\n")
+    asked = hub_files(monkeypatch, tmp_path, "csv", {"train": str(csv_file)})
+    ds = load_dataset("weibo")
+    assert asked == ["dirtycomputer/weibo_senti_100k"]
+    assert ds["train"].features["label"].names == ["negative", "positive"]
+    assert {s: len(ds[s]) for s in ds} == {"train": 48, "dev": 6, "test": 6}
+    texts = [f"微博 {i}, 好" for i in range(60)]
+    parts = stratified_split(texts, [i % 2 for i in range(60)], {"dev": 0.1, "test": 0.1})
+    assert {s: ds[s]["text"] for s in ds} == {s: [texts[i] for i in parts[s]] for s in ds}
+    monkeypatch.setenv("GEEP_HUB_WEIBO", " someone/weibo-copy ")
+    assert load_dataset("weibo")["test"]["text"] == ds["test"]["text"]
+    assert asked == ["dirtycomputer/weibo_senti_100k", "someone/weibo-copy"]  # its own cache
+    monkeypatch.setenv("GEEP_HUB_THUCNEWS", "seamew/THUCNewsText")
+    refused("thucnews", "$GEEP_HUB_THUCNEWS is set but 'thucnews' has no hub source", "cnews")
+
+
+def test_the_cache_key_leaves_out_fields_at_their_defaults() -> None:
+    """A field added to DatasetSpec with a default keeps every cached dataset's key: the offline
+    tier's keys are pinned here (they change only with PREP_VERSION or their specs)."""
+    keys = {name: sources.cache_dir(get_spec(name)).name for name in OFFLINE_TIER}
+    assert keys == {
+        "thucnews-titles": "thucnews-titles-86af0341a4c9",
+        "chinese-reviews": "chinese-reviews-1e37cbef7f60",
+        "rotten-tomatoes": "rotten-tomatoes-074ab16b0e02",
+        "bbc-news": "bbc-news-f2a3688b1566",
+        "health-tweets": "health-tweets-37a4bded4186",
+        "tweet-sentiment": "tweet-sentiment-f77e02f037cc",
+    }
+    spec = get_spec("book-review")
+    assert "also_published" not in get_spec("bbc-news").cache_key()
+    assert spec.cache_key()["also_published"] == [[20_000, 8_000, 8_000]]
+    assert sources.cache_dir(replace(spec, also_published=())) != sources.cache_dir(spec)
 
 
 # --- pinned archives ---------------------------------------------------------------------------
