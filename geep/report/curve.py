@@ -153,11 +153,11 @@ def curve_markdown(curve: pd.DataFrame) -> str:
             "",
             accuracy_table(target, sizes),
             "",
-            f"Gaps at {TARGET:g}x (accuracy points as fractions; positive: the first is ahead):",
+            f"Gaps at {TARGET:g}x (test accuracy, seed by seed; positive: the first is ahead):",
             "",
             gaps_table(target[~target["reference"]], sizes),
             "",
-            "Gaps at full depth:",
+            "Gaps at full depth (the same models without early exit):",
             "",
             gaps_table(full, sizes),
         ]

@@ -80,9 +80,10 @@ def test_a_refused_copy_is_one_error_line(case, tmp_path) -> None:
     assert_one_error_line(result.stderr, message)
 
 
-def test_train_then_evaluate_json_and_predictions(checkpoint, tmp_path, capsys) -> None:
+def test_train_then_evaluate_json_and_predictions(checkpoint, toy_dir, tmp_path, capsys) -> None:
     info = json.loads((checkpoint / "config.json").read_text())
     assert info["method"] == "bert" and info["dev_accuracy"] > 0.9
+    assert info["train_samples"] == len(load_dataset(str(toy_dir))["train"])  # every one of them
     preds = tmp_path / "preds.jsonl"
     capsys.readouterr()
     assert (

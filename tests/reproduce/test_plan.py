@@ -173,10 +173,11 @@ def test_the_paper_table_in_the_docs_is_current(offline: None, capsys) -> None:
 
 def test_the_cpu_rate_is_the_plans_training_flops_over_a_measured_step(monkeypatch) -> None:
     """Training FLOPs of a step (batch x 3 forwards at seq_len, the plan's convention) over the
-    median of the timed steps: with a clock that makes every step 0.5 s, exactly that over 0.5."""
-    ticks = iter(range(100))
-    monkeypatch.setattr(planning.time, "perf_counter", lambda: 0.5 * next(ticks))
-    rate, shape = measured_cpu_rate(SMOKE, steps=2)
+    median of the timed steps, the untimed first one aside: with a clock that makes the steps
+    take 5 s, then 0.5, 0.5 and 0.7 s, exactly that over 0.5."""
+    ticks = iter([0.0, 5.0, 5.0, 5.5, 5.5, 6.0, 6.0, 6.7])
+    monkeypatch.setattr(planning.time, "perf_counter", lambda: next(ticks))
+    rate, shape = measured_cpu_rate(SMOKE, steps=3)
     step = SMOKE.train.batch_size * 3 * minilm_forward(SMOKE.train.seq_len)
     assert rate == pytest.approx(step / 0.5, rel=1e-12)
     assert shape == "6 layers of 384, batch 16 x 32 tokens"
