@@ -1,9 +1,12 @@
 """Shared fixtures: a tiny random BERT saved as a local model folder, a toy dataset folder,
 a private cache, and the fakes of a GPU (tests/fakes.py) every GPU-branch test shares.
-Hypothesis keeps its files in the temporary folder: tests write nothing into the checkout."""
+Hypothesis keeps its files in the temporary folder: tests write nothing into the checkout.
+Under pytest-xdist (``tox -e test`` runs two workers) a worker's marks are taken out of the
+environment, so the benchmark runs the tests start as a user would are not taken for workers."""
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +23,8 @@ from tests.fakes import GPU, MIB, FakeCuda, FakeCupy, FakeNvml, OnFakeGpu
 from tests.helpers import new_method, toy
 
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "geep-hypothesis")
+for _mark in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+    os.environ.pop(_mark, None)  # read by benchmarks/conftest.py in the runs tests start
 
 WORDS = (
     "good great fine nice love best happy bad awful poor hate worst sad boring "

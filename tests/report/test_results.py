@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from geep.report.curve import pieces, write_curve_report
 from geep.report.results import write_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +26,22 @@ def test_committed_tables_are_what_geep_report_makes_of_the_run_files(
     write_report(copy)
     for name in ("tables.md", "results.csv"):  # the PNGs' bytes depend on matplotlib's version
         assert (copy / name).read_text() == (committed / name).read_text(), name
+
+
+CURVES = sorted(p.name for p in (ROOT / "results").iterdir() if p.is_dir() and pieces(p))
+
+
+@pytest.mark.parametrize("curve", CURVES)
+def test_committed_curves_are_what_geep_report_makes_of_their_pieces(
+    curve: str, tmp_path: Path
+) -> None:
+    committed = ROOT / "results" / curve
+    copy = shutil.copytree(committed, tmp_path / curve)
+    write_curve_report(copy)
+    assert (copy / "tables.md").read_text() == (committed / "tables.md").read_text()
+    for piece in pieces(committed):
+        for name in ("tables.md", "results.csv"):
+            assert (copy / piece.name / name).read_text() == (piece / name).read_text(), name
 
 
 def readme_tables() -> dict[str, str]:
