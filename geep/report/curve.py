@@ -30,6 +30,7 @@ from geep.report.results import (
     _mean_cell,
     _name_cells,
     _report_ownership,
+    accuracy_errorbar,
     figure_png,
     load_runs,
     variant_styles,
@@ -177,21 +178,8 @@ def plot_curve(curve: pd.DataFrame, dataset: str) -> Figure:
         columns = ["accuracy", "accuracy_low", "accuracy_high"]
         means = picked.groupby(["variant", "train_samples"], sort=False)[columns].mean()
         for name, group in means.reset_index().groupby("variant", sort=False):
-            group = group.sort_values("train_samples")
-            errors = [
-                group["accuracy"] - group["accuracy_low"],
-                group["accuracy_high"] - group["accuracy"],
-            ]
-            ax.errorbar(
-                group["train_samples"],
-                group["accuracy"],
-                yerr=errors,
-                markersize=3,
-                capsize=2,
-                linewidth=1,
-                label=name if ax is axes[0] else None,
-                **styles[name],
-            )
+            label = name if ax is axes[0] else None  # one legend for both panels
+            accuracy_errorbar(ax, group, "train_samples", label, styles[name])
         ax.set_xscale("log")
         ax.set(xlabel="training samples", title=f"{dataset}, {title}")
         ax.grid(alpha=0.3)

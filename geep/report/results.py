@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from geep.common.errors import GeepError
@@ -657,6 +658,28 @@ def variant_styles(frame: pd.DataFrame) -> dict[str, dict[str, str]]:
     return styles
 
 
+def accuracy_errorbar(
+    ax: Axes, points: pd.DataFrame, x: str, label: str | None, style: dict
+) -> None:
+    """One method's accuracies against ``x``, in order of ``x``, with their 95% intervals as
+    error bars (``label`` None: left out of the legend)."""
+    points = points.sort_values(x)
+    errors = [
+        points["accuracy"] - points["accuracy_low"],
+        points["accuracy_high"] - points["accuracy"],
+    ]
+    ax.errorbar(
+        points[x],
+        points["accuracy"],
+        yerr=errors,
+        markersize=3,
+        capsize=2,
+        linewidth=1,
+        label=label,
+        **style,
+    )
+
+
 def plot_speed_accuracy(frame: pd.DataFrame, dataset: str) -> Figure:
     """Accuracy against FLOPs speedup on one dataset, one curve per method (batching policies
     that exit alike as one, :func:`exits_alike`), with the accuracy's 95% bootstrap interval as
@@ -667,21 +690,7 @@ def plot_speed_accuracy(frame: pd.DataFrame, dataset: str) -> Figure:
     styles = variant_styles(rows)
     means = setting_means(rows)
     for name, group in means.groupby("variant", sort=False):
-        group = group.sort_values("speedup_full")
-        errors = [
-            group["accuracy"] - group["accuracy_low"],
-            group["accuracy_high"] - group["accuracy"],
-        ]
-        ax.errorbar(
-            group["speedup_full"],
-            group["accuracy"],
-            yerr=errors,
-            markersize=3,
-            capsize=2,
-            linewidth=1,
-            label=name,
-            **styles[name],
-        )
+        accuracy_errorbar(ax, group, "speedup_full", name, styles[name])
     ax.set(xlabel="FLOPs speedup (full convention)", ylabel="test accuracy", title=dataset)
     ax.grid(alpha=0.3)
     outside_legend(fig)
