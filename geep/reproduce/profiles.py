@@ -302,7 +302,10 @@ def curve_pieces(name: str) -> list[Profile]:
     """A curve's pieces in order of size, or the profile called ``name`` alone."""
     if name in CURVES:
         return [PROFILES[piece] for piece in CURVES[name]]
-    return [get_profile(name)]
+    if name not in PROFILES:
+        choices = ", ".join([*PROFILES, *CURVES])
+        raise GeepError(f"unknown profile or curve '{name}': choose one of {choices}")
+    return [PROFILES[name]]
 
 
 def get_profile(name: str | None = None) -> Profile:

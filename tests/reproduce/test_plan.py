@@ -149,7 +149,8 @@ def test_plan_json(capsys) -> None:
     ("argv", "message"),
     [
         (["--profile", "paper", "--device", "tpu"], "unknown device 'tpu': choose cpu or one of"),
-        (["--profile", "nope"], "unknown profile 'nope': choose one of smoke"),
+        (["--profile", "nope"], "unknown profile or curve 'nope': choose one of smoke"),
+        (["--profile", "nope"], "learning-10k, learning-curve"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys) -> None:
