@@ -13,6 +13,8 @@ Each piece gets its own report (:func:`geep.report.results.write_report`); the c
 A cell averages the seeds (one trained model each) and gives the mean half-width of the
 accuracy's bootstrap interval and the seeds' standard deviation; a gap is the mean over seeds of
 the difference between two methods' accuracies on the same seed, with its standard deviation.
+How a gap moves as the training set grows is the slope of the seeds' gaps against the logarithm
+of the size, with its 95% interval (:func:`gap_trend`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy import stats
 
 from geep.common.errors import GeepError
 from geep.common.storage import atomic_write_files, check_target
@@ -38,6 +41,7 @@ from geep.report.results import (
 )
 
 TARGET = 2.0  # the dev-chosen FLOPs speedup the curve follows, beside full depth
+TREND_LEVEL = 0.95  # the confidence of a gap trend's interval
 GAPS = (  # the README's claims: (claim, method, the one it is compared with)
     ("one step of training is enough", "geep", "geep-two-step"),
     ("a teacher fed diverse outputs is better", "geep", "geep-teacher-last"),
@@ -98,8 +102,11 @@ def accuracy_table(rows: pd.DataFrame, sizes: list[int]) -> str:
 
 def gaps_table(rows: pd.DataFrame, sizes: list[int]) -> str:
     """Markdown: per claim of :data:`GAPS`, the first method's accuracy less the second's, seed
-    by seed, as mean and standard deviation over the seeds, per training-set size."""
+    by seed, as mean and standard deviation over the seeds, per training-set size; with more
+    than one size, how it moves as the size grows (:func:`gap_trend`)."""
     header = ["claim", "gap", *(f"{n:,}" for n in sizes)]
+    if len(sizes) > 1:
+        header.append(f"per 10x samples [{TREND_LEVEL:.0%}]")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     by_method = rows.groupby("method")
     for claim, first, second in GAPS:
@@ -113,8 +120,39 @@ def gaps_table(rows: pd.DataFrame, sizes: list[int]) -> str:
         for size in sizes:
             seeds = gap[gap.index.get_level_values(0) == size]
             cells.append(_gap_cell(seeds.to_numpy()))
+        if len(sizes) > 1:
+            cells.append(_trend_cell(gap_trend(gap)))
         lines.append(f"| {claim} | `{first}` - `{second}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def gap_trend(gap: pd.Series) -> dict[str, float | str] | None:
+    """How a gap (indexed by training-set size and seed) moves as the training set grows: the
+    least-squares slope of the seeds' gaps against log10 of the size, per tenfold size, with its
+    :data:`TREND_LEVEL` t interval (``scipy.stats.linregress``). It ``"grows"`` when the
+    interval excludes zero and the slope leads away from zero from where the gap starts (its mean
+    at the smallest size; from exactly zero any slope does), ``"closes"`` when it leads towards
+    zero, else it ``"holds"``. None with fewer than two sizes or three gaps."""
+    sizes = gap.index.get_level_values(0).to_numpy(dtype=float)
+    if len(np.unique(sizes)) < 2 or len(gap) < 3:
+        return None
+    fit = stats.linregress(np.log10(sizes), gap.to_numpy(dtype=float))
+    half = stats.t.ppf(0.5 + TREND_LEVEL / 2, len(gap) - 2) * fit.stderr
+    low, high = fit.slope - half, fit.slope + half
+    start = gap[sizes == sizes.min()].mean()
+    if low <= 0 <= high:
+        verdict = "holds"
+    elif start == 0 or np.sign(fit.slope) == np.sign(start):
+        verdict = "grows"
+    else:
+        verdict = "closes"
+    return {"slope": fit.slope, "low": low, "high": high, "trend": verdict}
+
+
+def _trend_cell(trend: dict[str, float | str] | None) -> str:
+    if trend is None:
+        return "-"
+    return f"{trend['trend']}: {trend['slope']:+.3f} [{trend['low']:+.3f}, {trend['high']:+.3f}]"
 
 
 def _gap_cell(gaps: np.ndarray) -> str:
@@ -154,7 +192,9 @@ def curve_markdown(curve: pd.DataFrame) -> str:
             "",
             accuracy_table(target, sizes),
             "",
-            f"Gaps at {TARGET:g}x (test accuracy, seed by seed; positive: the first is ahead):",
+            f"Gaps at {TARGET:g}x (test accuracy, seed by seed; positive: the first is ahead; "
+            "last, the slope of the seeds' gaps per tenfold training set with its interval, and "
+            "whether the gap grows, holds or closes as the training set grows):",
             "",
             gaps_table(target[~target["reference"]], sizes),
             "",

@@ -7,10 +7,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from geep.cli import main
-from geep.report.curve import load_curve, plot_curve
+from geep.report.curve import gap_trend, load_curve, plot_curve
 from geep.reproduce.profiles import PROFILES
 from geep.reproduce.units import record
 from tests.helpers import assert_one_error_line, new_method, run_row, toy_test_split, trained_on_toy
@@ -100,14 +101,37 @@ def test_the_claims_gaps_are_seed_by_seed_differences(curve: Path) -> None:
     assert main(["report", str(curve)]) == 0
     gaps = (curve / "tables.md").read_text().split("Gaps at 2x")[1].split("Gaps at full depth")[0]
     # geep - geep-two-step per seed: -0.04, -0.03 at 100; 0.00, -0.01 at 200
-    assert _row(gaps, "one step of training is enough")[2:] == [
+    assert _row(gaps, "one step of training is enough")[2:4] == [
         "-0.035, sd 0.007",
         "-0.005, sd 0.007",
     ]
-    # geep-two-step - fastbert: -0.02, -0.03 at 100; +0.01, +0.01 at 200
+    # geep-two-step - fastbert: -0.02, -0.03 at 100; +0.01, +0.01 at 200; its slope per tenfold
+    # size is 0.035 / log10(2), and with 2 degrees of freedom t = 4.303 widens its 0.0166 error
     (line,) = [x for x in gaps.splitlines() if "`geep-two-step` - `fastbert`" in x]
-    assert line.endswith("| -0.025, sd 0.007 | +0.010, sd 0.000 |")
+    assert line.endswith(
+        "| -0.025, sd 0.007 | +0.010, sd 0.000 | closes: +0.116 [+0.045, +0.188] |"
+    )
     assert "teacher" not in gaps  # geep-teacher-last was not measured: no row
+
+
+def _gaps(small: list[float], large: list[float]) -> pd.Series:
+    """Gaps of three seeds at 1,000 and 10,000 samples, indexed as the curve's tables index them."""
+    sizes = [1000] * len(small) + [10000] * len(large)
+    index = pd.MultiIndex.from_arrays([sizes, [1, 2, 3][: len(small)] + [1, 2, 3][: len(large)]])
+    return pd.Series([*small, *large], index=index)
+
+
+def test_a_gap_grows_holds_or_closes_by_its_slope_against_log_size() -> None:
+    # +0.04 per tenfold; residuals of -0.005, 0.005, 0 twice: error 0.00408, t(4) = 2.776
+    grows = gap_trend(_gaps([0.01, 0.02, 0.015], [0.05, 0.06, 0.055]))
+    assert grows["trend"] == "grows" and grows["slope"] == pytest.approx(0.04)
+    assert (grows["low"], grows["high"]) == pytest.approx((0.04 - 0.01133, 0.04 + 0.01133), 1e-3)
+    assert gap_trend(_gaps([-0.01, -0.02, -0.015], [-0.05, -0.06, -0.055]))["trend"] == "grows"
+    assert gap_trend(_gaps([0.06, 0.05, 0.055], [0.0, 0.01, 0.005]))["trend"] == "closes"
+    assert gap_trend(_gaps([-0.06, -0.05, -0.055], [0.0, 0.01, -0.005]))["trend"] == "closes"
+    assert gap_trend(_gaps([0.02, 0.03, 0.01], [0.03, 0.01, 0.02]))["trend"] == "holds"
+    assert gap_trend(_gaps([0.0, 0.0, 0.0], [0.02, 0.03, 0.025]))["trend"] == "grows"
+    assert gap_trend(_gaps([0.02, 0.03, 0.01], [])) is None  # one size: no trend
 
 
 def test_the_plot_draws_each_methods_seed_means_against_size(curve: Path) -> None:
