@@ -42,6 +42,10 @@ from geep.report.results import (
 
 TARGET = 2.0  # the dev-chosen FLOPs speedup the curve follows, beside full depth
 TREND_LEVEL = 0.95  # the confidence of a gap trend's interval
+TREND_NOTE = (
+    "; last, the slope of the seeds' gaps per tenfold training set with its interval, and "
+    "whether the gap grows, holds or closes as the training set grows"
+)
 GAPS = (  # the README's claims: (claim, method, the one it is compared with)
     ("one step of training is enough", "geep", "geep-two-step"),
     ("a teacher fed diverse outputs is better", "geep", "geep-teacher-last"),
@@ -192,9 +196,9 @@ def curve_markdown(curve: pd.DataFrame) -> str:
             "",
             accuracy_table(target, sizes),
             "",
-            f"Gaps at {TARGET:g}x (test accuracy, seed by seed; positive: the first is ahead; "
-            "last, the slope of the seeds' gaps per tenfold training set with its interval, and "
-            "whether the gap grows, holds or closes as the training set grows):",
+            f"Gaps at {TARGET:g}x (test accuracy, seed by seed; positive: the first is ahead"
+            + (TREND_NOTE if len(sizes) > 1 else "")
+            + "):",
             "",
             gaps_table(target[~target["reference"]], sizes),
             "",

@@ -8,7 +8,7 @@ machine, which receives only the checkout (docs/gpu.md), trains every method fro
   ``weights-float16.safetensors``. Of the word embeddings only the rows of the tokens the splits
   hold (and the special tokens) are kept: for ``compare``'s rotten-tomatoes, 10,557 of MiniLM's
   30,522; the others, a third of its size, no sample looks up. The device machine takes 64 MiB
-  with the checkout (about 30 MB of it): 45 MB of float16 weights would not fit beside it, the
+  with the checkout (about 18 MB of it): 45 MB of float16 weights would not fit beside it, the
   bundle's 31.6 MB do.
 - ``data/<split>.safetensors``: the train, dev and test splits as ``geep train`` and
   ``geep evaluate`` encode them at the profile's recipe (``compare``: 2000 training samples, the

@@ -3,6 +3,10 @@
 how the rows were made (:func:`geep.reproduce.units.record` writes them, ``geep report`` reads
 them).
 
+A run file is JSON with a row a line (:func:`run_file_text`): compact enough that a profile's
+files stay small in a checkout (the GPU machine takes 64 MiB of it, docs/gpu.md), and a changed
+row is a changed line.
+
 Every row names its batching policy (``null``: the method runs no dynamic exits); a row that
 does not ran under the run file's options, and is read with the policy they give.
 
@@ -38,6 +42,18 @@ from geep.measure.work import KINDS
 
 def run_file(results: Path, dataset: str, method: str, seed: int) -> Path:
     return results / "runs" / dataset / f"{method}-seed{seed}.json"
+
+
+def run_file_text(run: dict[str, Any]) -> str:
+    """``run`` as a run file's text: a field a line, each row of ``rows`` on a line of its own,
+    every value in compact JSON (``json.loads`` gives ``run`` back)."""
+
+    def compact(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"))
+
+    fields = [f"{compact(k)}:{compact(v)}" for k, v in run.items() if k != "rows"]
+    rows = ",\n".join(compact(row) for row in run["rows"])
+    return "{" + ",\n".join([*fields, f'"rows":[\n{rows}\n]']) + "}\n"
 
 
 CALL_ROW = Check(

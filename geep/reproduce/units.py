@@ -43,7 +43,13 @@ from geep.pipeline.evaluate import (
 )
 from geep.pipeline.train import train_method
 from geep.reproduce.profiles import Profile
-from geep.reproduce.run_files import DamagedRunFile, read_run_file, run_file, set_aside
+from geep.reproduce.run_files import (
+    DamagedRunFile,
+    read_run_file,
+    run_file,
+    run_file_text,
+    set_aside,
+)
 
 Timer = Callable[[Callable[[], None], int], None]  # runs fn ``rounds`` times (pytest-benchmark)
 
@@ -338,7 +344,7 @@ def record(
             "rows": rows,
             "provenance": {**meta, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         }
-        atomic_write_text(path, json.dumps(_finite(document), indent=2) + "\n")
+        atomic_write_text(path, run_file_text(_finite(document)))
     return path
 
 

@@ -4,6 +4,7 @@ report."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from geep.cli import main
 from geep.report.curve import gap_trend, load_curve, plot_curve
 from geep.reproduce.profiles import PROFILES
+from geep.reproduce.run_files import run_file_text
 from geep.reproduce.units import record
 from tests.helpers import assert_one_error_line, new_method, run_row, toy_test_split, trained_on_toy
 
@@ -91,6 +93,8 @@ def test_a_curve_tabulates_accuracy_against_training_set_size(curve: Path, capsy
     ]
     assert _row(at_2x, "`fastbert`")[1:3] == ["shrink", "0.770 ± 0.020, sd 0.014 (2.10x)"]
     assert _row(at_2x, "`bert`")[2] == "0.810 ± 0.020, sd 0.014 (1.00x)"
+    written = (curve / "learning-1k" / "runs" / "toy" / "geep-seed1.json").read_text()
+    assert written == run_file_text(json.loads(written))  # record() writes a row a line
     for piece, _ in MEASURED:  # each piece's own report beside the curve's
         assert (curve / piece / "tables.md").read_text().startswith(f"# Results: profile `{piece}`")
     assert {p.name for p in curve.glob("*.png")} == {"learning-curve-toy.png"}
@@ -100,6 +104,7 @@ def test_a_curve_tabulates_accuracy_against_training_set_size(curve: Path, capsy
 def test_the_claims_gaps_are_seed_by_seed_differences(curve: Path) -> None:
     assert main(["report", str(curve)]) == 0
     gaps = (curve / "tables.md").read_text().split("Gaps at 2x")[1].split("Gaps at full depth")[0]
+    assert "whether the gap grows, holds or closes" in gaps  # two sizes: the trend column
     # geep - geep-two-step per seed: -0.04, -0.03 at 100; 0.00, -0.01 at 200
     assert _row(gaps, "one step of training is enough")[2:4] == [
         "-0.035, sd 0.007",
