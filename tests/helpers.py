@@ -57,6 +57,10 @@ NEGATIVE = "bad awful hate worst boring sad poor".split()
 FILLER = "the movie film plot was is a an and very it this of to".split()
 
 
+COMMITTED_RUNS = sorted((Path(__file__).resolve().parent.parent / "results").rglob("runs"))
+"""Every committed results folder's ``runs/`` (a curve's pieces' included)."""
+
+
 def toy(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
     """A separable two-class task: label 1 iff the text holds a positive word (seeded, varied)."""
     rng = random.Random(seed)

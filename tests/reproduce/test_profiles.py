@@ -36,7 +36,7 @@ from geep.reproduce import units as reproduce
 from geep.reproduce.plan import split_sizes
 from geep.reproduce.profiles import LEARNING_CURVE, PROFILES, Ablation, curve_pieces, get_profile
 from geep.reproduce.units import Unit, record, recorded, run_file, settings_for, speeds_for, units
-from tests.helpers import new_method, run_row, toy_test_split, trained_on_toy
+from tests.helpers import COMMITTED_RUNS, new_method, run_row, toy_test_split, trained_on_toy
 
 
 def test_profile_selection(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,10 +217,7 @@ def test_the_learning_curves_pieces_differ_in_their_training_sets_alone() -> Non
     assert curve_pieces("quick") == [PROFILES["quick"]]
 
 
-COMMITTED = sorted((Path(__file__).resolve().parents[2] / "results").rglob("runs"))
-
-
-@pytest.mark.parametrize("folder", COMMITTED, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("folder", COMMITTED_RUNS, ids=lambda p: p.parent.name)
 def test_committed_run_files_hash_as_their_profile_does(folder: Path) -> None:
     """A profile's fields added since its runs leave its hash alone when unset, so those run
     files still resume and report under it."""

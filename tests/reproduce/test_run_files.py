@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from geep.reproduce.run_files import run_file_text
+from tests.helpers import COMMITTED_RUNS
 
 RUN = {
     "dataset": "toy",
@@ -28,10 +29,7 @@ def test_a_run_file_is_a_field_a_line_and_a_row_a_line() -> None:
     assert len(lines) == 4 + 1 + len(RUN["rows"]) + 1  # fields, "rows":[, the rows, ]}
 
 
-COMMITTED = sorted((Path(__file__).resolve().parents[2] / "results").rglob("runs"))
-
-
-@pytest.mark.parametrize("folder", COMMITTED, ids=lambda p: str(p.parent.name))
+@pytest.mark.parametrize("folder", COMMITTED_RUNS, ids=lambda p: p.parent.name)
 def test_committed_run_files_are_a_row_a_line(folder: Path) -> None:
     """What keeps the checkout small enough to travel to the GPU machine with a bundle."""
     for path in folder.glob("*/*.json"):
