@@ -2,7 +2,9 @@
 are the results of its pieces (profiles alike but for their training-set sizes,
 geep.reproduce.profiles.CURVES).
 
-Each piece gets its own report (:func:`geep.report.results.write_report`); the curve's folder gets
+A piece is finished when its run has measured every unit of its profile; an unfinished one (a run
+stopped before its last unit, to be resumed) is left out and named. Each finished piece gets its
+own report (:func:`geep.report.results.write_report`); the curve's folder gets
 
 - ``tables.md``: per dataset, each method's test accuracy at full depth and at the setting chosen
   on dev for 2x FLOPs, one column per training-set size, then the gaps the README's claims rest
@@ -39,6 +41,9 @@ from geep.report.results import (
     variant_styles,
     write_report,
 )
+from geep.reproduce.profiles import Profile, get_profile
+from geep.reproduce.run_files import read_run_file
+from geep.reproduce.units import missing_units, units
 
 TARGET = 2.0  # the dev-chosen FLOPs speedup the curve follows, beside full depth
 TREND_LEVEL = 0.95  # the confidence of a gap trend's interval
@@ -61,12 +66,39 @@ def pieces(results: Path) -> list[Path]:
     return sorted(p for p in results.iterdir() if (p / "runs").is_dir())
 
 
-def load_curve(results: Path) -> pd.DataFrame:
-    """Every piece's rows (:func:`load_runs`) with ``train_samples``, the training-set size the
-    row's model was trained on. GeepError when a run file does not say it, or when two pieces
-    trained on one dataset with the same size."""
-    frames = []
+def piece_profile(piece: Path) -> Profile:
+    """The profile a piece was run under: the one its run files name. GeepError when they name
+    none or several."""
+    names = {read_run_file(p)["provenance"]["profile"] for p in (piece / "runs").glob("*/*.json")}
+    if len(names) != 1:
+        found = ", ".join(sorted(names)) or "none"
+        raise GeepError(f"{piece}: its run files should name one profile, they name {found}")
+    return get_profile(names.pop())
+
+
+def finished(results: Path) -> tuple[list[Path], list[str]]:
+    """The pieces whose runs have measured every unit of their profile
+    (:func:`geep.reproduce.units.missing_units`), and a line for each of the others saying how
+    far it got: a resumed run finishes it, and until then the curve leaves it out."""
+    done, waiting = [], []
     for piece in pieces(results):
+        profile = piece_profile(piece)
+        total, left = len(units(profile)), len(missing_units(piece, profile))
+        if left:
+            waiting.append(f"`{piece.name}`: {total - left} of its {total} units measured")
+        else:
+            done.append(piece)
+    if not done:
+        raise GeepError(f"no piece of {results} has finished its run: {'; '.join(waiting)}")
+    return done, waiting
+
+
+def load_curve(done: list[Path]) -> pd.DataFrame:
+    """The rows (:func:`load_runs`) of a curve's finished pieces (:func:`finished`) with
+    ``train_samples``, the training-set size the row's model was trained on. GeepError when a
+    run file does not say it, or when two pieces trained on one dataset with the same size."""
+    frames = []
+    for piece in done:
         frame = load_runs(piece).assign(piece=piece.name)
         if "train_samples" not in frame or frame["train_samples"].isna().any():
             raise GeepError(f"{piece}: a run file does not say how many samples it trained on")
@@ -75,7 +107,7 @@ def load_curve(results: Path) -> pd.DataFrame:
     sizes = curve.groupby(["dataset", "train_samples"])["piece"].nunique()
     if (sizes > 1).any():
         (dataset, size), _ = next(iter(sizes[sizes > 1].items()))
-        raise GeepError(f"two pieces of {results} trained on {size:,} samples of {dataset}")
+        raise GeepError(f"two pieces of {done[0].parent} trained on {size:,} samples of {dataset}")
     curve["train_samples"] = curve["train_samples"].astype(int)
     return curve
 
@@ -166,8 +198,9 @@ def _gap_cell(gaps: np.ndarray) -> str:
     return f"{text}, sd {gaps.std(ddof=1):.3f}" if len(gaps) > 1 else text
 
 
-def curve_markdown(curve: pd.DataFrame) -> str:
-    """The curve's tables, with how they were made."""
+def curve_markdown(curve: pd.DataFrame, waiting: list[str] = ()) -> str:
+    """The curve's tables, with how they were made; ``waiting``: the unfinished pieces left
+    out (:func:`finished`)."""
     profiles = ", ".join(f"`{p}`" for p in curve["piece"].unique())
     seeds = sorted(curve["seed"].unique())
     parts = [
@@ -179,6 +212,8 @@ def curve_markdown(curve: pd.DataFrame) -> str:
         f"speedup reached on test; at {TARGET:g}x, each model's setting chosen on dev for "
         f"{TARGET:g}x FLOPs (`bert`: full depth, the reference). Columns: training samples.",
     ]
+    if waiting:
+        parts += ["", f"Left out until their runs finish: {'; '.join(waiting)}."]
     for dataset in curve["dataset"].unique():
         rows = curve[curve["dataset"] == dataset]
         sizes = sorted(rows["train_samples"].unique())
@@ -235,12 +270,13 @@ def plot_curve(curve: pd.DataFrame, dataset: str) -> Figure:
 def write_curve_report(results: Path) -> list[Path]:
     """Each piece's report, then the curve's tables and plots in ``results``; every input is
     read and every output checked before anything is written."""
-    curve = load_curve(results)
-    outputs = {results / "tables.md": curve_markdown(curve).encode()}
+    done, waiting = finished(results)
+    curve = load_curve(done)
+    outputs = {results / "tables.md": curve_markdown(curve, waiting).encode()}
     for dataset in curve["dataset"].unique():
         outputs[results / f"learning-curve-{dataset}.png"] = figure_png(plot_curve(curve, dataset))
     for path in outputs:
         check_target(path, "geep report's output", "file", _report_ownership)
-    written = [path for piece in pieces(results) for path in write_report(piece)]
+    written = [path for piece in done for path in write_report(piece)]
     atomic_write_files(outputs)
     return written + list(outputs)

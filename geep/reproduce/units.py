@@ -294,6 +294,30 @@ def recorded(results: Path, profile: Profile, unit: Unit) -> bool:
     return any(row_key(row) == (unit.setting, unit.batching) for row in run["rows"])
 
 
+def missing_units(results: Path, profile: Profile) -> list[Unit]:
+    """The profile's units a run into ``results`` has still to measure: neither recorded
+    (:func:`recorded`) nor a dev setting that its run file's dev sweep found no speed for
+    (:meth:`Trained.resolve`: a run skips it). None missing: the run is finished."""
+    missing = []
+    for unit in units(profile):
+        if recorded(results, profile, unit):
+            continue
+        path = run_file(results, unit.dataset, unit.method, unit.seed)
+        if unit.setting.startswith("dev") and path.is_file():
+            try:
+                run = read_run_file(path)
+            except DamagedRunFile:
+                run = None
+            if run and run["provenance"]["config_hash"] == profile.config_hash():
+                sweep = run["provenance"].get("dev_sweep", {})
+                try:
+                    Trained(None, None, sweep, unit.method).resolve(unit.setting)
+                except GeepError:
+                    continue  # no speed on dev: skipped, not missing
+        missing.append(unit)
+    return missing
+
+
 def row_key(row: dict) -> tuple[str, str | None]:
     """What tells a run file's rows apart: the setting and the batching policy."""
     return row["setting"], row.get("batching")

@@ -4,6 +4,7 @@ report."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,8 +13,8 @@ import pandas as pd
 import pytest
 
 from geep.cli import main
-from geep.report.curve import gap_trend, load_curve, plot_curve
-from geep.reproduce.profiles import PROFILES
+from geep.report.curve import finished, gap_trend, load_curve, plot_curve
+from geep.reproduce.profiles import PROFILES, Profile
 from geep.reproduce.run_files import run_file_text
 from geep.reproduce.units import record
 from tests.helpers import assert_one_error_line, new_method, run_row, toy_test_split, trained_on_toy
@@ -34,12 +35,37 @@ MEASURED = {
     },
 }
 METHODS = {"bert": "bert", "geep": "geep", "geep-two-step": "geep", "fastbert": "fastbert"}
+# a threshold method's dev sweep: settings for 1.5x and 2x on dev, none for 3x (so no dev3 row)
+SWEEP = {"speeds": [0.5, 0.5, None], "dev_speedup_full": [1.6, 2.1, None]}
+
+
+def _toy_piece(real: Profile) -> Profile:
+    """A piece of the learning curve on the toy task: the entries and seeds of MEASURED."""
+    return dataclasses.replace(
+        real,
+        datasets=("toy",),
+        methods=("bert", "geep", "fastbert"),
+        speeds={"bert": (0.0,), "geep": (0.0,), "fastbert": (0.0,)},
+        ablations={"geep-two-step": real.ablations["geep-two-step"]},
+        seeds=(1, 2),
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_pieces():
+    """The pieces' profiles on the toy task, under the pieces' names, so that a piece whose run
+    files hold every unit of its profile counts as finished."""
+    with pytest.MonkeyPatch.context() as patch:
+        for piece, _ in MEASURED:
+            patch.setitem(PROFILES, piece, _toy_piece(PROFILES[piece]))
+        yield
 
 
 def _write_piece(folder: Path, piece: str, size: int, trained: dict, drop: str = "") -> None:
     """The run files of one piece: each entry and seed at full depth, and a threshold method at
     dev1 (for 1.5x, at a lower accuracy the 2x table must not take) and dev2 (for 2x)."""
     profile = PROFILES[piece]
+    sweep = {**SWEEP, "target_speedups": list(profile.dev_speedups)}
     for entry, seeds in MEASURED[piece, size].items():
         method = trained[METHODS[entry]]
         batching = "shrink" if entry == "fastbert" else None
@@ -50,10 +76,10 @@ def _write_piece(folder: Path, piece: str, size: int, trained: dict, drop: str =
             if at_2x is not None:
                 rows.append(run_row("dev1", 0.5, 1.6, dev_target=1.5, batching=batching))
                 rows.append(run_row("dev2", at_2x, 2.1, dev_target=2.0, batching=batching))
+            data = toy_test_split(method)
             for row in rows:
-                record(
-                    folder / piece, profile, method, "toy", toy_test_split(method), row, None, entry
-                )
+                kept = sweep if at_2x is not None else None
+                record(folder / piece, profile, method, "toy", data, row, kept, entry)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +166,7 @@ def test_a_gap_grows_holds_or_closes_by_its_slope_against_log_size() -> None:
 
 
 def test_the_plot_draws_each_methods_seed_means_against_size(curve: Path) -> None:
-    figure = plot_curve(load_curve(curve), "toy")
+    figure = plot_curve(load_curve(finished(curve)[0]), "toy")
     full, at_2x = figure.axes
     names = [c.get_label() for c in full.containers]  # labelled once, the panels alike
     assert len(names) == len(at_2x.containers) == 4
@@ -163,6 +189,21 @@ def test_a_piece_that_does_not_say_its_training_set_size_is_refused(
         not (tmp_path / "tables.md").exists()
         and not (tmp_path / "learning-2k" / "tables.md").exists()
     )
+
+
+def test_an_unfinished_piece_is_left_out_and_named(curve: Path, tmp_path: Path, capsys) -> None:
+    for piece, _ in MEASURED:
+        shutil.copytree(curve / piece / "runs", tmp_path / piece / "runs")
+    (tmp_path / "learning-2k" / "runs" / "toy" / "fastbert-seed2.json").unlink()  # still to run
+    assert main(["report", str(tmp_path)]) == 0
+    text = (tmp_path / "tables.md").read_text()
+    # fastbert's seed 2: full depth and dev1..dev3; bert 1 unit a seed, the others 4
+    assert "Left out until their runs finish: `learning-2k`: 22 of its 26 units measured." in text
+    assert "| method | batching | 100 |\n" in text
+    assert not (tmp_path / "learning-2k" / "tables.md").exists()
+    (tmp_path / "learning-1k" / "runs" / "toy" / "bert-seed1.json").unlink()
+    assert main(["report", str(tmp_path)]) == 2
+    assert_one_error_line(capsys.readouterr().err, "has finished its run: `learning-1k`: 25 of")
 
 
 def test_two_pieces_of_one_size_are_refused(curve: Path, tmp_path: Path, capsys) -> None:
