@@ -278,37 +278,42 @@ def recover_run_files(results: Path, profile: Profile) -> list[str]:
     return lines
 
 
+def _current_run(
+    results: Path, profile: Profile, dataset: str, entry: str, seed: int
+) -> dict | None:
+    """The run file of (dataset, entry, seed) when it exists, reads whole and was made under this
+    profile's configuration; else None."""
+    path = run_file(results, dataset, entry, seed)
+    if not path.is_file():
+        return None
+    try:
+        run = read_run_file(path)
+    except DamagedRunFile:
+        return None
+    return run if run["provenance"]["config_hash"] == profile.config_hash() else None
+
+
 def recorded(results: Path, profile: Profile, unit: Unit) -> bool:
     """Whether the run file of the unit's (dataset, method, seed) already holds its setting and
     batching under this profile's configuration (a resumed run skips it; a damaged file holds
     nothing)."""
-    path = run_file(results, unit.dataset, unit.method, unit.seed)
-    if not path.is_file():
-        return False
-    try:
-        run = read_run_file(path)
-    except DamagedRunFile:
-        return False
-    if run["provenance"]["config_hash"] != profile.config_hash():
-        return False
-    return any(row_key(row) == (unit.setting, unit.batching) for row in run["rows"])
+    run = _current_run(results, profile, *unit[:3])
+    return run is not None and any(row_key(r) == unit[3:] for r in run["rows"])
 
 
 def missing_units(results: Path, profile: Profile) -> list[Unit]:
     """The profile's units a run into ``results`` has still to measure: neither recorded
     (:func:`recorded`) nor a dev setting that its run file's dev sweep found no speed for
     (:meth:`Trained.resolve`: a run skips it). None missing: the run is finished."""
-    missing = []
+    missing, runs = [], {}
     for unit in units(profile):
-        if recorded(results, profile, unit):
-            continue
-        path = run_file(results, unit.dataset, unit.method, unit.seed)
-        if unit.setting.startswith("dev") and path.is_file():
-            try:
-                run = read_run_file(path)
-            except DamagedRunFile:
-                run = None
-            if run and run["provenance"]["config_hash"] == profile.config_hash():
+        if unit[:3] not in runs:  # each run file read once
+            runs[unit[:3]] = _current_run(results, profile, *unit[:3])
+        run = runs[unit[:3]]
+        if run is not None:
+            if any(row_key(r) == unit[3:] for r in run["rows"]):
+                continue
+            if unit.setting.startswith("dev"):
                 sweep = run["provenance"].get("dev_sweep", {})
                 try:
                     Trained(None, None, sweep, unit.method).resolve(unit.setting)
