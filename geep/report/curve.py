@@ -36,6 +36,7 @@ from geep.report.results import (
     _name_cells,
     _report_ownership,
     accuracy_errorbar,
+    by_value,
     figure_png,
     load_runs,
     variant_styles,
@@ -203,10 +204,11 @@ def curve_markdown(curve: pd.DataFrame, waiting: list[str] = ()) -> str:
     out (:func:`finished`)."""
     profiles = ", ".join(f"`{p}`" for p in curve["piece"].unique())
     seeds = sorted(curve["seed"].unique())
+    devices = by_value(curve, "device", "device:", by="piece")
     parts = [
         f"# Results: profiles {profiles} as a learning curve",
         "",
-        f"Each piece's own tables are in its folder; device: {curve['device'].iloc[0]}; "
+        f"Each piece's own tables are in its folder; {devices}; "
         f"seeds {', '.join(str(s) for s in seeds)}. Test accuracy ± the mean half-width of its "
         "95% bootstrap interval, the standard deviation across seeds, and in brackets the FLOPs "
         f"speedup reached on test; at {TARGET:g}x, each model's setting chosen on dev for "

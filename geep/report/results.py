@@ -581,6 +581,15 @@ def exit_rule_section(results: Path) -> str | None:
     )
 
 
+def by_value(frame: pd.DataFrame, column: str, label: str, by: str = "method") -> str:
+    """``label`` and the column's value, or, where the rows differ, each value followed by the
+    ``by`` values (methods, pieces) whose rows hold it: how a report says what it was made on."""
+    groups = frame.groupby(frame[column].fillna("none"), sort=False)[by].unique()
+    if len(groups) == 1:
+        return f"{label} {groups.index[0]}"
+    return "; ".join(f"{label} {value} ({', '.join(groups[value])})" for value in groups.index)
+
+
 def tables_markdown(
     frame: pd.DataFrame,
     device: Device | None = None,
@@ -593,13 +602,11 @@ def tables_markdown(
     """All datasets' tables, with how they were made."""
     first = frame.iloc[0]
     seeds = sorted(frame["seed"].unique())
-    runs = frame.groupby(frame["git_commit"].fillna("none"), sort=False)["method"].unique()
-    commits = "; ".join(f"commit {c} ({', '.join(runs[c])})" for c in runs.index)
     parts = [
         f"# Results: profile `{first['profile']}` (config {first['config_hash']})",
         "",
-        f"Device: {first['device']}, {first['runtime']}; "
-        f"{commits if len(runs) > 1 else f'commit {runs.index[0]}'}; "
+        f"{by_value(frame, 'device', 'Device:')}, {first['runtime']}; "
+        f"{by_value(frame, 'git_commit', 'commit')}; "
         f"seeds {', '.join(str(s) for s in seeds)}. Accuracy on the test split, ± the "
         "half-width of its 95% bootstrap interval"
         + (", and the standard deviation across seeds" if len(seeds) > 1 else "")

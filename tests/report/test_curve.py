@@ -211,3 +211,24 @@ def test_two_pieces_of_one_size_are_refused(curve: Path, tmp_path: Path, capsys)
     shutil.copytree(curve / "learning-1k", tmp_path / "again")
     assert main(["report", str(tmp_path)]) == 2
     assert_one_error_line(capsys.readouterr().err, "two pieces of")
+
+
+def test_each_device_is_named_with_what_ran_on_it(curve: Path, tmp_path: Path) -> None:
+    """Pieces measured on two machines: the curve names each device with its pieces, a piece's
+    own tables each device with its methods."""
+    for piece, _ in MEASURED:
+        shutil.copytree(curve / piece / "runs", tmp_path / piece / "runs")
+    runs = {path: json.loads(path.read_text()) for path in tmp_path.rglob("*.json")}
+    here = next(iter(runs.values()))["provenance"]["device"]
+    other = "Other CPU, 2 threads"
+    for path, run in runs.items():
+        if "learning-2k" in path.parts or path.name.startswith("fastbert"):
+            run["provenance"]["device"] = other
+            path.write_text(run_file_text(run))
+    assert main(["report", str(tmp_path)]) == 0
+    text = (tmp_path / "tables.md").read_text()
+    assert f"device: {here} (learning-1k); device: {other} (learning-1k, learning-2k);" in text
+    piece = (tmp_path / "learning-1k" / "tables.md").read_text()
+    assert f"Device: {here} (bert, geep, geep-two-step); Device: {other} (fastbert), " in piece
+    alone = (tmp_path / "learning-2k" / "tables.md").read_text()
+    assert f"Device: {other}, " in alone and here not in alone
