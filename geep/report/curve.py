@@ -77,6 +77,15 @@ def piece_profile(piece: Path) -> Profile:
     return get_profile(names.pop())
 
 
+def _stale_run_files(piece: Path, profile: Profile) -> int:
+    """How many of a piece's run files were made under another configuration of its profile:
+    their units count as missing (:func:`geep.reproduce.units.missing_units`)."""
+    files = (piece / "runs").glob("*/*.json")
+    return sum(
+        read_run_file(p)["provenance"]["config_hash"] != profile.config_hash() for p in files
+    )
+
+
 def finished(results: Path) -> tuple[list[Path], list[str]]:
     """The pieces whose runs have measured every unit of their profile
     (:func:`geep.reproduce.units.missing_units`), and a line for each of the others saying how
@@ -86,7 +95,14 @@ def finished(results: Path) -> tuple[list[Path], list[str]]:
         profile = piece_profile(piece)
         total, left = len(units(profile)), len(missing_units(piece, profile))
         if left:
-            waiting.append(f"`{piece.name}`: {total - left} of its {total} units measured")
+            line = f"`{piece.name}`: {total - left} of its {total} units measured"
+            stale = _stale_run_files(piece, profile)
+            if stale:
+                line += (
+                    f", {stale} of its run files made under another configuration of "
+                    f"`{profile.name}` (a resumed run measures their units again)"
+                )
+            waiting.append(line)
         else:
             done.append(piece)
     if not done:

@@ -201,6 +201,15 @@ def test_an_unfinished_piece_is_left_out_and_named(curve: Path, tmp_path: Path, 
     assert "Left out until their runs finish: `learning-2k`: 22 of its 26 units measured." in text
     assert "| method | batching | 100 |\n" in text
     assert not (tmp_path / "learning-2k" / "tables.md").exists()
+    stale = tmp_path / "learning-2k" / "runs" / "toy" / "geep-seed1.json"  # another recipe's
+    run = json.loads(stale.read_text())
+    run["provenance"]["config_hash"] = "0" * 12
+    stale.write_text(run_file_text(run))
+    assert main(["report", str(tmp_path)]) == 0
+    assert (
+        "`learning-2k`: 18 of its 26 units measured, 1 of its run files made under another "
+        "configuration of `learning-2k` (a resumed run measures their units again)."
+    ) in (tmp_path / "tables.md").read_text()
     (tmp_path / "learning-1k" / "runs" / "toy" / "bert-seed1.json").unlink()
     assert main(["report", str(tmp_path)]) == 2
     assert_one_error_line(capsys.readouterr().err, "has finished its run: `learning-1k`: 25 of")
